@@ -1,0 +1,43 @@
+//! The KV layer: ordered byte keys with FoundationDB's transaction semantics
+//! over interchangeable backends.
+//!
+//! Layers, top to bottom:
+//! - [`Database::run`]: the one retry loop (capped exponential backoff with
+//!   jitter from a seeded RNG, an attempt and time budget, and the
+//!   `maybe_committed` flag after an ambiguous commit);
+//! - [`Transaction`]: read-your-writes, limits, conflict ranges, watches;
+//! - [`Backend`]: a snapshot at a read version and an atomic
+//!   check-conflicts-then-apply commit — [`mem`], [`sqlite`], and `fdb`
+//!   (cargo feature `fdb`).
+//!
+//! The contract, shared by every backend: reads see one read version;
+//! a commit fails with `NotCommitted` when a key or range it read without
+//! snapshot (phantoms included) was written by a commit after its read
+//! version; a transaction older than five seconds on the injected clock
+//! fails with `TransactionTooOld`; the limits in [`crate::limits`] hold.
+
+pub mod backend;
+mod database;
+pub mod error;
+pub mod fault;
+pub mod mem;
+mod overlay;
+pub mod ranges;
+// pub mod sqlite;
+mod txn;
+// pub mod url;
+
+#[cfg(feature = "fdb")]
+pub mod fdb;
+
+pub use backend::{Backend, BackendTxn, CommitRequest, Mutation, WatchRequest};
+pub use database::{Database, RetryOptions};
+pub use error::{KvError, KvResult, RetryDecision, TxnError};
+pub use ranges::{key_after, prefix_end, KeyRange, RangeSet};
+pub use txn::{RangeOptions, RangeResult, Transaction, Watch};
+
+/// A commit version. Versions of successive commits strictly increase.
+pub type Version = u64;
+
+/// A key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);

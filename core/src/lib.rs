@@ -1,0 +1,13 @@
+//! hafs-core: everything hafs knows about storage and filesystems, with no
+//! knowledge of FUSE and no access to the OS clock or OS randomness in its
+//! logic (both are injected, so the simulator can drive them).
+//!
+//! Layout:
+//! - [`kv`]: the FoundationDB-semantics transactional KV layer and its
+//!   backends (`mem`, `sqlite`, `fdb`);
+//! - [`clock`]: injected time;
+//! - [`limits`]: every size and time limit, in one place.
+
+pub mod clock;
+pub mod kv;
+pub mod limits;
