@@ -23,9 +23,9 @@ pub mod fault;
 pub mod mem;
 mod overlay;
 pub mod ranges;
-// pub mod sqlite;
+pub mod sqlite;
 mod txn;
-// pub mod url;
+pub mod url;
 
 #[cfg(feature = "fdb")]
 pub mod fdb;

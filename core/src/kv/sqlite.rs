@@ -1,0 +1,754 @@
+//! `sqlite`: the embedded default backend — one SQLite file that several
+//! processes on one host share (two hafs mounts of one filesystem).
+//!
+//! How FoundationDB's semantics are built on SQLite:
+//! - **Snapshots.** Each transaction holds a connection with an open WAL read
+//!   transaction, so all its reads see one database state; its read version
+//!   is the newest row of `commits` in that state.
+//! - **Conflicts.** Every write commit appends a row to `commits` holding its
+//!   write conflict ranges. Committing takes SQLite's write lock
+//!   (`BEGIN IMMEDIATE`), and if any commit newer than the read version wrote
+//!   a range this transaction read, it fails with `NotCommitted`. So unrelated
+//!   transactions never conflict, while SQLite's single writer makes the
+//!   check-then-apply atomic across processes. Rows older than the
+//!   transaction age limit (plus a margin) are pruned; a transaction whose
+//!   read version predates the kept rows gets `TransactionTooOld`.
+//! - **Durability.** `synchronous=FULL` in WAL mode by default: a commit is
+//!   acknowledged only after the WAL is fsynced, so it survives power loss.
+//!   [`Durability::Relaxed`] (`synchronous=NORMAL`) survives a process crash
+//!   but may lose the last commits on power loss, and is several times
+//!   faster.
+//! - **Never blocking the executor.** Reads run inline (WAL readers take no
+//!   locks; a rare `SQLITE_BUSY` on starting a snapshot is retried on the
+//!   blocking pool). Commits, which wait for the write lock and fsync, run on
+//!   tokio's blocking pool.
+//! - **Watches** across processes: a watcher thread polls
+//!   `PRAGMA data_version` (it changes when any other connection commits)
+//!   and is woken at once by commits of this process.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::{Condvar, Mutex};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
+use tokio::sync::oneshot;
+
+use super::backend::{apply_add, Backend, BackendTxn, CommitRequest, Mutation, WatchRequest};
+use super::url::OpenError;
+use super::{KeyRange, KeyValue, KvError, KvResult, Version};
+use crate::clock::Clock;
+use crate::limits::TRANSACTION_AGE_MAX;
+
+/// On-disk format of the KV tables. A file with a newer format is refused.
+pub const FORMAT_VERSION: i64 = 1;
+/// Conflict-log rows are kept this long (transaction age limit plus margin).
+const LOG_RETENTION: Duration = Duration::from_secs(10);
+const _: () = assert!(LOG_RETENTION.as_secs() > TRANSACTION_AGE_MAX.as_secs());
+/// Prune the conflict log every this many commits of one process.
+const PRUNE_EVERY: u64 = 256;
+/// How long a commit waits for SQLite's write lock before reporting
+/// `Unavailable` (which the runner retries).
+const WRITE_LOCK_WAIT: Duration = Duration::from_secs(5);
+/// Idle connections kept for reuse.
+const POOL_IDLE_MAX: usize = 32;
+
+/// What an acknowledged commit survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous=FULL`: power loss.
+    #[default]
+    Durable,
+    /// `synchronous=NORMAL`: process crash, not power loss.
+    Relaxed,
+}
+
+/// Options of the SQLite backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqliteOptions {
+    pub durability: Durability,
+    /// How often the watcher looks for commits of other processes.
+    pub watch_poll: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            durability: Durability::Durable,
+            watch_poll: Duration::from_millis(10),
+        }
+    }
+}
+
+/// The SQLite backend. Clones share connections and watches.
+#[derive(Clone)]
+pub struct SqliteBackend {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for SqliteBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteBackend")
+            .field("path", &self.shared.path)
+            .field("options", &self.shared.options)
+            .finish()
+    }
+}
+
+struct Shared {
+    path: PathBuf,
+    options: SqliteOptions,
+    clock: Arc<dyn Clock>,
+    pool: Mutex<Vec<Connection>>,
+    commits: std::sync::atomic::AtomicU64,
+    watches: Mutex<WatchTable>,
+    watch_wake: Condvar,
+}
+
+#[derive(Default)]
+struct WatchTable {
+    waiting: BTreeMap<Vec<u8>, Vec<(Option<Vec<u8>>, oneshot::Sender<KvResult<()>>)>>,
+    /// A local commit or a new watch: check now rather than at the next poll.
+    nudged: bool,
+    thread_running: bool,
+}
+
+impl SqliteBackend {
+    /// Open (creating if missing) the database file at `path`.
+    pub fn open(
+        path: &Path,
+        options: SqliteOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<SqliteBackend, OpenError> {
+        let conn = connect(path, options).map_err(|e| open_error(path, e))?;
+        init_schema(&conn, path)?;
+        let shared = Arc::new(Shared {
+            path: path.to_path_buf(),
+            options,
+            clock,
+            pool: Mutex::new(vec![conn]),
+            commits: Default::default(),
+            watches: Mutex::default(),
+            watch_wake: Condvar::new(),
+        });
+        Ok(SqliteBackend { shared })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+}
+
+impl Shared {
+    fn take_connection(&self) -> KvResult<Connection> {
+        if let Some(conn) = self.pool.lock().pop() {
+            return Ok(conn);
+        }
+        connect(&self.path, self.options).map_err(map_error)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut pool = self.pool.lock();
+        if pool.len() < POOL_IDLE_MAX {
+            pool.push(conn);
+        }
+    }
+}
+
+fn connect(path: &Path, options: SqliteOptions) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(Duration::ZERO)?;
+    let synchronous = match options.durability {
+        Durability::Durable => "FULL",
+        Durability::Relaxed => "NORMAL",
+    };
+    conn.execute_batch(&format!("PRAGMA synchronous={synchronous};"))?;
+    Ok(conn)
+}
+
+fn open_error(path: &Path, e: rusqlite::Error) -> OpenError {
+    let path = path.display().to_string();
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => OpenError::NotHafs { path },
+        Some(ErrorCode::ReadOnly) => OpenError::ReadOnly { path },
+        Some(ErrorCode::CannotOpen) | Some(ErrorCode::PermissionDenied) => OpenError::Io {
+            path,
+            message: "cannot open database file (missing directory or no permission)".into(),
+        },
+        _ => OpenError::Io {
+            path,
+            message: e.to_string(),
+        },
+    }
+}
+
+/// Create the tables, or check that an existing file is a hafs database of
+/// a format this build reads. Runs under the write lock, so two processes
+/// opening a new file at once do not race; also proves the file writable.
+fn init_schema(conn: &Connection, path: &Path) -> Result<(), OpenError> {
+    conn.busy_timeout(WRITE_LOCK_WAIT)
+        .map_err(|e| open_error(path, e))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(|e| open_error(path, e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(OpenError::Io {
+            path: path.display().to_string(),
+            message: format!("cannot switch to WAL mode (journal_mode is {mode})"),
+        });
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(|e| open_error(path, e))?;
+    let result = init_schema_locked(conn, path);
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let ended = conn.execute_batch(end).map_err(|e| open_error(path, e));
+    conn.busy_timeout(Duration::ZERO)
+        .map_err(|e| open_error(path, e))?;
+    result.and(ended)
+}
+
+fn init_schema_locked(conn: &Connection, path: &Path) -> Result<(), OpenError> {
+    let err = |e| open_error(path, e);
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(err)?;
+    let has_meta: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='hafs_meta'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(err)?
+        > 0;
+    if tables > 0 && !has_meta {
+        return Err(OpenError::NotHafs {
+            path: path.display().to_string(),
+        });
+    }
+    if has_meta {
+        let format: Option<i64> = conn
+            .query_row(
+                "SELECT value FROM hafs_meta WHERE name='format'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err)?;
+        return match format {
+            Some(found) if found > FORMAT_VERSION => Err(OpenError::NewerFormat {
+                path: path.display().to_string(),
+                found,
+                supported: FORMAT_VERSION,
+            }),
+            Some(_) => Ok(()),
+            None => Err(OpenError::NotHafs {
+                path: path.display().to_string(),
+            }),
+        };
+    }
+    conn.execute_batch(
+        "CREATE TABLE hafs_meta(name TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
+         CREATE TABLE kv(key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+         CREATE TABLE commits(version INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, writes BLOB NOT NULL);
+         INSERT INTO commits(version, at_ms, writes) VALUES (0, 0, x'');",
+    )
+    .map_err(err)?;
+    conn.execute(
+        "INSERT INTO hafs_meta(name, value) VALUES ('format', ?1)",
+        params![FORMAT_VERSION],
+    )
+    .map_err(err)?;
+    Ok(())
+}
+
+/// Map a SQLite error onto the KV error classes.
+fn map_error(e: rusqlite::Error) -> KvError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => {
+            KvError::Unavailable(format!("sqlite: {e}"))
+        }
+        Some(ErrorCode::DiskFull) => KvError::Backend(format!("sqlite: disk full: {e}")),
+        Some(ErrorCode::DatabaseCorrupt) | Some(ErrorCode::NotADatabase) => {
+            KvError::Backend(format!("sqlite: database corrupted: {e}"))
+        }
+        _ => KvError::Backend(format!("sqlite: {e}")),
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Start a read snapshot and return its version.
+fn start_snapshot(conn: &Connection) -> rusqlite::Result<Version> {
+    conn.execute_batch("BEGIN")?;
+    let version = conn
+        .prepare_cached("SELECT max(version) FROM commits")?
+        .query_row([], |r| r.get::<_, i64>(0));
+    match version {
+        Ok(v) => Ok(u64::try_from(v).unwrap_or(0)),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for SqliteBackend {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn begin(&self) -> KvResult<Box<dyn BackendTxn>> {
+        let conn = self.shared.take_connection()?;
+        let (conn, read_version) = match start_snapshot(&conn) {
+            Ok(v) => (conn, v),
+            Err(e) if is_busy(&e) => snapshot_blocking(conn).await?,
+            Err(e) => return Err(map_error(e)),
+        };
+        Ok(Box::new(SqliteTxn {
+            shared: self.shared.clone(),
+            conn: Mutex::new(Some(conn)),
+            read_version,
+        }))
+    }
+}
+
+/// Start a snapshot on the blocking pool, waiting out a busy database.
+async fn snapshot_blocking(conn: Connection) -> KvResult<(Connection, Version)> {
+    tokio::task::spawn_blocking(move || {
+        conn.busy_timeout(WRITE_LOCK_WAIT).map_err(map_error)?;
+        let version = start_snapshot(&conn);
+        conn.busy_timeout(Duration::ZERO).map_err(map_error)?;
+        Ok((conn, version.map_err(map_error)?))
+    })
+    .await
+    .map_err(|e| KvError::Backend(format!("sqlite worker failed: {e}")))?
+}
+
+struct SqliteTxn {
+    shared: Arc<Shared>,
+    /// The connection holding this transaction's snapshot; `None` once the
+    /// transaction committed.
+    conn: Mutex<Option<Connection>>,
+    read_version: Version,
+}
+
+impl fmt::Debug for SqliteTxn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteTxn")
+            .field("read_version", &self.read_version)
+            .finish()
+    }
+}
+
+impl Drop for SqliteTxn {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.get_mut().take() {
+            if conn.execute_batch("ROLLBACK").is_ok() || conn.is_autocommit() {
+                self.shared.give_back(conn);
+            }
+        }
+    }
+}
+
+impl SqliteTxn {
+    fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> KvResult<T> {
+        let guard = self.conn.lock();
+        let conn = guard.as_ref().ok_or(KvError::UsedAfterCommit)?;
+        f(conn).map_err(map_error)
+    }
+}
+
+#[async_trait]
+impl BackendTxn for SqliteTxn {
+    fn read_version(&self) -> Version {
+        self.read_version
+    }
+
+    async fn get(&self, key: &[u8]) -> KvResult<Option<Vec<u8>>> {
+        self.with_conn(|conn| read_value(conn, key))
+    }
+
+    async fn get_range(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> KvResult<(Vec<KeyValue>, bool)> {
+        if begin >= end {
+            return Ok((Vec::new(), false));
+        }
+        self.with_conn(|conn| {
+            let sql = if reverse {
+                "SELECT key, value FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key DESC LIMIT ?3"
+            } else {
+                "SELECT key, value FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key LIMIT ?3"
+            };
+            // One row past the limit tells whether more remain.
+            let fetch: i64 = if limit == 0 {
+                -1
+            } else {
+                i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1
+            };
+            let mut stmt = conn.prepare_cached(sql)?;
+            let rows = stmt.query_map(params![begin, end, fetch], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
+            let mut kvs = rows.collect::<rusqlite::Result<Vec<KeyValue>>>()?;
+            let more = limit != 0 && kvs.len() > limit;
+            kvs.truncate(if limit == 0 { kvs.len() } else { limit });
+            Ok((kvs, more))
+        })
+    }
+
+    async fn commit(&self, request: CommitRequest) -> KvResult<Version> {
+        let conn = self.conn.lock().take().ok_or(KvError::UsedAfterCommit)?;
+        // End the snapshot: the commit re-checks conflicts under the lock.
+        let ended = conn.execute_batch("ROLLBACK").map_err(map_error);
+        if let Err(e) = ended {
+            return Err(e);
+        }
+        let now_ms = self.shared.clock.wall_ns() / 1_000_000;
+        if request.is_read_only() {
+            self.shared.give_back(conn);
+            arm_watches(&self.shared, request.watches);
+            return Ok(self.read_version);
+        }
+        let read_version = self.read_version;
+        let commits = self
+            .shared
+            .commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prune_before_ms = (commits % PRUNE_EVERY == PRUNE_EVERY - 1)
+            .then(|| now_ms - i64::try_from(LOG_RETENTION.as_millis()).unwrap_or(0));
+        let CommitRequest {
+            mutations,
+            read_conflicts,
+            write_conflicts,
+            watches,
+        } = request;
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let result = commit_locked(
+                &conn,
+                read_version,
+                LogEntry {
+                    at_ms: now_ms,
+                    writes: &write_conflicts,
+                    prune_before_ms,
+                },
+                &mutations,
+                &read_conflicts,
+            );
+            (conn, result)
+        })
+        .await
+        .map_err(|e| KvError::Backend(format!("sqlite worker failed: {e}")))?;
+        self.shared.give_back(conn);
+        let version = result?;
+        nudge_watcher(&self.shared);
+        arm_watches(&self.shared, watches);
+        Ok(version)
+    }
+}
+
+fn read_value(conn: &Connection, key: &[u8]) -> rusqlite::Result<Option<Vec<u8>>> {
+    conn.prepare_cached("SELECT value FROM kv WHERE key = ?1")?
+        .query_row(params![key], |r| r.get(0))
+        .optional()
+}
+
+/// Take the write lock, check conflicts, apply, log. Blocking.
+/// A commit's row in the conflict log, and whether to prune old rows.
+struct LogEntry<'a> {
+    at_ms: i64,
+    writes: &'a [KeyRange],
+    /// Delete rows older than this (all but the newest), under the same lock.
+    prune_before_ms: Option<i64>,
+}
+
+fn commit_locked(
+    conn: &Connection,
+    read_version: Version,
+    log: LogEntry<'_>,
+    mutations: &[Mutation],
+    read_conflicts: &[KeyRange],
+) -> KvResult<Version> {
+    conn.busy_timeout(WRITE_LOCK_WAIT).map_err(map_error)?;
+    let began = conn.execute_batch("BEGIN IMMEDIATE");
+    let _ = conn.busy_timeout(Duration::ZERO);
+    began.map_err(map_error)?;
+    let result = (|| {
+        let latest = check_conflicts(conn, read_version, read_conflicts)?;
+        for mutation in mutations {
+            apply(conn, mutation).map_err(map_error)?;
+        }
+        let version = latest + 1;
+        conn.prepare_cached("INSERT INTO commits(version, at_ms, writes) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| {
+                s.execute(params![
+                    i64::try_from(version).unwrap_or(i64::MAX),
+                    log.at_ms,
+                    encode_ranges(log.writes)
+                ])
+            })
+            .map_err(map_error)?;
+        if let Some(cutoff) = log.prune_before_ms {
+            conn.prepare_cached("DELETE FROM commits WHERE at_ms < ?1 AND version < ?2")
+                .and_then(|mut s| {
+                    s.execute(params![cutoff, i64::try_from(version).unwrap_or(i64::MAX)])
+                })
+                .map_err(map_error)?;
+        }
+        Ok(version)
+    })();
+    match result {
+        Ok(version) => match conn.execute_batch("COMMIT") {
+            Ok(()) => Ok(version),
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                // SQLite reports I/O errors during COMMIT after possibly
+                // writing the WAL frame: the outcome is unknown.
+                Err(match map_error(e) {
+                    KvError::Backend(_) => KvError::CommitUnknownResult,
+                    other => other,
+                })
+            }
+        },
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// Fail if a commit after `read_version` wrote a range we read. Returns the
+/// latest committed version.
+fn check_conflicts(
+    conn: &Connection,
+    read_version: Version,
+    read_conflicts: &[KeyRange],
+) -> KvResult<Version> {
+    let (latest, oldest): (i64, i64) = conn
+        .prepare_cached("SELECT max(version), min(version) FROM commits")
+        .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
+        .map_err(map_error)?;
+    let latest = u64::try_from(latest).unwrap_or(0);
+    let oldest = u64::try_from(oldest).unwrap_or(0);
+    if latest == read_version || read_conflicts.is_empty() {
+        return Ok(latest);
+    }
+    if oldest > read_version + 1 {
+        return Err(KvError::TransactionTooOld);
+    }
+    let mut stmt = conn
+        .prepare_cached("SELECT writes FROM commits WHERE version > ?1")
+        .map_err(map_error)?;
+    let rows = stmt
+        .query_map(params![i64::try_from(read_version).unwrap_or(i64::MAX)], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })
+        .map_err(map_error)?;
+    for row in rows {
+        let writes = decode_ranges(&row.map_err(map_error)?)?;
+        if writes
+            .iter()
+            .any(|w| read_conflicts.iter().any(|r| r.intersects(w)))
+        {
+            return Err(KvError::NotCommitted);
+        }
+    }
+    Ok(latest)
+}
+
+fn apply(conn: &Connection, mutation: &Mutation) -> rusqlite::Result<()> {
+    match mutation {
+        Mutation::Set { key, value } => {
+            conn.prepare_cached(
+                "INSERT INTO kv(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![key, value])?;
+        }
+        Mutation::Clear { key } => {
+            conn.prepare_cached("DELETE FROM kv WHERE key = ?1")?
+                .execute(params![key])?;
+        }
+        Mutation::ClearRange { begin, end } => {
+            conn.prepare_cached("DELETE FROM kv WHERE key >= ?1 AND key < ?2")?
+                .execute(params![begin, end])?;
+        }
+        Mutation::Add { key, delta } => {
+            let sum = apply_add(read_value(conn, key)?.as_deref(), *delta);
+            apply(
+                conn,
+                &Mutation::Set {
+                    key: key.clone(),
+                    value: sum.to_vec(),
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Ranges as `[u32 len][begin][u32 len][end]...`, lengths little-endian.
+fn encode_ranges(ranges: &[KeyRange]) -> Vec<u8> {
+    let size = ranges
+        .iter()
+        .map(|r| 8 + r.begin.len() + r.end.len())
+        .sum();
+    let mut out = Vec::with_capacity(size);
+    for range in ranges {
+        for bound in [&range.begin, &range.end] {
+            out.extend_from_slice(&u32::try_from(bound.len()).unwrap_or(u32::MAX).to_le_bytes());
+            out.extend_from_slice(bound);
+        }
+    }
+    out
+}
+
+fn decode_ranges(mut bytes: &[u8]) -> KvResult<Vec<KeyRange>> {
+    let corrupted = || KvError::Backend("sqlite: corrupted conflict log row".into());
+    let take = |bytes: &mut &[u8]| -> KvResult<Vec<u8>> {
+        let (len, rest) = bytes.split_first_chunk::<4>().ok_or_else(corrupted)?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(corrupted());
+        }
+        let (bound, rest) = rest.split_at(len);
+        *bytes = rest;
+        Ok(bound.to_vec())
+    };
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let begin = take(&mut bytes)?;
+        let end = take(&mut bytes)?;
+        out.push(KeyRange { begin, end });
+    }
+    Ok(out)
+}
+
+fn nudge_watcher(shared: &Shared) {
+    let mut table = shared.watches.lock();
+    if !table.waiting.is_empty() {
+        table.nudged = true;
+        shared.watch_wake.notify_one();
+    }
+}
+
+fn arm_watches(shared: &Arc<Shared>, watches: Vec<WatchRequest>) {
+    if watches.is_empty() {
+        return;
+    }
+    let mut table = shared.watches.lock();
+    for w in watches {
+        table
+            .waiting
+            .entry(w.key)
+            .or_default()
+            .push((w.expected, w.fired));
+    }
+    table.nudged = true;
+    if !table.thread_running {
+        table.thread_running = true;
+        let weak = Arc::downgrade(shared);
+        let spawned = std::thread::Builder::new()
+            .name("hafs-sqlite-watch".into())
+            .spawn(move || watch_loop(weak));
+        if spawned.is_err() {
+            table.thread_running = false;
+            for (_, waiters) in std::mem::take(&mut table.waiting) {
+                for (_, fired) in waiters {
+                    let _ = fired.send(Err(KvError::Backend("cannot start watcher".into())));
+                }
+            }
+        }
+    }
+    shared.watch_wake.notify_one();
+}
+
+/// The watcher thread: wakes on local commits and new watches, and polls
+/// `data_version` for commits of other processes; exits when the backend is
+/// dropped or no watch is left.
+fn watch_loop(weak: Weak<Shared>) {
+    let mut conn: Option<Connection> = None;
+    let mut seen_version: Option<i64> = None;
+    loop {
+        let Some(shared) = weak.upgrade() else { return };
+        {
+            let mut table = shared.watches.lock();
+            table.waiting.retain(|_, w| {
+                w.retain(|(_, fired)| !fired.is_closed());
+                !w.is_empty()
+            });
+            if table.waiting.is_empty() {
+                table.thread_running = false;
+                return;
+            }
+            if !table.nudged {
+                shared
+                    .watch_wake
+                    .wait_for(&mut table, shared.options.watch_poll);
+            }
+        }
+        if conn.is_none() {
+            conn = connect(&shared.path, shared.options).ok();
+        }
+        let Some(c) = conn.as_ref() else {
+            std::thread::sleep(shared.options.watch_poll);
+            continue;
+        };
+        let version: Option<i64> = c
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .ok();
+        let nudged = std::mem::take(&mut shared.watches.lock().nudged);
+        if !nudged && version.is_some() && version == seen_version {
+            continue;
+        }
+        seen_version = version;
+        check_watches(&shared, c);
+    }
+}
+
+/// Fire every watch whose key's value now differs from its expected value.
+fn check_watches(shared: &Shared, conn: &Connection) {
+    let keys: Vec<Vec<u8>> = shared.watches.lock().waiting.keys().cloned().collect();
+    let mut current = Vec::with_capacity(keys.len());
+    if conn.execute_batch("BEGIN").is_err() {
+        return;
+    }
+    for key in keys {
+        match read_value(conn, &key) {
+            Ok(value) => current.push((key, value)),
+            Err(_) => break,
+        }
+    }
+    let _ = conn.execute_batch("ROLLBACK");
+    let mut table = shared.watches.lock();
+    for (key, value) in current {
+        let Some(waiters) = table.waiting.remove(&key) else {
+            continue;
+        };
+        let (changed, unchanged): (Vec<_>, Vec<_>) = waiters
+            .into_iter()
+            .partition(|(expected, _)| *expected != value);
+        for (_, fired) in changed {
+            let _ = fired.send(Ok(()));
+        }
+        if !unchanged.is_empty() {
+            table.waiting.insert(key, unchanged);
+        }
+    }
+}
