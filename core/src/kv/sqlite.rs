@@ -26,9 +26,10 @@
 //!   `PRAGMA data_version` (it changes when any other connection commits)
 //!   and is woken at once by commits of this process.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -50,6 +51,17 @@ const LOG_RETENTION: Duration = Duration::from_secs(10);
 const _: () = assert!(LOG_RETENTION.as_secs() > TRANSACTION_AGE_MAX.as_secs());
 /// Prune the conflict log every this many commits of one process.
 const PRUNE_EVERY: u64 = 256;
+/// Checkpoint the WAL into the database file after this many commits of one
+/// process (and at least every `CHECKPOINT_INTERVAL`). Checkpoints run on
+/// their own thread so no commit pays for the checkpoint's fsync.
+const CHECKPOINT_EVERY: u64 = 250;
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// WAL length (frames) above which the checkpointer restarts the log.
+const WAL_RESTART_FRAMES: i64 = 1_000;
+/// How long a RESTART checkpoint waits for readers and writers to drain.
+const CHECKPOINT_RESTART_WAIT: Duration = Duration::from_millis(20);
+/// A restarted WAL file is truncated back to this size.
+const WAL_SIZE_LIMIT_BYTES: u64 = 64 << 20;
 /// How long a commit waits for SQLite's write lock before reporting
 /// `Unavailable` (which the runner retries).
 const WRITE_LOCK_WAIT: Duration = Duration::from_secs(5);
@@ -103,7 +115,13 @@ struct Shared {
     options: SqliteOptions,
     clock: Arc<dyn Clock>,
     pool: Mutex<Vec<Connection>>,
-    commits: std::sync::atomic::AtomicU64,
+    commits: AtomicU64,
+    /// (time, a version that existed then), one per `PRUNE_EVERY` commits:
+    /// rows up to a mark's version may go once the mark is older than
+    /// `LOG_RETENTION`. Pruning by version range touches only the rows it deletes.
+    prune_marks: Mutex<VecDeque<(i64, Version)>>,
+    checkpoint_lock: Mutex<()>,
+    checkpoint_wake: Condvar,
     watches: Mutex<WatchTable>,
     watch_wake: Condvar,
 }
@@ -130,20 +148,50 @@ impl SqliteBackend {
             options,
             clock,
             pool: Mutex::new(vec![conn]),
-            commits: Default::default(),
+            commits: AtomicU64::new(0),
+            prune_marks: Mutex::default(),
+            checkpoint_lock: Mutex::new(()),
+            checkpoint_wake: Condvar::new(),
             watches: Mutex::default(),
             watch_wake: Condvar::new(),
         });
+        if options.durability == Durability::Relaxed {
+            start_checkpointer(&shared)?;
+        }
         Ok(SqliteBackend { shared })
     }
 
     pub fn path(&self) -> &Path {
         &self.shared.path
     }
+}
 
+fn start_checkpointer(shared: &Arc<Shared>) -> Result<(), OpenError> {
+    let weak = Arc::downgrade(shared);
+    std::thread::Builder::new()
+        .name("hafs-sqlite-ckpt".into())
+        .spawn(move || checkpoint_loop(weak))
+        .map(|_| ())
+        .map_err(|e| OpenError::Io {
+            path: shared.path.display().to_string(),
+            message: format!("cannot start checkpoint thread: {e}"),
+        })
 }
 
 impl Shared {
+    /// Record a mark; return the newest version that is now old enough to
+    /// drop from the conflict log, if any.
+    fn prune_mark(&self, now_ms: i64, version: Version) -> Option<Version> {
+        let cutoff = now_ms - i64::try_from(LOG_RETENTION.as_millis()).unwrap_or(0);
+        let mut marks = self.prune_marks.lock();
+        marks.push_back((now_ms, version));
+        let mut through = None;
+        while marks.front().is_some_and(|(at, _)| *at < cutoff) {
+            through = marks.pop_front().map(|(_, v)| v);
+        }
+        through
+    }
+
     fn take_connection(&self) -> KvResult<Connection> {
         if let Some(conn) = self.pool.lock().pop() {
             return Ok(conn);
@@ -165,6 +213,18 @@ fn connect(path: &Path, options: SqliteOptions) -> rusqlite::Result<Connection> 
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(Duration::ZERO)?;
+    // Relaxed commits run inline on the executor, so their checkpoints (which
+    // fsync) belong to the checkpoint thread; durable commits already run on
+    // the blocking pool, where SQLite's own autocheckpoint after COMMIT keeps
+    // the WAL short and rewritten in place.
+    let autocheckpoint_pages = match options.durability {
+        Durability::Relaxed => 0,
+        Durability::Durable => 1000,
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA wal_autocheckpoint={autocheckpoint_pages}; \
+         PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES};"
+    ))?;
     let synchronous = match options.durability {
         Durability::Durable => "FULL",
         Durability::Relaxed => "NORMAL",
@@ -234,11 +294,9 @@ fn init_schema_locked(conn: &Connection, path: &Path) -> Result<(), OpenError> {
     }
     if has_meta {
         let format: Option<i64> = conn
-            .query_row(
-                "SELECT value FROM hafs_meta WHERE name='format'",
-                [],
-                |r| r.get(0),
-            )
+            .query_row("SELECT value FROM hafs_meta WHERE name='format'", [], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(err)?;
         return match format {
@@ -256,8 +314,8 @@ fn init_schema_locked(conn: &Connection, path: &Path) -> Result<(), OpenError> {
     conn.execute_batch(
         "CREATE TABLE hafs_meta(name TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
          CREATE TABLE kv(key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
-         CREATE TABLE commits(version INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, writes BLOB NOT NULL);
-         INSERT INTO commits(version, at_ms, writes) VALUES (0, 0, x'');",
+         CREATE TABLE commits(version INTEGER PRIMARY KEY, writes BLOB NOT NULL);
+         INSERT INTO commits(version, writes) VALUES (0, x'');",
     )
     .map_err(err)?;
     conn.execute(
@@ -416,52 +474,73 @@ impl BackendTxn for SqliteTxn {
 
     async fn commit(&self, request: CommitRequest) -> KvResult<Version> {
         let conn = self.conn.lock().take().ok_or(KvError::UsedAfterCommit)?;
-        // End the snapshot: the commit re-checks conflicts under the lock.
-        let ended = conn.execute_batch("ROLLBACK").map_err(map_error);
-        if let Err(e) = ended {
-            return Err(e);
-        }
-        let now_ms = self.shared.clock.wall_ns() / 1_000_000;
         if request.is_read_only() {
+            let ended = conn.execute_batch("ROLLBACK").map_err(map_error);
             self.shared.give_back(conn);
+            ended?;
             arm_watches(&self.shared, request.watches);
             return Ok(self.read_version);
         }
-        let read_version = self.read_version;
-        let commits = self
-            .shared
-            .commits
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let prune_before_ms = (commits % PRUNE_EVERY == PRUNE_EVERY - 1)
-            .then(|| now_ms - i64::try_from(LOG_RETENTION.as_millis()).unwrap_or(0));
-        let CommitRequest {
-            mutations,
-            read_conflicts,
-            write_conflicts,
-            watches,
-        } = request;
-        let (conn, result) = tokio::task::spawn_blocking(move || {
-            let result = commit_locked(
-                &conn,
-                read_version,
-                LogEntry {
-                    at_ms: now_ms,
-                    writes: &write_conflicts,
-                    prune_before_ms,
-                },
-                &mutations,
-                &read_conflicts,
-            );
-            (conn, result)
-        })
-        .await
-        .map_err(|e| KvError::Backend(format!("sqlite worker failed: {e}")))?;
+        let at_ms = self.shared.clock.wall_ns() / 1_000_000;
+        let commits = self.shared.commits.fetch_add(1, Ordering::Relaxed) + 1;
+        if commits.is_multiple_of(CHECKPOINT_EVERY) {
+            self.shared.checkpoint_wake.notify_one();
+        }
+        let work = CommitWork {
+            read_version: self.read_version,
+            mutations: request.mutations,
+            read_conflicts: request.read_conflicts,
+            writes: request.write_conflicts,
+            prune_through: commits
+                .is_multiple_of(PRUNE_EVERY)
+                .then(|| self.shared.prune_mark(at_ms, self.read_version))
+                .flatten(),
+        };
+        let (conn, result) = match self.shared.options.durability {
+            // No fsync at COMMIT (checkpoints run on their own thread), so
+            // an uncontended commit runs inline; waiting for the lock does not.
+            Durability::Relaxed => match commit_promoted(&conn, &work) {
+                Attempt::Done(result) => (conn, result),
+                Attempt::Busy => on_blocking_pool(conn, move |c| commit_locked(c, &work)).await?,
+            },
+            // COMMIT fsyncs: always off the executor.
+            Durability::Durable => {
+                on_blocking_pool(conn, move |c| match commit_promoted(c, &work) {
+                    Attempt::Done(result) => result,
+                    Attempt::Busy => commit_locked(c, &work),
+                })
+                .await?
+            }
+        };
         self.shared.give_back(conn);
         let version = result?;
         nudge_watcher(&self.shared);
-        arm_watches(&self.shared, watches);
+        arm_watches(&self.shared, request.watches);
         Ok(version)
     }
+}
+
+/// Run blocking `f` with the connection without stalling the executor: on a
+/// multi-threaded runtime `block_in_place` hands this worker's other tasks
+/// to another thread and runs `f` right here (no thread switch, which costs
+/// more than a whole relaxed commit); elsewhere, on the blocking pool.
+async fn on_blocking_pool<T: Send + 'static>(
+    conn: Connection,
+    f: impl FnOnce(&Connection) -> T + Send + 'static,
+) -> KvResult<(Connection, T)> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let multi_thread = Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if multi_thread {
+        let out = tokio::task::block_in_place(|| f(&conn));
+        return Ok((conn, out));
+    }
+    tokio::task::spawn_blocking(move || {
+        let out = f(&conn);
+        (conn, out)
+    })
+    .await
+    .map_err(|e| KvError::Backend(format!("sqlite worker failed: {e}")))
 }
 
 fn read_value(conn: &Connection, key: &[u8]) -> rusqlite::Result<Option<Vec<u8>>> {
@@ -470,66 +549,91 @@ fn read_value(conn: &Connection, key: &[u8]) -> rusqlite::Result<Option<Vec<u8>>
         .optional()
 }
 
-/// Take the write lock, check conflicts, apply, log. Blocking.
-/// A commit's row in the conflict log, and whether to prune old rows.
-struct LogEntry<'a> {
-    at_ms: i64,
-    writes: &'a [KeyRange],
-    /// Delete rows older than this (all but the newest), under the same lock.
-    prune_before_ms: Option<i64>,
+/// A write commit's inputs, owned so they can move to the blocking pool.
+struct CommitWork {
+    read_version: Version,
+    mutations: Vec<Mutation>,
+    read_conflicts: Vec<KeyRange>,
+    /// Write conflict ranges, logged for later transactions' checks.
+    writes: Vec<KeyRange>,
+    /// Delete log rows up to this version (never the newest) in this commit.
+    prune_through: Option<Version>,
 }
 
-fn commit_locked(
-    conn: &Connection,
-    read_version: Version,
-    log: LogEntry<'_>,
-    mutations: &[Mutation],
-    read_conflicts: &[KeyRange],
-) -> KvResult<Version> {
+enum Attempt {
+    Done(KvResult<Version>),
+    /// The fast path could not take the write lock; nothing was applied.
+    Busy,
+}
+
+/// Fast path: promote the snapshot's read transaction to a write
+/// transaction. SQLite allows that only when nothing committed since the
+/// snapshot began — so no conflict is possible and the new version is
+/// `read_version + 1` — and otherwise answers BUSY at once (busy timeout 0),
+/// leaving the slow path to wait for the lock and check the conflict log.
+fn commit_promoted(conn: &Connection, work: &CommitWork) -> Attempt {
+    let version = work.read_version + 1;
+    match write_all(conn, work, version) {
+        Ok(()) => Attempt::Done(finish(conn, version)),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            if is_busy(&e) {
+                Attempt::Busy
+            } else {
+                Attempt::Done(Err(map_error(e)))
+            }
+        }
+    }
+}
+
+/// Slow path: wait for the write lock, check the conflict log, apply.
+fn commit_locked(conn: &Connection, work: &CommitWork) -> KvResult<Version> {
     conn.busy_timeout(WRITE_LOCK_WAIT).map_err(map_error)?;
     let began = conn.execute_batch("BEGIN IMMEDIATE");
     let _ = conn.busy_timeout(Duration::ZERO);
     began.map_err(map_error)?;
-    let result = (|| {
-        let latest = check_conflicts(conn, read_version, read_conflicts)?;
-        for mutation in mutations {
-            apply(conn, mutation).map_err(map_error)?;
-        }
-        let version = latest + 1;
-        conn.prepare_cached("INSERT INTO commits(version, at_ms, writes) VALUES (?1, ?2, ?3)")
-            .and_then(|mut s| {
-                s.execute(params![
-                    i64::try_from(version).unwrap_or(i64::MAX),
-                    log.at_ms,
-                    encode_ranges(log.writes)
-                ])
-            })
-            .map_err(map_error)?;
-        if let Some(cutoff) = log.prune_before_ms {
-            conn.prepare_cached("DELETE FROM commits WHERE at_ms < ?1 AND version < ?2")
-                .and_then(|mut s| {
-                    s.execute(params![cutoff, i64::try_from(version).unwrap_or(i64::MAX)])
-                })
-                .map_err(map_error)?;
-        }
-        Ok(version)
-    })();
-    match result {
-        Ok(version) => match conn.execute_batch("COMMIT") {
-            Ok(()) => Ok(version),
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                // SQLite reports I/O errors during COMMIT after possibly
-                // writing the WAL frame: the outcome is unknown.
-                Err(match map_error(e) {
-                    KvError::Backend(_) => KvError::CommitUnknownResult,
-                    other => other,
-                })
-            }
-        },
+    let written =
+        check_conflicts(conn, work.read_version, &work.read_conflicts).and_then(|latest| {
+            write_all(conn, work, latest + 1).map_err(map_error)?;
+            Ok(latest + 1)
+        });
+    match written {
+        Ok(version) => finish(conn, version),
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
             Err(e)
+        }
+    }
+}
+
+/// Apply the mutations and append the commit's conflict-log row.
+fn write_all(conn: &Connection, work: &CommitWork, version: Version) -> rusqlite::Result<()> {
+    for mutation in &work.mutations {
+        apply(conn, mutation)?;
+    }
+    let version = i64::try_from(version).unwrap_or(i64::MAX);
+    conn.prepare_cached("INSERT INTO commits(version, writes) VALUES (?1, ?2)")?
+        .execute(params![version, encode_ranges(&work.writes)])?;
+    if let Some(through) = work.prune_through {
+        // A rowid range: touches only the rows it deletes.
+        let through = i64::try_from(through).unwrap_or(i64::MAX).min(version - 1);
+        conn.prepare_cached("DELETE FROM commits WHERE version <= ?1")?
+            .execute(params![through])?;
+    }
+    Ok(())
+}
+
+fn finish(conn: &Connection, version: Version) -> KvResult<Version> {
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => Ok(version),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            // An I/O error during COMMIT may come after the WAL frames were
+            // written: the outcome is unknown. BUSY applied nothing.
+            Err(match map_error(e) {
+                KvError::Backend(_) => KvError::CommitUnknownResult,
+                other => other,
+            })
         }
     }
 }
@@ -541,8 +645,12 @@ fn check_conflicts(
     read_version: Version,
     read_conflicts: &[KeyRange],
 ) -> KvResult<Version> {
+    // Two subqueries, not `max(), min()` in one: SQLite seeks the primary
+    // key for a lone min() or max() but scans the table for both together.
     let (latest, oldest): (i64, i64) = conn
-        .prepare_cached("SELECT max(version), min(version) FROM commits")
+        .prepare_cached(
+            "SELECT (SELECT max(version) FROM commits), (SELECT min(version) FROM commits)",
+        )
         .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
         .map_err(map_error)?;
     let latest = u64::try_from(latest).unwrap_or(0);
@@ -557,9 +665,10 @@ fn check_conflicts(
         .prepare_cached("SELECT writes FROM commits WHERE version > ?1")
         .map_err(map_error)?;
     let rows = stmt
-        .query_map(params![i64::try_from(read_version).unwrap_or(i64::MAX)], |r| {
-            r.get::<_, Vec<u8>>(0)
-        })
+        .query_map(
+            params![i64::try_from(read_version).unwrap_or(i64::MAX)],
+            |r| r.get::<_, Vec<u8>>(0),
+        )
         .map_err(map_error)?;
     for row in rows {
         let writes = decode_ranges(&row.map_err(map_error)?)?;
@@ -605,10 +714,7 @@ fn apply(conn: &Connection, mutation: &Mutation) -> rusqlite::Result<()> {
 
 /// Ranges as `[u32 len][begin][u32 len][end]...`, lengths little-endian.
 fn encode_ranges(ranges: &[KeyRange]) -> Vec<u8> {
-    let size = ranges
-        .iter()
-        .map(|r| 8 + r.begin.len() + r.end.len())
-        .sum();
+    let size = ranges.iter().map(|r| 8 + r.begin.len() + r.end.len()).sum();
     let mut out = Vec::with_capacity(size);
     for range in ranges {
         for bound in [&range.begin, &range.end] {
@@ -638,6 +744,49 @@ fn decode_ranges(mut bytes: &[u8]) -> KvResult<Vec<KeyRange>> {
         out.push(KeyRange { begin, end });
     }
     Ok(out)
+}
+
+/// Copy the WAL back into the database file now and then. A PASSIVE
+/// checkpoint never blocks anyone, but under a steady stream of commits it
+/// never catches up, and a WAL that is never restarted grows without bound
+/// (every commit then extends the file: measured 22 → 36 µs per commit over
+/// 100k commits). So when the WAL stays long, a RESTART checkpoint briefly
+/// holds new writers (they wait on the blocking pool) until the log can
+/// start over. Exits when the backend is dropped.
+fn checkpoint_loop(weak: Weak<Shared>) {
+    let mut conn: Option<Connection> = None;
+    loop {
+        let Some(shared) = weak.upgrade() else { return };
+        {
+            let mut guard = shared.checkpoint_lock.lock();
+            shared
+                .checkpoint_wake
+                .wait_for(&mut guard, CHECKPOINT_INTERVAL);
+        }
+        if conn.is_none() {
+            conn = connect(&shared.path, shared.options).ok();
+        }
+        if let Some(c) = conn.as_ref() {
+            if let Err(e) = checkpoint(c) {
+                tracing::debug!(error = %e, "sqlite checkpoint incomplete; will retry");
+            }
+        }
+    }
+}
+
+fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+    let wal_frames = |mode: &str| {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+            r.get::<_, i64>(1)
+        })
+    };
+    if wal_frames("PASSIVE")? > WAL_RESTART_FRAMES {
+        conn.busy_timeout(CHECKPOINT_RESTART_WAIT)?;
+        let restarted = wal_frames("RESTART");
+        conn.busy_timeout(Duration::ZERO)?;
+        restarted?;
+    }
+    Ok(())
 }
 
 fn nudge_watcher(shared: &Shared) {
@@ -710,9 +859,7 @@ fn watch_loop(weak: Weak<Shared>) {
             std::thread::sleep(shared.options.watch_poll);
             continue;
         };
-        let version: Option<i64> = c
-            .query_row("PRAGMA data_version", [], |r| r.get(0))
-            .ok();
+        let version: Option<i64> = c.query_row("PRAGMA data_version", [], |r| r.get(0)).ok();
         let nudged = std::mem::take(&mut shared.watches.lock().nudged);
         if !nudged && version.is_some() && version == seen_version {
             continue;

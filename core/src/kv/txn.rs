@@ -115,6 +115,12 @@ impl Transaction {
     async fn get_with(&self, key: &[u8], snapshot: bool) -> KvResult<Option<Vec<u8>>> {
         self.check_readable()?;
         check_key(key)?;
+        self.read_key(key, snapshot).await
+    }
+
+    /// Read through the overlay; no liveness checks (`commit` uses it after
+    /// the transaction is marked finished, to learn what watches expect).
+    async fn read_key(&self, key: &[u8], snapshot: bool) -> KvResult<Option<Vec<u8>>> {
         let lookup = {
             let mut state = self.inner.state.lock();
             if !snapshot {
@@ -273,15 +279,18 @@ impl Transaction {
                 return Err(KvError::UsedAfterCommit);
             }
             state.finished = true;
+            // Taken before any early return, so a failed commit drops the
+            // senders and its watches resolve with an error.
+            let watches = std::mem::take(&mut state.watches);
             if let Some(e) = state.error.clone() {
                 return Err(e);
             }
-            std::mem::take(&mut state.watches)
+            watches
         };
         self.check_age()?;
         let mut requests = Vec::with_capacity(watches.len());
         for (key, fired) in watches {
-            let expected = self.get_with(&key, true).await?;
+            let expected = self.read_key(&key, true).await?;
             requests.push(WatchRequest { key, expected, fired });
         }
         let request = {
