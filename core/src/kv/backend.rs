@@ -63,13 +63,24 @@ pub trait BackendTxn: Send + Sync + Debug {
 /// One mutation, applied in order at commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mutation {
-    Set { key: Vec<u8>, value: Vec<u8> },
-    Clear { key: Vec<u8> },
-    ClearRange { begin: Vec<u8>, end: Vec<u8> },
+    Set {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Clear {
+        key: Vec<u8>,
+    },
+    ClearRange {
+        begin: Vec<u8>,
+        end: Vec<u8>,
+    },
     /// FoundationDB's ADD: the stored value, read as a little-endian integer
     /// zero-extended or truncated to 8 bytes (absent = 0), plus `delta`,
     /// wrapping, stored as 8 bytes.
-    Add { key: Vec<u8>, delta: i64 },
+    Add {
+        key: Vec<u8>,
+        delta: i64,
+    },
 }
 
 /// Everything a backend needs to commit a transaction.
@@ -102,6 +113,9 @@ pub struct WatchRequest {
     pub expected: Option<Vec<u8>>,
     pub fired: oneshot::Sender<KvResult<()>>,
 }
+
+/// Armed watches on one key: the value each expects, and how to fire it.
+pub type Waiters = Vec<(Option<Vec<u8>>, oneshot::Sender<KvResult<()>>)>;
 
 /// Apply FoundationDB's ADD to an existing value.
 pub fn apply_add(existing: Option<&[u8]>, delta: i64) -> [u8; 8] {

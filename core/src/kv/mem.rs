@@ -17,15 +17,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use tokio::sync::oneshot;
 
-use super::backend::{apply_add, Backend, BackendTxn, CommitRequest, Mutation, WatchRequest};
+use super::backend::{
+    apply_add, Backend, BackendTxn, CommitRequest, Mutation, Waiters, WatchRequest,
+};
 use super::{KeyRange, KeyValue, KvError, KvResult, Version};
 use crate::clock::Clock;
 use crate::limits::TRANSACTION_AGE_MAX;
 
 /// History is kept this much longer than a transaction may live.
 const HISTORY_MARGIN: Duration = Duration::from_secs(1);
+
+/// One key's versions, ascending; `None` is a deletion.
+type History = Vec<(Version, Option<Vec<u8>>)>;
 
 /// The in-memory backend. Clones share the same store.
 #[derive(Debug, Clone)]
@@ -38,14 +42,14 @@ pub struct MemBackend {
 struct State {
     version: Version,
     /// Per key, its versions ascending; `None` is a deletion.
-    data: BTreeMap<Vec<u8>, Vec<(Version, Option<Vec<u8>>)>>,
+    data: BTreeMap<Vec<u8>, History>,
     /// Recent commits: version, commit time, write conflict ranges.
     log: VecDeque<(Version, Duration, Vec<KeyRange>)>,
     /// Reads at versions below this are no longer exact.
     horizon: Version,
     /// Keys written, in version order, whose history awaits folding.
     to_fold: VecDeque<(Version, Vec<u8>)>,
-    watches: BTreeMap<Vec<u8>, Vec<(Option<Vec<u8>>, oneshot::Sender<KvResult<()>>)>>,
+    watches: BTreeMap<Vec<u8>, Waiters>,
 }
 
 impl MemBackend {
@@ -96,9 +100,7 @@ struct MemTxn {
 
 fn value_at(history: &[(Version, Option<Vec<u8>>)], version: Version) -> Option<&[u8]> {
     let newer = history.partition_point(|(v, _)| *v <= version);
-    newer
-        .checked_sub(1)
-        .and_then(|i| history[i].1.as_deref())
+    newer.checked_sub(1).and_then(|i| history[i].1.as_deref())
 }
 
 impl MemTxn {
@@ -141,7 +143,7 @@ impl BackendTxn for MemTxn {
         let range = state
             .data
             .range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)));
-        let live = |(k, h): (&Vec<u8>, &Vec<(Version, Option<Vec<u8>>)>)| {
+        let live = |(k, h): (&Vec<u8>, &History)| {
             value_at(h, self.read_version).map(|v| (k.clone(), v.to_vec()))
         };
         let mut out = Vec::new();
@@ -300,7 +302,11 @@ fn arm_watches(state: &mut State, watches: Vec<WatchRequest>) {
         if value_at_latest(state, &key) != expected.as_deref() {
             let _ = fired.send(Ok(()));
         } else {
-            state.watches.entry(key).or_default().push((expected, fired));
+            state
+                .watches
+                .entry(key)
+                .or_default()
+                .push((expected, fired));
         }
     }
 }

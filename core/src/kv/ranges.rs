@@ -95,7 +95,10 @@ impl RangeSet {
         // Ranges starting inside `[begin, end]` merge in.
         let absorbed: Vec<Vec<u8>> = self
             .ranges
-            .range::<[u8], _>((Bound::Included(begin.as_slice()), Bound::Included(end.as_slice())))
+            .range::<[u8], _>((
+                Bound::Included(begin.as_slice()),
+                Bound::Included(end.as_slice()),
+            ))
             .map(|(b, _)| b.clone())
             .collect();
         for b in absorbed {
@@ -130,7 +133,9 @@ impl RangeSet {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.ranges.iter().map(|(b, e)| (b.as_slice(), e.as_slice()))
+        self.ranges
+            .iter()
+            .map(|(b, e)| (b.as_slice(), e.as_slice()))
     }
 
     pub fn to_ranges(&self) -> Vec<KeyRange> {

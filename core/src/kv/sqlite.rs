@@ -36,9 +36,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::{Condvar, Mutex};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
-use tokio::sync::oneshot;
 
-use super::backend::{apply_add, Backend, BackendTxn, CommitRequest, Mutation, WatchRequest};
+use super::backend::{
+    apply_add, Backend, BackendTxn, CommitRequest, Mutation, Waiters, WatchRequest,
+};
 use super::url::OpenError;
 use super::{KeyRange, KeyValue, KvError, KvResult, Version};
 use crate::clock::Clock;
@@ -128,7 +129,7 @@ struct Shared {
 
 #[derive(Default)]
 struct WatchTable {
-    waiting: BTreeMap<Vec<u8>, Vec<(Option<Vec<u8>>, oneshot::Sender<KvResult<()>>)>>,
+    waiting: BTreeMap<Vec<u8>, Waiters>,
     /// A local commit or a new watch: check now rather than at the next poll.
     nudged: bool,
     thread_running: bool,
@@ -238,13 +239,44 @@ fn open_error(path: &Path, e: rusqlite::Error) -> OpenError {
     match e.sqlite_error_code() {
         Some(ErrorCode::NotADatabase) => OpenError::NotHafs { path },
         Some(ErrorCode::ReadOnly) => OpenError::ReadOnly { path },
-        Some(ErrorCode::CannotOpen) | Some(ErrorCode::PermissionDenied) => OpenError::Io {
-            path,
-            message: "cannot open database file (missing directory or no permission)".into(),
-        },
+        Some(ErrorCode::CannotOpen) | Some(ErrorCode::PermissionDenied) => {
+            diagnose_cannot_open(Path::new(&path))
+        }
         _ => OpenError::Io {
             path,
             message: e.to_string(),
+        },
+    }
+}
+
+/// SQLite says only "unable to open database file"; find out why by trying
+/// what it tried: opening the file (or creating it) for writing.
+fn diagnose_cannot_open(path: &Path) -> OpenError {
+    let shown = path.display().to_string();
+    let probe = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(!path.exists())
+        .truncate(false)
+        .open(path);
+    match probe {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+            ) && path.exists() =>
+        {
+            OpenError::ReadOnly { path: shown }
+        }
+        Err(e) => OpenError::Io {
+            path: shown,
+            message: e.to_string(),
+        },
+        // The file itself is writable: its directory is not (SQLite must
+        // create the -wal and -shm files beside it).
+        Ok(_) => OpenError::Io {
+            path: shown,
+            message: "cannot create the -wal/-shm files: is its directory writable?".into(),
         },
     }
 }
@@ -529,8 +561,8 @@ async fn on_blocking_pool<T: Send + 'static>(
     f: impl FnOnce(&Connection) -> T + Send + 'static,
 ) -> KvResult<(Connection, T)> {
     use tokio::runtime::{Handle, RuntimeFlavor};
-    let multi_thread = Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    let multi_thread =
+        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
     if multi_thread {
         let out = tokio::task::block_in_place(|| f(&conn));
         return Ok((conn, out));

@@ -152,10 +152,16 @@ impl Transaction {
     ) -> KvResult<RangeResult> {
         self.check_readable()?;
         if begin > end {
-            return Err(KvError::InvalidArgument("range begin is after its end".into()));
+            return Err(KvError::InvalidArgument(
+                "range begin is after its end".into(),
+            ));
         }
         // Ask for one pair beyond the limit so `more` is exact.
-        let target = if options.limit == 0 { 0 } else { options.limit + 1 };
+        let target = if options.limit == 0 {
+            0
+        } else {
+            options.limit + 1
+        };
         let mut kvs: Vec<KeyValue> = Vec::new();
         let (mut lo, mut hi) = (begin.to_vec(), end.to_vec());
         while lo < hi && (target == 0 || kvs.len() < target) {
@@ -171,7 +177,12 @@ impl Transaction {
                 (true, Some((last, _)), true) => (last.clone(), hi.clone()),
                 _ => (lo.clone(), hi.clone()),
             };
-            let mut window = self.inner.state.lock().overlay.merge_window(&w_lo, &w_hi, page);
+            let mut window = self
+                .inner
+                .state
+                .lock()
+                .overlay
+                .merge_window(&w_lo, &w_hi, page);
             if options.reverse {
                 window.reverse();
             }
@@ -204,10 +215,14 @@ impl Transaction {
     /// Set `key` to `value`. Limits are checked here; a broken limit is
     /// reported by `commit`.
     pub fn set(&self, key: &[u8], value: &[u8]) {
-        self.mutate(key.len() + value.len(), || {
-            check_key(key)?;
-            check_value(value)
-        }, |o| o.set(key, value));
+        self.mutate(
+            key.len() + value.len(),
+            || {
+                check_key(key)?;
+                check_value(value)
+            },
+            |o| o.set(key, value),
+        );
     }
 
     pub fn clear(&self, key: &[u8]) {
@@ -291,7 +306,11 @@ impl Transaction {
         let mut requests = Vec::with_capacity(watches.len());
         for (key, fired) in watches {
             let expected = self.read_key(&key, true).await?;
-            requests.push(WatchRequest { key, expected, fired });
+            requests.push(WatchRequest {
+                key,
+                expected,
+                fired,
+            });
         }
         let request = {
             let state = self.inner.state.lock();
@@ -335,7 +354,11 @@ impl Transaction {
     }
 
     fn check_age(&self) -> KvResult<()> {
-        let age = self.inner.clock.monotonic().saturating_sub(self.inner.started);
+        let age = self
+            .inner
+            .clock
+            .monotonic()
+            .saturating_sub(self.inner.started);
         if age > TRANSACTION_AGE_MAX {
             return Err(KvError::TransactionTooOld);
         }
@@ -360,9 +383,7 @@ fn check_key(key: &[u8]) -> KvResult<()> {
 
 fn check_value(value: &[u8]) -> KvResult<()> {
     if value.len() > VALUE_BYTES_MAX {
-        return Err(KvError::ValueTooLarge {
-            bytes: value.len(),
-        });
+        return Err(KvError::ValueTooLarge { bytes: value.len() });
     }
     Ok(())
 }

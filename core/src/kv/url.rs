@@ -18,7 +18,9 @@ use crate::clock::Clock;
 /// the problem and the file.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum OpenError {
-    #[error("invalid KV URL {url:?}: {reason} (expected sqlite:///path, mem: or fdb:[///cluster-file])")]
+    #[error(
+        "invalid KV URL {url:?}: {reason} (expected sqlite:///path, mem: or fdb:[///cluster-file])"
+    )]
     InvalidUrl { url: String, reason: String },
     #[error("{path} is not a hafs database")]
     NotHafs { path: String },
@@ -52,9 +54,7 @@ impl KvUrl {
             url: url.to_string(),
             reason: reason.to_string(),
         };
-        let (scheme, rest) = url
-            .split_once(':')
-            .ok_or_else(|| invalid("no scheme"))?;
+        let (scheme, rest) = url.split_once(':').ok_or_else(|| invalid("no scheme"))?;
         match scheme {
             "mem" if rest.is_empty() || rest == "//" => Ok(KvUrl::Mem),
             "mem" => Err(invalid("mem: takes no path")),
