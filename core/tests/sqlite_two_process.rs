@@ -6,9 +6,11 @@
 //! The test re-executes its own binary as the two workers (selected by an
 //! environment variable), so both really are separate processes.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
 use hafs_core::clock::TokioClock;
 use hafs_core::kv::sqlite::{Durability, SqliteBackend, SqliteOptions};
@@ -106,4 +108,64 @@ fn two_processes_lose_no_increment() {
     });
     assert_eq!(total, 2 * INCREMENTS, "lost updates on the total");
     assert_eq!(sum, 2 * INCREMENTS, "lost updates on the counters");
+}
+
+const WATCHER_ENV: &str = "HAFS_TEST_WATCH_DB";
+
+/// The watcher process: arm a watch on `key`, say so, wait for it to fire.
+async fn watch_once(path: &Path) -> Result<(), KvError> {
+    let db = open(path, 3);
+    let txn = db.begin().await?;
+    let watch = txn.watch(b"key");
+    txn.commit().await?;
+    // Let the watcher thread finish its first look (made at once when a
+    // watch is armed) before the other process writes, so the change can
+    // only be found by polling `data_version`, the path under test.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!("armed");
+    tokio::time::timeout(Duration::from_secs(10), watch.changed())
+        .await
+        .map_err(|_| KvError::TimedOut)?
+}
+
+/// A watch fires for a commit made by another process (found through
+/// `PRAGMA data_version`, not through an in-process notification).
+#[test]
+fn watch_sees_a_commit_of_another_process() {
+    if let Ok(path) = std::env::var(WATCHER_ENV) {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime
+            .block_on(watch_once(Path::new(&path)))
+            .expect("watch did not fire");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hafs.db");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let db = runtime.block_on(async { open(&path, 4) });
+    let mut child = Command::new(std::env::current_exe().expect("current exe"))
+        .args([
+            "watch_sees_a_commit_of_another_process",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(WATCHER_ENV, &path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn watcher");
+    let stdout = child.stdout.take().expect("stdout");
+    // Keep reading the child's stdout to its end: closing the pipe early
+    // would kill the child's test harness with EPIPE.
+    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    let armed = lines.any(|line| line.contains("armed"));
+    assert!(armed, "watcher never armed its watch");
+    runtime
+        .block_on(db.run(|txn, _| async move {
+            txn.set(b"key", b"changed");
+            Ok::<_, KvError>(())
+        }))
+        .expect("write");
+    lines.for_each(drop);
+    let status = child.wait().expect("wait watcher");
+    assert!(status.success(), "watcher failed: {status}");
 }
