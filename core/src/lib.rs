@@ -6,8 +6,13 @@
 //! - [`kv`]: the FoundationDB-semantics transactional KV layer and its
 //!   backends (`mem`, `sqlite`, `fdb`);
 //! - [`clock`]: injected time;
-//! - [`limits`]: every size and time limit, in one place.
+//! - [`limits`]: every size and time limit, in one place;
+//! - [`keys`]: the key schema; [`codec`]: value encodings;
+//! - [`error`]: [`error::FsError`] and its errno mapping.
 
 pub mod clock;
+pub mod codec;
+pub mod error;
+pub mod keys;
 pub mod kv;
 pub mod limits;

@@ -1,0 +1,287 @@
+//! The key schema: every key hafs stores, in one place.
+//!
+//! Keys are FoundationDB tuples (the `foundationdb-tuple` crate), so they
+//! read the same in `fdbcli`, sort by their elements, and share one
+//! database between filesystems. Every key of filesystem `FS` starts with
+//! the tuple prefix `("hafs", FS)`:
+//!
+//! ```text
+//! ("hafs", FS, "version")                        -> (format,)
+//! ("hafs", FS, "settings")                       -> Settings
+//! ("hafs", FS, "inoalloc")                       -> next inode counter (u64 LE)
+//! ("hafs", FS, "ino", INO, "attr")               -> Attr
+//! ("hafs", FS, "ino", DIR, "dirent", NAME)       -> (child ino, file type)
+//! ("hafs", FS, "ino", INO, "data", CHUNK)        -> chunk bytes, trailing zeros trimmed
+//! ("hafs", FS, "ino", INO, "link")               -> symlink target bytes
+//! ("hafs", FS, "ino", INO, "xattr", NAME)        -> attribute value bytes
+//! ("hafs", FS, "ino", INO, "open", CLIENT)       -> open handles on that client (i64 LE, atomic add)
+//! ("hafs", FS, "ino", SUBVOL, "count", SHARD, "bytes"|"inodes") -> i64 LE, atomic add
+//! ("hafs", FS, "unlinked", INO)                  -> ()  unlinked while open
+//! ("hafs", FS, "client", CLIENT, "idem", SEQ)    -> idempotency marker: the reply
+//! ("hafs-registry", FS)                          -> ()  one key per filesystem, for listing
+//! ```
+//!
+//! `INO`, `CHUNK`, `SEQ`, `SHARD` are integers; `NAME` is a byte string;
+//! `CLIENT` is a string. All of an inode's keys share the prefix
+//! `("hafs", FS, "ino", INO)`, so deleting an inode is one range clear.
+//! Inode numbers are bit-reversed counters (see [`crate::fs::alloc`]), which
+//! spreads new inodes over the key space instead of appending at one end.
+
+use foundationdb_tuple::{Bytes, Subspace};
+
+/// Inode number of the root directory.
+pub const ROOT_INO: u64 = 1;
+
+/// The keys of one filesystem.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    fs: Subspace,
+}
+
+fn name_bytes(name: &[u8]) -> Bytes<'_> {
+    Bytes::from(name)
+}
+
+impl Keys {
+    pub fn new(fs_name: &str) -> Self {
+        Keys {
+            fs: Subspace::all().subspace(&("hafs", fs_name)),
+        }
+    }
+
+    /// `[begin, end)` of every key of this filesystem.
+    pub fn all(&self) -> (Vec<u8>, Vec<u8>) {
+        self.fs.range()
+    }
+
+    pub fn version(&self) -> Vec<u8> {
+        self.fs.pack(&("version",))
+    }
+
+    pub fn settings(&self) -> Vec<u8> {
+        self.fs.pack(&("settings",))
+    }
+
+    pub fn inode_allocator(&self) -> Vec<u8> {
+        self.fs.pack(&("inoalloc",))
+    }
+
+    /// `[begin, end)` of every key of one inode.
+    pub fn inode_range(&self, ino: u64) -> (Vec<u8>, Vec<u8>) {
+        self.fs.subspace(&("ino", ino)).range()
+    }
+
+    /// `[begin, end)` of every inode's keys (for fsck).
+    pub fn inodes_range(&self) -> (Vec<u8>, Vec<u8>) {
+        self.fs.subspace(&("ino",)).range()
+    }
+
+    pub fn attr(&self, ino: u64) -> Vec<u8> {
+        self.fs.pack(&("ino", ino, "attr"))
+    }
+
+    pub fn dirent(&self, dir: u64, name: &[u8]) -> Vec<u8> {
+        self.fs.pack(&("ino", dir, "dirent", name_bytes(name)))
+    }
+
+    /// `[begin, end)` of a directory's entries, in name order.
+    pub fn dirents(&self, dir: u64) -> (Vec<u8>, Vec<u8>) {
+        self.fs.subspace(&("ino", dir, "dirent")).range()
+    }
+
+    /// The entry name of a key inside [`Keys::dirents`].
+    pub fn dirent_name(&self, dir: u64, key: &[u8]) -> Option<Vec<u8>> {
+        self.fs
+            .subspace(&("ino", dir, "dirent"))
+            .unpack::<(Bytes<'_>,)>(key)
+            .ok()
+            .map(|(name,)| name.0.into_owned())
+    }
+
+    pub fn chunk(&self, ino: u64, index: u64) -> Vec<u8> {
+        self.fs.pack(&("ino", ino, "data", index))
+    }
+
+    /// `[begin, end)` of chunks `from..` of a file.
+    pub fn chunks_from(&self, ino: u64, from: u64) -> (Vec<u8>, Vec<u8>) {
+        let (_, end) = self.fs.subspace(&("ino", ino, "data")).range();
+        (self.chunk(ino, from), end)
+    }
+
+    /// The chunk index of a key inside a file's chunk range.
+    pub fn chunk_index(&self, ino: u64, key: &[u8]) -> Option<u64> {
+        self.fs
+            .subspace(&("ino", ino, "data"))
+            .unpack::<(u64,)>(key)
+            .ok()
+            .map(|(i,)| i)
+    }
+
+    pub fn symlink(&self, ino: u64) -> Vec<u8> {
+        self.fs.pack(&("ino", ino, "link"))
+    }
+
+    pub fn xattr(&self, ino: u64, name: &[u8]) -> Vec<u8> {
+        self.fs.pack(&("ino", ino, "xattr", name_bytes(name)))
+    }
+
+    pub fn xattrs(&self, ino: u64) -> (Vec<u8>, Vec<u8>) {
+        self.fs.subspace(&("ino", ino, "xattr")).range()
+    }
+
+    pub fn xattr_name(&self, ino: u64, key: &[u8]) -> Option<Vec<u8>> {
+        self.fs
+            .subspace(&("ino", ino, "xattr"))
+            .unpack::<(Bytes<'_>,)>(key)
+            .ok()
+            .map(|(name,)| name.0.into_owned())
+    }
+
+    pub fn open_handles(&self, ino: u64, client: &str) -> Vec<u8> {
+        self.fs.pack(&("ino", ino, "open", client))
+    }
+
+    /// `[begin, end)` of every client's open-handle count of one inode.
+    pub fn open_handles_all(&self, ino: u64) -> (Vec<u8>, Vec<u8>) {
+        self.fs.subspace(&("ino", ino, "open")).range()
+    }
+
+    pub fn subvolume_counter(&self, subvol: u64, shard: u64, what: Counter) -> Vec<u8> {
+        self.fs
+            .pack(&("ino", subvol, "count", shard, what.as_str()))
+    }
+
+    /// `[begin, end)` of every counter of one subvolume.
+    pub fn subvolume_counters(&self, subvol: u64) -> (Vec<u8>, Vec<u8>) {
+        self.fs.subspace(&("ino", subvol, "count")).range()
+    }
+
+    pub fn unlinked(&self, ino: u64) -> Vec<u8> {
+        self.fs.pack(&("unlinked", ino))
+    }
+
+    pub fn unlinked_all(&self) -> (Vec<u8>, Vec<u8>) {
+        self.fs.subspace(&("unlinked",)).range()
+    }
+
+    pub fn unlinked_ino(&self, key: &[u8]) -> Option<u64> {
+        self.fs
+            .subspace(&("unlinked",))
+            .unpack::<(u64,)>(key)
+            .ok()
+            .map(|(i,)| i)
+    }
+
+    pub fn idempotency_marker(&self, client: &str, seq: u64) -> Vec<u8> {
+        self.fs.pack(&("client", client, "idem", seq))
+    }
+
+    /// `[begin, end)` of every key of one client.
+    pub fn client_range(&self, client: &str) -> (Vec<u8>, Vec<u8>) {
+        self.fs.subspace(&("client", client)).range()
+    }
+
+    /// The registry key of filesystem `fs_name`.
+    pub fn registry(fs_name: &str) -> Vec<u8> {
+        Subspace::all().pack(&("hafs-registry", fs_name))
+    }
+
+    /// `[begin, end)` of the registry.
+    pub fn registry_range() -> (Vec<u8>, Vec<u8>) {
+        Subspace::all().subspace(&("hafs-registry",)).range()
+    }
+
+    /// The filesystem name of a registry key.
+    pub fn registry_name(key: &[u8]) -> Option<String> {
+        Subspace::all()
+            .subspace(&("hafs-registry",))
+            .unpack::<(String,)>(key)
+            .ok()
+            .map(|(n,)| n)
+    }
+}
+
+/// What a subvolume counter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    Bytes,
+    Inodes,
+}
+
+impl Counter {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Counter::Bytes => "bytes",
+            Counter::Inodes => "inodes",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn printable(key: &[u8]) -> String {
+        key.iter()
+            .map(|b| match b {
+                0x20..=0x7e if *b != b'\\' => (*b as char).to_string(),
+                _ => format!("\\x{b:02x}"),
+            })
+            .collect()
+    }
+
+    /// The encoded layout, so any change to it is a visible diff.
+    #[test]
+    fn key_layout() {
+        let k = Keys::new("fs");
+        let lines = [
+            ("version", k.version()),
+            ("settings", k.settings()),
+            ("inoalloc", k.inode_allocator()),
+            ("attr(1)", k.attr(ROOT_INO)),
+            ("attr(2^63)", k.attr(1 << 63)),
+            ("dirent(1, a.txt)", k.dirent(1, b"a.txt")),
+            ("dirent(1, \\0\\xff)", k.dirent(1, b"\0\xff")),
+            ("chunk(7, 3)", k.chunk(7, 3)),
+            ("symlink(7)", k.symlink(7)),
+            ("xattr(7, user.x)", k.xattr(7, b"user.x")),
+            ("open(7, c1)", k.open_handles(7, "c1")),
+            (
+                "count(1, 2, bytes)",
+                k.subvolume_counter(1, 2, Counter::Bytes),
+            ),
+            ("unlinked(7)", k.unlinked(7)),
+            ("idem(c1, 9)", k.idempotency_marker("c1", 9)),
+            ("registry(fs)", Keys::registry("fs")),
+        ];
+        let text: String = lines
+            .iter()
+            .map(|(what, key)| format!("{what:<20} {}\n", printable(key)))
+            .collect();
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn names_round_trip_and_sort_within_a_directory() {
+        let k = Keys::new("fs");
+        let (begin, end) = k.dirents(5);
+        for name in [&b""[..], b"a", b"\0", b"\xff\xff", b"z\0z"] {
+            let key = k.dirent(5, name);
+            assert!(begin <= key && key < end, "{name:?} outside its directory");
+            assert_eq!(k.dirent_name(5, &key).as_deref(), Some(name));
+        }
+        assert!(k.dirent(5, b"a") < k.dirent(5, b"b"));
+        assert!(k.dirent(5, b"a") < k.dirent(5, b"a\0"));
+        let (other_begin, _) = k.dirents(6);
+        assert!(end <= other_begin || k.dirents(6).1 <= begin);
+    }
+
+    #[test]
+    fn chunk_ranges_start_at_the_index() {
+        let k = Keys::new("fs");
+        let (begin, end) = k.chunks_from(9, 4);
+        assert!(k.chunk(9, 3) < begin);
+        assert!(begin <= k.chunk(9, 4) && k.chunk(9, 1 << 40) < end);
+        assert_eq!(k.chunk_index(9, &k.chunk(9, 12345)), Some(12345));
+    }
+}
