@@ -94,7 +94,9 @@ fn bench_rmw(c: &mut Criterion) {
     ] {
         // Raw and hafs side by side at the same synchronous setting.
         let raw = raw_connection(&dir.path().join(format!("raw-{label}.db")), synchronous);
-        group.bench_function(format!("raw_rusqlite_{label}"), |b| b.iter(|| raw_rmw(&raw)));
+        group.bench_function(format!("raw_rusqlite_{label}"), |b| {
+            b.iter(|| raw_rmw(&raw))
+        });
         let db = runtime.block_on(async {
             sqlite_db(&dir.path().join(format!("hafs-{label}.db")), durability)
         });

@@ -26,8 +26,8 @@ fn main() {
             durability,
             ..SqliteOptions::default()
         };
-        let backend = SqliteBackend::open(&dir.path().join("p.db"), options, clock.clone())
-            .expect("open");
+        let backend =
+            SqliteBackend::open(&dir.path().join("p.db"), options, clock.clone()).expect("open");
         let db = Database::new(Arc::new(backend), clock, 1);
         #[allow(clippy::disallowed_methods)]
         let start = Instant::now();
