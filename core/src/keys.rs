@@ -18,6 +18,7 @@
 //! ("hafs", FS, "ino", SUBVOL, "count", SHARD, "bytes"|"inodes") -> i64 LE, atomic add
 //! ("hafs", FS, "unlinked", INO)                  -> ()  unlinked while open
 //! ("hafs", FS, "client", CLIENT, "idem", SEQ)    -> idempotency marker: the reply
+//! ("hafs", FS, "clients", CLIENT)                -> a mounted client's registration
 //! ("hafs-registry", FS)                          -> ()  one key per filesystem, for listing
 //! ```
 //!
@@ -179,6 +180,16 @@ impl Keys {
     /// `[begin, end)` of every key of one client.
     pub fn client_range(&self, client: &str) -> (Vec<u8>, Vec<u8>) {
         self.fs.subspace(&("client", client)).range()
+    }
+
+    /// A mounted client's registration (written by the sessions layer).
+    pub fn session(&self, client: &str) -> Vec<u8> {
+        self.fs.pack(&("clients", client))
+    }
+
+    /// `[begin, end)` of every registered client.
+    pub fn sessions(&self) -> (Vec<u8>, Vec<u8>) {
+        self.fs.subspace(&("clients",)).range()
     }
 
     /// The registry key of filesystem `fs_name`.

@@ -12,7 +12,11 @@
 
 pub mod clock;
 pub mod codec;
+pub mod ctx;
 pub mod error;
+pub mod fs;
 pub mod keys;
 pub mod kv;
 pub mod limits;
+pub mod ops;
+pub mod perm;

@@ -1,0 +1,165 @@
+//! Creating, removing and listing filesystems.
+
+use crate::codec::{self, Attr, Settings, FS_FORMAT};
+use crate::error::{FsError, FsResult};
+use crate::keys::{Keys, ROOT_INO};
+use crate::kv::{Database, RangeOptions};
+
+/// Default bytes per data chunk. Measured choice: see ARCHITECTURE.md.
+pub const CHUNK_SIZE_DEFAULT: u64 = 64 * 1024;
+
+/// Options of [`mkfs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MkfsOptions {
+    /// Replace an existing filesystem of the same name (its data is lost).
+    pub overwrite: bool,
+    pub chunk_size: u64,
+    /// Owner of the root directory.
+    pub root_uid: u32,
+    pub root_gid: u32,
+    pub root_mode: u32,
+}
+
+impl Default for MkfsOptions {
+    fn default() -> Self {
+        MkfsOptions {
+            overwrite: false,
+            chunk_size: CHUNK_SIZE_DEFAULT,
+            root_uid: 0,
+            root_gid: 0,
+            root_mode: 0o755,
+        }
+    }
+}
+
+/// Create filesystem `name` with an empty root directory.
+pub async fn mkfs(db: &Database, name: &str, options: MkfsOptions) -> FsResult<()> {
+    if options.chunk_size == 0 || options.chunk_size > crate::limits::VALUE_BYTES_MAX as u64 {
+        return Err(FsError::Invalid);
+    }
+    let keys = Keys::new(name);
+    let now = db.clock().wall_ns();
+    db.run(|txn, _maybe_committed| {
+        let keys = keys.clone();
+        async move {
+            let old = txn.get(&keys.settings()).await?;
+            if old.is_some() && !options.overwrite {
+                return Err(FsError::AlreadyFormatted(name.to_string()));
+            }
+            // A re-run after an ambiguous commit overwrites what it wrote
+            // itself: mkfs is idempotent apart from the generation bump.
+            let generation = match old {
+                Some(bytes) => codec::decode_settings(&bytes).map_or(1, |s| s.generation + 1),
+                None => 1,
+            };
+            let (begin, end) = keys.all();
+            txn.clear_range(&begin, &end);
+            txn.set(&keys.version(), &foundationdb_tuple::pack(&(FS_FORMAT,)));
+            let settings = Settings {
+                chunk_size: options.chunk_size,
+                generation,
+                created_ns: now,
+            };
+            txn.set(&keys.settings(), &codec::encode_settings(&settings));
+            let root = Attr {
+                ino: ROOT_INO,
+                mode: libc::S_IFDIR | (options.root_mode & 0o7777),
+                uid: options.root_uid,
+                gid: options.root_gid,
+                size: 0,
+                nlink: 2,
+                atime_ns: now,
+                mtime_ns: now,
+                ctime_ns: now,
+                rdev: 0,
+                flags: 0,
+                generation,
+                parent: ROOT_INO,
+                subvolume: 0,
+            };
+            txn.set(&keys.attr(ROOT_INO), &codec::encode_attr(&root));
+            txn.set(&Keys::registry(name), &[]);
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Remove filesystem `name`. Refuses (`Busy`) while it holds anything but an
+/// empty root or while clients are attached, unless `force`.
+pub async fn rmfs(db: &Database, name: &str, force: bool) -> FsResult<()> {
+    let keys = Keys::new(name);
+    db.run(|txn, _maybe_committed| {
+        let keys = keys.clone();
+        async move {
+            if txn.get(&keys.settings()).await?.is_none() {
+                return Err(FsError::NotFormatted(name.to_string()));
+            }
+            if !force {
+                let (begin, end) = keys.dirents(ROOT_INO);
+                let entries = txn
+                    .get_range(
+                        &begin,
+                        &end,
+                        RangeOptions {
+                            limit: 1,
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                if !entries.kvs.is_empty() {
+                    return Err(FsError::Busy(format!(
+                        "filesystem {name:?} is not empty (use force)"
+                    )));
+                }
+                let (begin, end) = keys.sessions();
+                let clients = txn
+                    .get_range(
+                        &begin,
+                        &end,
+                        RangeOptions {
+                            limit: 1,
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                if !clients.kvs.is_empty() {
+                    return Err(FsError::Busy(format!(
+                        "filesystem {name:?} has attached clients (use force)"
+                    )));
+                }
+            }
+            let (begin, end) = keys.all();
+            txn.clear_range(&begin, &end);
+            txn.clear(&Keys::registry(name));
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Names of every filesystem in the database, sorted.
+pub async fn list_filesystems(db: &Database) -> FsResult<Vec<String>> {
+    db.read(|txn| async move {
+        let (begin, end) = Keys::registry_range();
+        let all = txn.get_range(&begin, &end, RangeOptions::default()).await?;
+        all.kvs
+            .iter()
+            .map(|(k, _)| {
+                Keys::registry_name(k).ok_or_else(|| FsError::Corrupted("registry key".into()))
+            })
+            .collect()
+    })
+    .await
+}
+
+/// The settings of filesystem `name`, or `NotFormatted`.
+pub async fn read_settings(db: &Database, keys: &Keys, name: &str) -> FsResult<Settings> {
+    db.read(|txn| async move {
+        match txn.get(&keys.settings()).await? {
+            Some(bytes) => codec::decode_settings(&bytes),
+            None => Err(FsError::NotFormatted(name.to_string())),
+        }
+    })
+    .await
+}

@@ -1,0 +1,189 @@
+//! [`Fs`]: one client's handle on one filesystem. It owns the client's
+//! identity, its inode-number batch and its idempotency sequence, and runs
+//! every operation (`crate::ops`) as one transaction through the KV runner.
+//!
+//! # Idempotency
+//! Every mutating operation writes a marker `("client", id, "idem", seq)`
+//! holding its reply in the same transaction. When the runner retries after
+//! `commit_unknown_result`, the operation first looks for its marker: if the
+//! earlier attempt committed, the stored reply is returned and nothing is
+//! applied twice (a create does not turn into `EEXIST`, an append is not
+//! written twice). Markers older than [`IDEMPOTENCY_WINDOW`] operations of
+//! the same client are cleared by later operations.
+
+pub mod alloc;
+pub mod format;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::codec::Settings;
+use crate::ctx::{Caller, Ctx, FsOptions};
+use crate::error::{FsError, FsResult};
+use crate::keys::Keys;
+use crate::kv::{Database, Transaction};
+
+pub use format::{list_filesystems, mkfs, rmfs, MkfsOptions};
+
+/// How many recent operations of a client keep their idempotency marker.
+pub const IDEMPOTENCY_WINDOW: u64 = 4096;
+
+/// A reply that can be stored in an idempotency marker.
+pub trait MarkerReply: Sized {
+    fn to_marker(&self) -> Vec<u8>;
+    fn from_marker(bytes: &[u8]) -> FsResult<Self>;
+}
+
+impl MarkerReply for () {
+    fn to_marker(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn from_marker(_: &[u8]) -> FsResult<()> {
+        Ok(())
+    }
+}
+
+impl MarkerReply for u64 {
+    fn to_marker(&self) -> Vec<u8> {
+        self.to_le_bytes().to_vec()
+    }
+    fn from_marker(bytes: &[u8]) -> FsResult<u64> {
+        <[u8; 8]>::try_from(bytes)
+            .map(u64::from_le_bytes)
+            .map_err(|_| FsError::Corrupted("idempotency marker".into()))
+    }
+}
+
+impl MarkerReply for crate::codec::Attr {
+    fn to_marker(&self) -> Vec<u8> {
+        let mut out = self.ino.to_le_bytes().to_vec();
+        out.extend(crate::codec::encode_attr(self));
+        out
+    }
+    fn from_marker(bytes: &[u8]) -> FsResult<Self> {
+        let (ino, attr) = bytes
+            .split_first_chunk::<8>()
+            .ok_or_else(|| FsError::Corrupted("idempotency marker".into()))?;
+        crate::codec::decode_attr(u64::from_le_bytes(*ino), attr)
+    }
+}
+
+/// One client's handle on one filesystem.
+#[derive(Debug)]
+pub struct Fs {
+    db: Database,
+    name: String,
+    keys: Keys,
+    settings: Settings,
+    options: FsOptions,
+    client: String,
+    next_seq: AtomicU64,
+    inodes: alloc::InodeBatch,
+}
+
+impl Fs {
+    /// Open filesystem `name` as client `client` (a unique id per mount).
+    pub async fn open(db: Database, name: &str, client: &str, options: FsOptions) -> FsResult<Fs> {
+        let keys = Keys::new(name);
+        let settings = format::read_settings(&db, &keys, name).await?;
+        Ok(Fs {
+            db,
+            name: name.to_string(),
+            keys,
+            settings,
+            options,
+            client: client.to_string(),
+            next_seq: AtomicU64::new(1),
+            inodes: alloc::InodeBatch::default(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn client(&self) -> &str {
+        &self.client
+    }
+
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn options(&self) -> &FsOptions {
+        &self.options
+    }
+
+    fn ctx<'a>(&'a self, caller: &'a Caller) -> Ctx<'a> {
+        Ctx {
+            caller,
+            client: &self.client,
+            now_ns: self.db.clock().wall_ns(),
+            keys: &self.keys,
+            settings: &self.settings,
+            options: &self.options,
+        }
+    }
+
+    /// A fresh inode number (never handed out before in this filesystem).
+    pub async fn allocate_inode(&self) -> FsResult<u64> {
+        self.inodes.next(&self.db, &self.keys).await
+    }
+
+    /// Run a read-only operation.
+    pub async fn read<'a, T, F, Fut>(&'a self, caller: &'a Caller, op: F) -> FsResult<T>
+    where
+        F: Fn(Transaction, Ctx<'a>) -> Fut,
+        Fut: Future<Output = FsResult<T>>,
+    {
+        let ctx = self.ctx(caller);
+        self.db.read(|txn| op(txn, ctx)).await
+    }
+
+    /// Run a mutating operation exactly once, even across ambiguous commits
+    /// (see the module docs).
+    pub async fn mutate<'a, T, F, Fut>(&'a self, caller: &'a Caller, op: F) -> FsResult<T>
+    where
+        T: MarkerReply,
+        F: Fn(Transaction, Ctx<'a>) -> Fut,
+        Fut: Future<Output = FsResult<T>>,
+    {
+        if self.options.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let ctx = self.ctx(caller);
+        let marker = self.keys.idempotency_marker(&self.client, seq);
+        let expired = seq
+            .checked_sub(IDEMPOTENCY_WINDOW)
+            .map(|old| self.keys.idempotency_marker(&self.client, old));
+        self.db
+            .run(|txn, maybe_committed| {
+                let marker = marker.clone();
+                let expired = expired.clone();
+                let attempt = op(txn.clone(), ctx);
+                async move {
+                    if maybe_committed {
+                        if let Some(stored) = txn.get(&marker).await? {
+                            return T::from_marker(&stored);
+                        }
+                    }
+                    let reply = attempt.await?;
+                    txn.set(&marker, &reply.to_marker());
+                    if let Some(expired) = expired {
+                        txn.clear(&expired);
+                    }
+                    Ok(reply)
+                }
+            })
+            .await
+    }
+}

@@ -1,0 +1,199 @@
+//! Filesystem operations: one module per operation, each a pure function of
+//! (transaction, [`Ctx`], arguments) → reply, with no I/O but the
+//! transaction and no clock but the context's. Each module also adds the
+//! matching method to [`crate::fs::Fs`], which runs it in one transaction.
+//!
+//! Errors are the errno a local Linux filesystem returns for the same call.
+
+pub mod create;
+pub mod getattr;
+pub mod lookup;
+pub mod mkdir;
+pub mod readdir;
+pub mod readlink;
+pub mod symlink;
+
+use crate::codec::{self, Attr, Dirent, FileType};
+use crate::ctx::Ctx;
+use crate::error::{FsError, FsResult};
+use crate::keys::Counter;
+use crate::kv::Transaction;
+use crate::perm;
+
+/// Longest file name, in bytes.
+pub const NAME_BYTES_MAX: usize = 255;
+/// Longest symlink target, in bytes (Linux's PATH_MAX).
+pub const SYMLINK_BYTES_MAX: usize = 4095;
+/// Shards of each subvolume counter: concurrent atomic adds to different
+/// shards never touch the same key.
+pub const COUNTER_SHARDS: u64 = 16;
+
+/// A name a new entry may have: 1–255 bytes, no '/' and no NUL (`EINVAL`,
+/// as the kernel would never send them; `ENAMETOOLONG` beyond 255).
+pub fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.len() > NAME_BYTES_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    if name.is_empty() {
+        return Err(FsError::NotFound);
+    }
+    if name.contains(&b'/') || name.contains(&0) {
+        return Err(FsError::Invalid);
+    }
+    Ok(())
+}
+
+pub fn is_dot_or_dotdot(name: &[u8]) -> bool {
+    name == b"." || name == b".."
+}
+
+/// The attributes of `ino`, or `ENOENT`.
+pub async fn read_attr(txn: &Transaction, ctx: &Ctx<'_>, ino: u64) -> FsResult<Attr> {
+    match txn.get(&ctx.keys.attr(ino)).await? {
+        Some(bytes) => codec::decode_attr(ino, &bytes),
+        None => Err(FsError::NotFound),
+    }
+}
+
+pub fn write_attr(txn: &Transaction, ctx: &Ctx<'_>, attr: &Attr) {
+    txn.set(&ctx.keys.attr(attr.ino), &codec::encode_attr(attr));
+}
+
+/// A directory the caller may search: `ENOTDIR` / `EACCES` otherwise.
+pub async fn searchable_dir(txn: &Transaction, ctx: &Ctx<'_>, ino: u64) -> FsResult<Attr> {
+    let dir = read_attr(txn, ctx, ino).await?;
+    if !dir.is_dir() {
+        return Err(FsError::NotDir);
+    }
+    perm::check(&dir, ctx.caller, perm::EXEC)?;
+    Ok(dir)
+}
+
+/// The entry `name` in `dir`, if any (a point read: its cost does not grow
+/// with the directory).
+pub async fn get_dirent(
+    txn: &Transaction,
+    ctx: &Ctx<'_>,
+    dir: u64,
+    name: &[u8],
+) -> FsResult<Option<Dirent>> {
+    match txn.get(&ctx.keys.dirent(dir, name)).await? {
+        Some(bytes) => codec::decode_dirent(&bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub fn set_dirent(txn: &Transaction, ctx: &Ctx<'_>, dir: u64, name: &[u8], entry: Dirent) {
+    txn.set(&ctx.keys.dirent(dir, name), &codec::encode_dirent(&entry));
+}
+
+/// A directory the caller may add entries to, and no entry `name` in it yet.
+pub async fn prepare_new_entry(
+    txn: &Transaction,
+    ctx: &Ctx<'_>,
+    parent: u64,
+    name: &[u8],
+) -> FsResult<Attr> {
+    check_name(name)?;
+    let dir = searchable_dir(txn, ctx, parent).await?;
+    if is_dot_or_dotdot(name) || get_dirent(txn, ctx, parent, name).await?.is_some() {
+        return Err(FsError::Exists);
+    }
+    perm::check(&dir, ctx.caller, perm::WRITE)?;
+    if dir.nlink == 0 {
+        // Creating in a directory that was removed.
+        return Err(FsError::NotFound);
+    }
+    Ok(dir)
+}
+
+/// Attributes of a new inode created by the caller in `parent`: owned by the
+/// caller, group from a setgid parent (which directories inherit), times now.
+pub fn new_inode(
+    ctx: &Ctx<'_>,
+    ino: u64,
+    kind: FileType,
+    perm_bits: u32,
+    parent: &Attr,
+    rdev: u64,
+) -> Attr {
+    let setgid_parent = parent.mode & libc::S_ISGID != 0;
+    let gid = if setgid_parent {
+        parent.gid
+    } else {
+        ctx.caller.gid
+    };
+    let mut perm_bits = perm_bits & 0o7777;
+    if kind == FileType::Directory && setgid_parent {
+        perm_bits |= libc::S_ISGID;
+    }
+    if kind != FileType::Directory
+        && perm_bits & libc::S_ISGID != 0
+        && !ctx.caller.is_root()
+        && !ctx.caller.in_group(gid)
+    {
+        perm_bits &= !libc::S_ISGID;
+    }
+    Attr {
+        ino,
+        mode: kind.mode_bits() | perm_bits,
+        uid: ctx.caller.uid,
+        gid,
+        size: 0,
+        nlink: if kind == FileType::Directory { 2 } else { 1 },
+        atime_ns: ctx.now_ns,
+        mtime_ns: ctx.now_ns,
+        ctime_ns: ctx.now_ns,
+        rdev,
+        flags: 0,
+        generation: ctx.settings.generation,
+        parent: if kind == FileType::Directory {
+            parent.ino
+        } else {
+            0
+        },
+        subvolume: subvolume_of_children(parent),
+    }
+}
+
+/// The subvolume new children of `dir` count toward.
+pub fn subvolume_of_children(dir: &Attr) -> u64 {
+    if dir.flags & FLAG_SUBVOLUME != 0 {
+        dir.ino
+    } else {
+        dir.subvolume
+    }
+}
+
+/// `Attr::flags` bit: this directory is a subvolume root.
+pub const FLAG_SUBVOLUME: u32 = 1;
+
+/// Add to a subvolume's byte and inode totals with conflict-free atomic
+/// adds on a shard picked by the inode, so parallel writers rarely share a key.
+pub fn account(txn: &Transaction, ctx: &Ctx<'_>, attr: &Attr, bytes: i64, inodes: i64) {
+    if attr.subvolume == 0 {
+        return;
+    }
+    let shard = attr.ino % COUNTER_SHARDS;
+    if bytes != 0 {
+        txn.atomic_add(
+            &ctx.keys
+                .subvolume_counter(attr.subvolume, shard, Counter::Bytes),
+            bytes,
+        );
+    }
+    if inodes != 0 {
+        txn.atomic_add(
+            &ctx.keys
+                .subvolume_counter(attr.subvolume, shard, Counter::Inodes),
+            inodes,
+        );
+    }
+}
+
+/// Set mtime and ctime of a directory whose entries changed.
+pub fn touch_dir(txn: &Transaction, ctx: &Ctx<'_>, dir: &mut Attr) {
+    dir.mtime_ns = ctx.now_ns;
+    dir.ctime_ns = ctx.now_ns;
+    write_attr(txn, ctx, dir);
+}
