@@ -197,3 +197,42 @@ pub fn touch_dir(txn: &Transaction, ctx: &Ctx<'_>, dir: &mut Attr) {
     dir.ctime_ns = ctx.now_ns;
     write_attr(txn, ctx, dir);
 }
+
+/// True if any client holds `ino` open.
+pub async fn is_open(txn: &Transaction, ctx: &Ctx<'_>, ino: u64) -> FsResult<bool> {
+    let (begin, end) = ctx.keys.open_handles_all(ino);
+    let options = crate::kv::RangeOptions {
+        limit: 1,
+        ..Default::default()
+    };
+    Ok(!txn.get_range(&begin, &end, options).await?.kvs.is_empty())
+}
+
+/// Drop one link of `attr`, whose directory entry the caller has already
+/// removed. When the last link goes, the inode is deleted — unless some
+/// client still has it open: then it is parked in the unlinked set and the
+/// last `release` (or the eviction of the last client holding it) frees it.
+pub async fn drop_link(txn: &Transaction, ctx: &Ctx<'_>, attr: &mut Attr) -> FsResult<()> {
+    attr.nlink = if attr.is_dir() { 0 } else { attr.nlink.saturating_sub(1) };
+    attr.ctime_ns = ctx.now_ns;
+    if attr.nlink > 0 {
+        write_attr(txn, ctx, attr);
+        return Ok(());
+    }
+    if is_open(txn, ctx, attr.ino).await? {
+        write_attr(txn, ctx, attr);
+        txn.set(&ctx.keys.unlinked(attr.ino), &[]);
+        return Ok(());
+    }
+    delete_inode(txn, ctx, attr);
+    Ok(())
+}
+
+/// Delete every key of an inode (attributes, data, target, xattrs, open
+/// counts) and take it out of its subvolume's totals.
+pub fn delete_inode(txn: &Transaction, ctx: &Ctx<'_>, attr: &Attr) {
+    let (begin, end) = ctx.keys.inode_range(attr.ino);
+    txn.clear_range(&begin, &end);
+    txn.clear(&ctx.keys.unlinked(attr.ino));
+    account(txn, ctx, attr, -(attr.size as i64), -1);
+}
