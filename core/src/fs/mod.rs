@@ -139,7 +139,7 @@ impl Fs {
     }
 
     /// Run a read-only operation.
-    pub async fn read<'a, T, F, Fut>(&'a self, caller: &'a Caller, op: F) -> FsResult<T>
+    pub async fn query<'a, T, F, Fut>(&'a self, caller: &'a Caller, op: F) -> FsResult<T>
     where
         F: Fn(Transaction, Ctx<'a>) -> Fut,
         Fut: Future<Output = FsResult<T>>,

@@ -35,7 +35,7 @@ pub async fn apply(txn: &Transaction, ctx: &Ctx<'_>, parent: u64, name: &[u8]) -
 
 impl Fs {
     pub async fn lookup(&self, caller: &Caller, parent: u64, name: &[u8]) -> FsResult<Attr> {
-        self.read(caller, |txn, ctx| async move {
+        self.query(caller, |txn, ctx| async move {
             apply(&txn, &ctx, parent, name).await
         })
         .await

@@ -213,7 +213,11 @@ pub async fn is_open(txn: &Transaction, ctx: &Ctx<'_>, ino: u64) -> FsResult<boo
 /// client still has it open: then it is parked in the unlinked set and the
 /// last `release` (or the eviction of the last client holding it) frees it.
 pub async fn drop_link(txn: &Transaction, ctx: &Ctx<'_>, attr: &mut Attr) -> FsResult<()> {
-    attr.nlink = if attr.is_dir() { 0 } else { attr.nlink.saturating_sub(1) };
+    attr.nlink = if attr.is_dir() {
+        0
+    } else {
+        attr.nlink.saturating_sub(1)
+    };
     attr.ctime_ns = ctx.now_ns;
     if attr.nlink > 0 {
         write_attr(txn, ctx, attr);

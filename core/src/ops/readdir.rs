@@ -64,7 +64,7 @@ impl Fs {
         after: Option<&[u8]>,
         limit: usize,
     ) -> FsResult<DirPage> {
-        self.read(caller, |txn, ctx| async move {
+        self.query(caller, |txn, ctx| async move {
             apply(&txn, &ctx, dir, after, limit).await
         })
         .await
