@@ -12,7 +12,7 @@ pub async fn apply(txn: &Transaction, ctx: &Ctx<'_>, ino: u64) -> FsResult<Attr>
 
 impl Fs {
     pub async fn getattr(&self, caller: &Caller, ino: u64) -> FsResult<Attr> {
-        self.read(
+        self.query(
             caller,
             |txn, ctx| async move { apply(&txn, &ctx, ino).await },
         )

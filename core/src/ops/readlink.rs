@@ -17,7 +17,7 @@ pub async fn apply(txn: &Transaction, ctx: &Ctx<'_>, ino: u64) -> FsResult<Vec<u
 
 impl Fs {
     pub async fn readlink(&self, caller: &Caller, ino: u64) -> FsResult<Vec<u8>> {
-        self.read(
+        self.query(
             caller,
             |txn, ctx| async move { apply(&txn, &ctx, ino).await },
         )
