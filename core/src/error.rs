@@ -33,6 +33,8 @@ pub enum FsError {
     NoData,
     #[error("result too large for the buffer")]
     Range,
+    #[error("argument list too long (value too large)")]
+    TooBig,
     #[error("cross-device link (another subvolume)")]
     CrossDevice,
     #[error("file too large")]
@@ -83,6 +85,7 @@ impl FsError {
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::NoData => libc::ENODATA,
             FsError::Range => libc::ERANGE,
+            FsError::TooBig => libc::E2BIG,
             FsError::CrossDevice => libc::EXDEV,
             FsError::FileTooBig => libc::EFBIG,
             FsError::TooManyLinks => libc::EMLINK,

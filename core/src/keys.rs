@@ -152,6 +152,20 @@ impl Keys {
             .pack(&("ino", subvol, "count", shard, what.as_str()))
     }
 
+    /// What a key inside [`Keys::subvolume_counters`] counts.
+    pub fn subvolume_counter_kind(&self, subvol: u64, key: &[u8]) -> Option<Counter> {
+        let (_shard, what) = self
+            .fs
+            .subspace(&("ino", subvol, "count"))
+            .unpack::<(u64, String)>(key)
+            .ok()?;
+        match what.as_str() {
+            "bytes" => Some(Counter::Bytes),
+            "inodes" => Some(Counter::Inodes),
+            _ => None,
+        }
+    }
+
     /// `[begin, end)` of every counter of one subvolume.
     pub fn subvolume_counters(&self, subvol: u64) -> (Vec<u8>, Vec<u8>) {
         self.fs.subspace(&("ino", subvol, "count")).range()

@@ -5,13 +5,16 @@
 //!
 //! Errors are the errno a local Linux filesystem returns for the same call.
 
+pub mod access;
 pub mod create;
 pub mod getattr;
 pub mod lookup;
 pub mod mkdir;
 pub mod readdir;
 pub mod readlink;
+pub mod statfs;
 pub mod symlink;
+pub mod xattr;
 
 use crate::codec::{self, Attr, Dirent, FileType};
 use crate::ctx::Ctx;
