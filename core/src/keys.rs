@@ -77,6 +77,28 @@ impl Keys {
         self.fs.subspace(&("ino",)).range()
     }
 
+    /// The inode and the kind ("attr", "dirent", "data", ...) of a key in
+    /// [`Keys::inodes_range`], by trying each key shape of the schema.
+    pub fn inode_key_kind(&self, key: &[u8]) -> Option<(u64, String)> {
+        let inodes = self.fs.subspace(&("ino",));
+        if let Ok((ino, kind)) = inodes.unpack::<(u64, String)>(key) {
+            return Some((ino, kind));
+        }
+        if let Ok((ino, kind, _)) = inodes.unpack::<(u64, String, Bytes<'_>)>(key) {
+            return Some((ino, kind));
+        }
+        if let Ok((ino, kind, _)) = inodes.unpack::<(u64, String, u64)>(key) {
+            return Some((ino, kind));
+        }
+        if let Ok((ino, kind, _)) = inodes.unpack::<(u64, String, String)>(key) {
+            return Some((ino, kind));
+        }
+        inodes
+            .unpack::<(u64, String, u64, String)>(key)
+            .ok()
+            .map(|(ino, kind, _, _)| (ino, kind))
+    }
+
     pub fn attr(&self, ino: u64) -> Vec<u8> {
         self.fs.pack(&("ino", ino, "attr"))
     }
@@ -299,6 +321,24 @@ mod tests {
         assert!(k.dirent(5, b"a") < k.dirent(5, b"a\0"));
         let (other_begin, _) = k.dirents(6);
         assert!(end <= other_begin || k.dirents(6).1 <= begin);
+    }
+
+    #[test]
+    fn every_inode_key_has_a_kind() {
+        let k = Keys::new("fs");
+        let ino = u64::MAX - 3;
+        for (key, kind) in [
+            (k.attr(ino), "attr"),
+            (k.dirent(ino, b"n\0"), "dirent"),
+            (k.chunk(ino, 9), "data"),
+            (k.symlink(ino), "link"),
+            (k.xattr(ino, b"user.x"), "xattr"),
+            (k.open_handles(ino, "c"), "open"),
+            (k.subvolume_counter(ino, 3, Counter::Inodes), "count"),
+        ] {
+            assert_eq!(k.inode_key_kind(&key), Some((ino, kind.to_string())));
+        }
+        assert_eq!(k.inode_key_kind(b"junk"), None);
     }
 
     #[test]

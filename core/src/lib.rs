@@ -15,6 +15,7 @@ pub mod codec;
 pub mod ctx;
 pub mod error;
 pub mod fs;
+pub mod fsck;
 pub mod keys;
 pub mod kv;
 pub mod limits;

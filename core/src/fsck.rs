@@ -1,0 +1,350 @@
+//! `fsck`: scan a whole filesystem and report every broken invariant.
+//!
+//! Invariants checked (each violation is one [`Violation`]):
+//! - every value decodes (`Corrupted`);
+//! - every directory entry points to an existing inode of the entry's type;
+//! - a file's nlink equals the number of entries naming it; a directory is
+//!   named by exactly one entry (the root by none), its `parent` is the
+//!   directory holding that entry, its nlink is 2 + its subdirectories, and
+//!   following parents from any directory reaches the root (no cycle);
+//! - every inode is reachable from the root, or is in the unlinked set with
+//!   nlink 0 (and every unlinked-set member exists and has nlink 0);
+//! - a file's chunks lie within its size and are at most a chunk long;
+//! - symlinks, and only symlinks, have a target;
+//! - subvolume counters equal the sums recomputed from the inodes.
+//!
+//! The scan reads in pages, one short transaction each, so it works on a
+//! filesystem of any size; run it on a quiescent filesystem (or expect
+//! reports from concurrent changes).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::codec::{self, Attr, FileType};
+use crate::error::{FsError, FsResult};
+use crate::keys::{Counter, Keys, ROOT_INO};
+use crate::kv::{key_after, Database, RangeOptions};
+
+/// Keys read per transaction.
+const PAGE_KEYS: usize = 2_000;
+
+/// One broken invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub ino: u64,
+    pub problem: String,
+}
+
+/// The outcome of a scan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub inodes: u64,
+    pub entries: u64,
+    pub keys: u64,
+    pub violations: Vec<Violation>,
+}
+
+impl Report {
+    pub fn is_clean(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// What the scan collected about inodes.
+#[derive(Debug, Default)]
+struct Scan {
+    attrs: BTreeMap<u64, Attr>,
+    /// (dir, name) → (child, type)
+    entries: Vec<(u64, Vec<u8>, u64, FileType)>,
+    /// ino → (chunk index, length)
+    chunks: BTreeMap<u64, Vec<(u64, usize)>>,
+    symlinks: BTreeSet<u64>,
+    /// subvolume → (bytes, inodes) as stored
+    counters: BTreeMap<u64, (i64, i64)>,
+    unlinked: BTreeSet<u64>,
+    report: Report,
+}
+
+impl Scan {
+    fn violation(&mut self, ino: u64, problem: impl Into<String>) {
+        self.report.violations.push(Violation {
+            ino,
+            problem: problem.into(),
+        });
+    }
+}
+
+/// Check filesystem `name`. `progress` is called with the number of keys
+/// scanned so far after each page.
+pub async fn check_invariants(
+    db: &Database,
+    name: &str,
+    mut progress: impl FnMut(u64),
+) -> FsResult<Report> {
+    let keys = Keys::new(name);
+    let settings = crate::fs::format::read_settings(db, &keys, name).await?;
+    let mut scan = Scan::default();
+    let (begin, end) = keys.inodes_range();
+    scan_range(
+        db,
+        &begin,
+        &end,
+        &mut progress,
+        &mut scan,
+        |scan, key, value| classify_inode_key(&keys, scan, key, value),
+    )
+    .await?;
+    let (begin, end) = keys.unlinked_all();
+    scan_range(
+        db,
+        &begin,
+        &end,
+        &mut progress,
+        &mut scan,
+        |scan, key, _| match keys.unlinked_ino(key) {
+            Some(ino) => {
+                scan.unlinked.insert(ino);
+            }
+            None => scan.violation(0, "undecodable unlinked-set key"),
+        },
+    )
+    .await?;
+    check_links(&mut scan);
+    check_data(&mut scan, settings.chunk_size);
+    check_counters(&mut scan);
+    Ok(scan.report)
+}
+
+async fn scan_range(
+    db: &Database,
+    begin: &[u8],
+    end: &[u8],
+    progress: &mut impl FnMut(u64),
+    scan: &mut Scan,
+    mut visit: impl FnMut(&mut Scan, &[u8], &[u8]),
+) -> FsResult<()> {
+    let mut cursor = begin.to_vec();
+    loop {
+        let page = db
+            .read(|txn| {
+                let cursor = cursor.clone();
+                async move {
+                    let options = RangeOptions {
+                        limit: PAGE_KEYS,
+                        snapshot: true,
+                        ..RangeOptions::default()
+                    };
+                    Ok::<_, FsError>(txn.get_range(&cursor, end, options).await?)
+                }
+            })
+            .await?;
+        for (key, value) in &page.kvs {
+            visit(scan, key, value);
+        }
+        scan.report.keys += page.kvs.len() as u64;
+        progress(scan.report.keys);
+        match (page.more, page.kvs.last()) {
+            (true, Some((last, _))) => cursor = key_after(last),
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// File one key of the ("ino", ...) space into the scan.
+fn classify_inode_key(keys: &Keys, scan: &mut Scan, key: &[u8], value: &[u8]) {
+    let Some((ino, kind)) = keys.inode_key_kind(key) else {
+        scan.violation(0, format!("undecodable inode key {key:?}"));
+        return;
+    };
+    match kind.as_str() {
+        "attr" => match codec::decode_attr(ino, value) {
+            Ok(attr) => {
+                scan.attrs.insert(ino, attr);
+            }
+            Err(e) => scan.violation(ino, e.to_string()),
+        },
+        "dirent" => match (keys.dirent_name(ino, key), codec::decode_dirent(value)) {
+            (Some(name), Ok(d)) => scan.entries.push((ino, name, d.ino, d.kind)),
+            (_, Err(e)) => scan.violation(ino, e.to_string()),
+            (None, _) => scan.violation(ino, "undecodable entry name"),
+        },
+        "data" => match keys.chunk_index(ino, key) {
+            Some(index) => scan
+                .chunks
+                .entry(ino)
+                .or_default()
+                .push((index, value.len())),
+            None => scan.violation(ino, "undecodable chunk key"),
+        },
+        "link" => {
+            scan.symlinks.insert(ino);
+        }
+        "count" => match (
+            keys.subvolume_counter_kind(ino, key),
+            codec::decode_counter(Some(value)),
+        ) {
+            (Some(what), Ok(n)) => {
+                let sums = scan.counters.entry(ino).or_default();
+                match what {
+                    Counter::Bytes => sums.0 += n,
+                    Counter::Inodes => sums.1 += n,
+                }
+            }
+            _ => scan.violation(ino, "undecodable subvolume counter"),
+        },
+        "xattr" | "open" => {}
+        other => scan.violation(ino, format!("unknown inode key kind {other:?}")),
+    }
+}
+
+fn check_links(scan: &mut Scan) {
+    let mut names: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    let mut subdirs: BTreeMap<u64, u32> = BTreeMap::new();
+    let entries = std::mem::take(&mut scan.entries);
+    scan.report.entries = entries.len() as u64;
+    for (dir, name, child, kind) in &entries {
+        match scan.attrs.get(child) {
+            None => scan.violation(
+                *dir,
+                format!("entry {name:?} points to missing inode {child}"),
+            ),
+            Some(attr) if attr.kind().ok() != Some(*kind) => scan.violation(
+                *dir,
+                format!("entry {name:?} has type {kind:?}, inode {child} does not"),
+            ),
+            Some(_) => {}
+        }
+        names.entry(*child).or_default().push(*dir);
+        if *kind == FileType::Directory {
+            *subdirs.entry(*dir).or_default() += 1;
+        }
+    }
+    scan.report.inodes = scan.attrs.len() as u64;
+    let attrs = std::mem::take(&mut scan.attrs);
+    for (ino, attr) in &attrs {
+        let holders = names.get(ino).map_or(&[][..], Vec::as_slice);
+        check_inode_links(scan, attr, holders, subdirs.get(ino).copied().unwrap_or(0));
+        if attr.is_dir() && !reaches_root(&attrs, *ino) {
+            scan.violation(
+                *ino,
+                "directory's parent chain does not reach the root (cycle or orphan)",
+            );
+        }
+    }
+    for ino in scan.unlinked.clone() {
+        match attrs.get(&ino) {
+            None => scan.violation(ino, "unlinked-set member does not exist"),
+            Some(a) if a.nlink != 0 => scan.violation(ino, "unlinked-set member still has links"),
+            Some(_) => {}
+        }
+    }
+    scan.attrs = attrs;
+}
+
+fn check_inode_links(scan: &mut Scan, attr: &Attr, holders: &[u64], subdirs: u32) {
+    let ino = attr.ino;
+    if holders.is_empty() && ino != ROOT_INO && !scan.unlinked.contains(&ino) {
+        scan.violation(ino, "unreachable inode not in the unlinked set");
+    }
+    if attr.is_dir() {
+        let expected_holders = usize::from(ino != ROOT_INO);
+        if holders.len() != expected_holders
+            && !(holders.is_empty() && scan.unlinked.contains(&ino))
+        {
+            scan.violation(ino, format!("directory named by {} entries", holders.len()));
+        }
+        if let Some(&holder) = holders.first() {
+            if holder != attr.parent {
+                scan.violation(
+                    ino,
+                    format!("parent is {} but entry is in {holder}", attr.parent),
+                );
+            }
+        }
+        let expected = if holders.is_empty() && ino != ROOT_INO {
+            0
+        } else {
+            2 + subdirs
+        };
+        if attr.nlink != expected {
+            scan.violation(ino, format!("directory nlink {} != {expected}", attr.nlink));
+        }
+    } else if attr.nlink as usize != holders.len() {
+        scan.violation(
+            ino,
+            format!("nlink {} != {} entries", attr.nlink, holders.len()),
+        );
+    }
+    let is_symlink = attr.mode & libc::S_IFMT == libc::S_IFLNK;
+    if is_symlink != scan.symlinks.contains(&ino) {
+        scan.violation(
+            ino,
+            "symlink target present on a non-symlink or missing on a symlink",
+        );
+    }
+}
+
+/// Follow `parent` from a directory; true if the root is reached.
+fn reaches_root(attrs: &BTreeMap<u64, Attr>, mut ino: u64) -> bool {
+    for _ in 0..=attrs.len() {
+        if ino == ROOT_INO {
+            return true;
+        }
+        match attrs.get(&ino) {
+            Some(a) if a.is_dir() && a.nlink > 0 => ino = a.parent,
+            // An unlinked, still-open directory has no chain: not a cycle.
+            Some(a) if a.is_dir() => return true,
+            _ => return false,
+        }
+    }
+    false
+}
+
+fn check_data(scan: &mut Scan, chunk_size: u64) {
+    let chunks = std::mem::take(&mut scan.chunks);
+    for (ino, list) in chunks {
+        let Some(size) = scan
+            .attrs
+            .get(&ino)
+            .map(|a| (a.size, a.mode & libc::S_IFMT == libc::S_IFREG))
+        else {
+            scan.violation(ino, "data chunks of a missing inode");
+            continue;
+        };
+        let (size, regular) = size;
+        if !regular {
+            scan.violation(ino, "data chunks on a non-regular file");
+        }
+        for (index, len) in list {
+            let start = index.saturating_mul(chunk_size);
+            if len as u64 > chunk_size || start.saturating_add(len as u64) > size {
+                scan.violation(
+                    ino,
+                    format!("chunk {index} ({len} bytes) beyond size {size}"),
+                );
+            }
+        }
+    }
+}
+
+fn check_counters(scan: &mut Scan) {
+    let mut expected: BTreeMap<u64, (i64, i64)> = BTreeMap::new();
+    for attr in scan.attrs.values() {
+        if attr.subvolume != 0 {
+            let sums = expected.entry(attr.subvolume).or_default();
+            sums.0 += attr.size as i64;
+            sums.1 += 1;
+        }
+    }
+    let stored = std::mem::take(&mut scan.counters);
+    let subvolumes: BTreeSet<u64> = expected.keys().chain(stored.keys()).copied().collect();
+    for subvolume in subvolumes {
+        let want = expected.get(&subvolume).copied().unwrap_or_default();
+        let have = stored.get(&subvolume).copied().unwrap_or_default();
+        if want != have {
+            scan.violation(
+                subvolume,
+                format!("subvolume totals (bytes, inodes) stored {have:?}, recomputed {want:?}"),
+            );
+        }
+    }
+}
