@@ -41,6 +41,8 @@ pub enum FsError {
     FileTooBig,
     #[error("too many links")]
     TooManyLinks,
+    #[error("no such device (operation needs a regular file)")]
+    NoDevice,
     #[error("operation not supported")]
     NotSupported,
     #[error("read-only filesystem")]
@@ -89,6 +91,7 @@ impl FsError {
             FsError::CrossDevice => libc::EXDEV,
             FsError::FileTooBig => libc::EFBIG,
             FsError::TooManyLinks => libc::EMLINK,
+            FsError::NoDevice => libc::ENODEV,
             FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::ReadOnly => libc::EROFS,
             FsError::NotFormatted(_) => libc::ENODEV,

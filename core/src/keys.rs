@@ -14,7 +14,7 @@
 //! ("hafs", FS, "ino", INO, "data", CHUNK)        -> chunk bytes, trailing zeros trimmed
 //! ("hafs", FS, "ino", INO, "link")               -> symlink target bytes
 //! ("hafs", FS, "ino", INO, "xattr", NAME)        -> attribute value bytes
-//! ("hafs", FS, "ino", INO, "open", CLIENT)       -> open handles on that client (i64 LE, atomic add)
+//! ("hafs", FS, "ino", INO, "open", CLIENT)       -> present while that client has INO open
 //! ("hafs", FS, "ino", SUBVOL, "count", SHARD, "bytes"|"inodes") -> i64 LE, atomic add
 //! ("hafs", FS, "unlinked", INO)                  -> ()  unlinked while open
 //! ("hafs", FS, "client", CLIENT, "idem", SEQ)    -> idempotency marker: the reply

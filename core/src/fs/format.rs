@@ -39,15 +39,20 @@ pub async fn mkfs(db: &Database, name: &str, options: MkfsOptions) -> FsResult<(
     }
     let keys = Keys::new(name);
     let now = db.clock().wall_ns();
-    db.run(|txn, _maybe_committed| {
+    db.run(|txn, maybe_committed| {
         let keys = keys.clone();
         async move {
             let old = txn.get(&keys.settings()).await?;
+            if let (true, Some(bytes)) = (maybe_committed, &old) {
+                // An earlier attempt committed if the settings carry our
+                // creation time: that filesystem is the one we made.
+                if codec::decode_settings(bytes).is_ok_and(|s| s.created_ns == now) {
+                    return Ok(());
+                }
+            }
             if old.is_some() && !options.overwrite {
                 return Err(FsError::AlreadyFormatted(name.to_string()));
             }
-            // A re-run after an ambiguous commit overwrites what it wrote
-            // itself: mkfs is idempotent apart from the generation bump.
             let generation = match old {
                 Some(bytes) => codec::decode_settings(&bytes).map_or(1, |s| s.generation + 1),
                 None => 1,
@@ -89,10 +94,14 @@ pub async fn mkfs(db: &Database, name: &str, options: MkfsOptions) -> FsResult<(
 /// empty root or while clients are attached, unless `force`.
 pub async fn rmfs(db: &Database, name: &str, force: bool) -> FsResult<()> {
     let keys = Keys::new(name);
-    db.run(|txn, _maybe_committed| {
+    db.run(|txn, maybe_committed| {
         let keys = keys.clone();
         async move {
             if txn.get(&keys.settings()).await?.is_none() {
+                if maybe_committed {
+                    // An earlier attempt removed it.
+                    return Ok(());
+                }
                 return Err(FsError::NotFormatted(name.to_string()));
             }
             if !force {

@@ -79,6 +79,7 @@ pub struct Fs {
     client: String,
     next_seq: AtomicU64,
     inodes: alloc::InodeBatch,
+    open: crate::ops::open::OpenTable,
 }
 
 impl Fs {
@@ -95,6 +96,7 @@ impl Fs {
             client: client.to_string(),
             next_seq: AtomicU64::new(1),
             inodes: alloc::InodeBatch::default(),
+            open: Default::default(),
         })
     }
 
@@ -122,7 +124,12 @@ impl Fs {
         &self.options
     }
 
-    fn ctx<'a>(&'a self, caller: &'a Caller) -> Ctx<'a> {
+    /// The inodes this client has open.
+    pub fn open_table(&self) -> &crate::ops::open::OpenTable {
+        &self.open
+    }
+
+    pub(crate) fn ctx<'a>(&'a self, caller: &'a Caller) -> Ctx<'a> {
         Ctx {
             caller,
             client: &self.client,

@@ -7,13 +7,22 @@
 
 pub mod access;
 pub mod create;
+pub mod data;
+pub mod fallocate;
 pub mod getattr;
+pub mod link;
 pub mod lookup;
 pub mod mkdir;
+pub mod open;
+pub mod read;
 pub mod readdir;
 pub mod readlink;
+pub mod rename;
+pub mod setattr;
 pub mod statfs;
 pub mod symlink;
+pub mod unlink;
+pub mod write;
 pub mod xattr;
 
 use crate::codec::{self, Attr, Dirent, FileType};

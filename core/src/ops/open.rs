@@ -1,0 +1,165 @@
+//! `open` and `release`: access checks at open, and the per-client record of
+//! open inodes that keeps an unlinked file alive until its last close on
+//! every client.
+//!
+//! A client records `("ino", INO, "open", CLIENT)` when it first opens an
+//! inode and clears it at its last close; opens in between are counted in
+//! memory ([`OpenTable`]), so only the first open and the last close of an
+//! inode on a client write to the KV. `unlink` reads that range in its own
+//! transaction: an inode some client holds open is parked in the unlinked
+//! set instead of deleted, and the last release frees it. Each transition
+//! is serialized per inode on this client, so a close racing a reopen can
+//! never clear a record the reopen needs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::codec::Attr;
+use crate::ctx::{Caller, Ctx};
+use crate::error::{FsError, FsResult};
+use crate::fs::Fs;
+use crate::kv::Transaction;
+use crate::perm;
+
+use super::{delete_inode, is_open, read_attr};
+
+/// Opens of each inode on this client.
+#[derive(Debug, Default)]
+pub struct OpenTable {
+    inodes: parking_lot::Mutex<HashMap<u64, Arc<tokio::sync::Mutex<u32>>>>,
+}
+
+impl OpenTable {
+    fn slot(&self, ino: u64) -> Arc<tokio::sync::Mutex<u32>> {
+        self.inodes.lock().entry(ino).or_default().clone()
+    }
+
+    /// Forget `ino`'s slot if nobody else holds it (called with count 0).
+    fn forget(&self, ino: u64, slot: &Arc<tokio::sync::Mutex<u32>>) {
+        let mut inodes = self.inodes.lock();
+        // Ours and the map's: no other open or release is waiting on it.
+        if Arc::strong_count(slot) == 2 {
+            inodes.remove(&ino);
+        }
+    }
+
+    /// How many inodes this client has open.
+    pub fn len(&self) -> usize {
+        self.inodes.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The `perm` mask an open with `flags` needs.
+pub fn access_mask(flags: i32) -> u32 {
+    let mut mask = match flags & libc::O_ACCMODE {
+        libc::O_WRONLY => perm::WRITE,
+        libc::O_RDWR => perm::READ | perm::WRITE,
+        _ => perm::READ,
+    };
+    if flags & libc::O_TRUNC != 0 {
+        mask |= perm::WRITE;
+    }
+    mask
+}
+
+/// Check that the caller may open `ino` with `flags`; with `register`, also
+/// record that this client has it open.
+pub async fn apply(
+    txn: &Transaction,
+    ctx: &Ctx<'_>,
+    ino: u64,
+    flags: i32,
+    register: bool,
+) -> FsResult<Attr> {
+    let attr = read_attr(txn, ctx, ino).await?;
+    let mask = access_mask(flags);
+    if attr.is_dir() && mask & perm::WRITE != 0 {
+        return Err(FsError::IsDir);
+    }
+    if ctx.options.read_only && mask & perm::WRITE != 0 {
+        return Err(FsError::ReadOnly);
+    }
+    perm::check(&attr, ctx.caller, mask)?;
+    if register {
+        if attr.nlink == 0 {
+            // Only an existing open can reach an unlinked inode.
+            return Err(FsError::NotFound);
+        }
+        txn.set(&ctx.keys.open_handles(ino, ctx.client), &1i64.to_le_bytes());
+    }
+    Ok(attr)
+}
+
+/// The last close of `ino` on this client: drop the client's record and, if
+/// the inode is unlinked and no other client has it open, free it.
+pub async fn apply_release(txn: &Transaction, ctx: &Ctx<'_>, ino: u64) -> FsResult<()> {
+    txn.clear(&ctx.keys.open_handles(ino, ctx.client));
+    let attr = match read_attr(txn, ctx, ino).await {
+        Ok(attr) => attr,
+        Err(FsError::NotFound) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if attr.nlink == 0 && !is_open(txn, ctx, ino).await? {
+        delete_inode(txn, ctx, &attr);
+    }
+    Ok(())
+}
+
+impl Fs {
+    /// Open `ino` with `open(2)` `flags` (access mode, `O_TRUNC`).
+    pub async fn open_file(&self, caller: &Caller, ino: u64, flags: i32) -> FsResult<Attr> {
+        let slot = self.open_table().slot(ino);
+        let mut count = slot.lock().await;
+        let ctx = self.ctx(caller);
+        let result = if *count > 0 {
+            self.db()
+                .read(|txn| async move { apply(&txn, &ctx, ino, flags, false).await })
+                .await
+        } else {
+            // Setting the record is idempotent: no marker needed.
+            self.db()
+                .run(|txn, _| async move { apply(&txn, &ctx, ino, flags, true).await })
+                .await
+        };
+        if result.is_ok() {
+            *count += 1;
+        }
+        let idle = *count == 0;
+        drop(count);
+        if idle {
+            self.open_table().forget(ino, &slot);
+        }
+        result
+    }
+
+    /// Close one open of `ino` made by [`Fs::open_file`].
+    pub async fn release(&self, caller: &Caller, ino: u64) -> FsResult<()> {
+        let slot = self.open_table().slot(ino);
+        let mut count = slot.lock().await;
+        if *count == 0 {
+            drop(count);
+            self.open_table().forget(ino, &slot);
+            return Err(FsError::Invalid);
+        }
+        if *count > 1 {
+            *count -= 1;
+            return Ok(());
+        }
+        let ctx = self.ctx(caller);
+        // Clearing the record and freeing an unlinked inode are idempotent.
+        let result = self
+            .db()
+            .run(|txn, _| async move { apply_release(&txn, &ctx, ino).await })
+            .await;
+        if result.is_ok() {
+            *count = 0;
+            drop(count);
+            self.open_table().forget(ino, &slot);
+        }
+        result
+    }
+}

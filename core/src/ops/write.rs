@@ -1,0 +1,101 @@
+//! `write`: bytes at an offset or at the end (`O_APPEND`), past the end
+//! leaving a hole, clearing set-user-ID (and set-group-ID with group
+//! execute) when an unprivileged caller writes, as Linux does.
+//!
+//! A write larger than [`WRITE_TRANSACTION_BYTES`] becomes several
+//! transactions, each extending the size only over bytes it stored, so no
+//! reader ever sees a size its chunks disagree with. An append that spans
+//! several transactions is atomic per piece only: another client's append
+//! may land between two pieces.
+
+use crate::codec::{Attr, FileType};
+use crate::ctx::{Caller, Ctx};
+use crate::error::{FsError, FsResult};
+use crate::fs::Fs;
+use crate::kv::Transaction;
+
+use super::{account, data, read_attr, write_attr};
+
+/// Most data bytes one write transaction stores (well under the KV's
+/// 10 MB transaction limit, with room for the chunks it reads and merges).
+pub const WRITE_TRANSACTION_BYTES: usize = 4 << 20;
+
+/// Where a write goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteAt {
+    Offset(u64),
+    /// At the file's size when the write's transaction runs.
+    Append,
+}
+
+/// Store `bytes` and return the offset just past them.
+pub async fn apply(
+    txn: &Transaction,
+    ctx: &Ctx<'_>,
+    ino: u64,
+    at: WriteAt,
+    bytes: &[u8],
+) -> FsResult<u64> {
+    let mut attr = read_attr(txn, ctx, ino).await?;
+    match attr.kind()? {
+        FileType::Regular => {}
+        FileType::Directory => return Err(FsError::IsDir),
+        _ => return Err(FsError::Invalid),
+    }
+    let offset = match at {
+        WriteAt::Offset(offset) => offset,
+        WriteAt::Append => attr.size,
+    };
+    let end = offset
+        .checked_add(bytes.len() as u64)
+        .filter(|&end| end <= data::FILE_BYTES_MAX)
+        .ok_or(FsError::FileTooBig)?;
+    data::write_range(txn, ctx, ino, offset, bytes).await?;
+    let old_size = attr.size;
+    attr.size = attr.size.max(end);
+    attr.mtime_ns = ctx.now_ns;
+    attr.ctime_ns = ctx.now_ns;
+    kill_privileges(&mut attr, ctx.caller);
+    write_attr(txn, ctx, &attr);
+    account(txn, ctx, &attr, (attr.size - old_size) as i64, 0);
+    Ok(end)
+}
+
+/// Clear set-user-ID, and set-group-ID when group-executable, after an
+/// unprivileged caller changes a file's contents (Linux's `file_remove_privs`).
+pub fn kill_privileges(attr: &mut Attr, caller: &Caller) {
+    if caller.is_root() {
+        return;
+    }
+    attr.mode &= !libc::S_ISUID;
+    if attr.mode & libc::S_IXGRP != 0 {
+        attr.mode &= !libc::S_ISGID;
+    }
+}
+
+impl Fs {
+    /// Write `bytes`; returns how many were written (all of them).
+    pub async fn write(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        at: WriteAt,
+        bytes: &[u8],
+    ) -> FsResult<u64> {
+        if bytes.is_empty() {
+            // Like Linux: a zero-length write changes nothing.
+            self.getattr(caller, ino).await?;
+            return Ok(0);
+        }
+        let mut at = at;
+        for piece in bytes.chunks(WRITE_TRANSACTION_BYTES) {
+            let end = self
+                .mutate(caller, |txn, ctx| async move {
+                    apply(&txn, &ctx, ino, at, piece).await
+                })
+                .await?;
+            at = WriteAt::Offset(end);
+        }
+        Ok(bytes.len() as u64)
+    }
+}

@@ -1,0 +1,369 @@
+//! File contents: writes at offsets and appends, holes, truncate and extend,
+//! fallocate, setattr's permission rules, writes split over several
+//! transactions, and an unlinked file that stays usable while open on
+//! another client. Each check compares with what Linux does; fsck runs at
+//! the end of each test, so chunks left beyond a file's size fail it.
+
+use std::sync::Arc;
+
+use hafs_core::clock::ManualClock;
+use hafs_core::ctx::{Caller, FsOptions};
+use hafs_core::error::FsError;
+use hafs_core::fs::{mkfs, Fs, MkfsOptions};
+use hafs_core::fsck::check_invariants;
+use hafs_core::keys::ROOT_INO;
+use hafs_core::kv::mem::MemBackend;
+use hafs_core::kv::{Database, RangeOptions};
+use hafs_core::ops::fallocate::{KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE};
+use hafs_core::ops::setattr::{SetAttr, TimeSet};
+use hafs_core::ops::write::{WriteAt, WRITE_TRANSACTION_BYTES};
+use hafs_core::perm;
+
+const CHUNK: u64 = 1024;
+
+async fn new_db() -> Database {
+    let clock = ManualClock::new();
+    let db = Database::new(Arc::new(MemBackend::new(clock.clone())), clock, 7);
+    let options = MkfsOptions {
+        root_mode: 0o777,
+        chunk_size: CHUNK,
+        ..MkfsOptions::default()
+    };
+    mkfs(&db, "fs", options).await.expect("mkfs");
+    db
+}
+
+async fn client(db: &Database, id: &str) -> Fs {
+    Fs::open(db.clone(), "fs", id, FsOptions::default())
+        .await
+        .expect("open")
+}
+
+async fn assert_clean(db: &Database) {
+    let report = check_invariants(db, "fs", |_| {}).await.unwrap();
+    assert!(report.is_clean(), "{:#?}", report.violations);
+}
+
+/// How many chunk keys inode `ino` has.
+async fn chunk_count(fs: &Fs, ino: u64) -> usize {
+    let (begin, end) = fs.keys().chunks_from(ino, 0);
+    let txn = fs.db().begin().await.unwrap();
+    let page = txn
+        .get_range(&begin, &end, RangeOptions::default())
+        .await
+        .unwrap();
+    page.kvs.len()
+}
+
+#[tokio::test]
+async fn writes_reads_holes_and_appends() {
+    let db = new_db().await;
+    let fs = client(&db, "c1").await;
+    let root = Caller::root();
+    let f = fs
+        .create(&root, ROOT_INO, b"f", 0o644, true, perm::WRITE)
+        .await
+        .unwrap();
+    // A write that straddles a chunk boundary, then one far past the end.
+    let first: Vec<u8> = (0..1500u32).map(|i| (i % 251) as u8 + 1).collect();
+    assert_eq!(
+        fs.write(&root, f.ino, WriteAt::Offset(100), &first)
+            .await
+            .unwrap(),
+        1500
+    );
+    assert_eq!(
+        fs.write(&root, f.ino, WriteAt::Offset(10 * CHUNK), b"tail")
+            .await
+            .unwrap(),
+        4
+    );
+    let size = 10 * CHUNK + 4;
+    assert_eq!(fs.getattr(&root, f.ino).await.unwrap().size, size);
+    let all = fs.read(&root, f.ino, 0, 1 << 20).await.unwrap();
+    let mut expect = vec![0u8; size as usize];
+    expect[100..1600].copy_from_slice(&first);
+    expect[10 * CHUNK as usize..].copy_from_slice(b"tail");
+    assert_eq!(all, expect);
+    // Chunks 0, 1 and 10 exist; the hole between them stores nothing.
+    assert_eq!(chunk_count(&fs, f.ino).await, 3);
+    // Reads at and past EOF are short.
+    assert_eq!(fs.read(&root, f.ino, size - 2, 10).await.unwrap(), b"il");
+    assert!(fs
+        .read(&root, f.ino, size + 5, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // Overwrite in the middle, then append.
+    fs.write(&root, f.ino, WriteAt::Offset(1000), b"XYZ")
+        .await
+        .unwrap();
+    fs.write(&root, f.ino, WriteAt::Append, b"++")
+        .await
+        .unwrap();
+    let all = fs.read(&root, f.ino, 0, 1 << 20).await.unwrap();
+    expect[1000..1003].copy_from_slice(b"XYZ");
+    expect.extend_from_slice(b"++");
+    assert_eq!(all, expect);
+    // Reading a directory is EISDIR.
+    assert_eq!(fs.read(&root, ROOT_INO, 0, 10).await, Err(FsError::IsDir));
+    assert_clean(&db).await;
+}
+
+#[tokio::test]
+async fn truncate_frees_chunks_and_extending_reads_zeros() {
+    let db = new_db().await;
+    let fs = client(&db, "c1").await;
+    let root = Caller::root();
+    let f = fs
+        .create(&root, ROOT_INO, b"f", 0o644, true, perm::WRITE)
+        .await
+        .unwrap();
+    fs.write(
+        &root,
+        f.ino,
+        WriteAt::Offset(0),
+        &vec![7u8; 5 * CHUNK as usize],
+    )
+    .await
+    .unwrap();
+    assert_eq!(chunk_count(&fs, f.ino).await, 5);
+    let shrink = SetAttr {
+        size: Some(CHUNK + 10),
+        ..SetAttr::default()
+    };
+    assert_eq!(
+        fs.setattr(&root, f.ino, shrink).await.unwrap().size,
+        CHUNK + 10
+    );
+    assert_eq!(chunk_count(&fs, f.ino).await, 2);
+    // Extending again must not resurrect the old bytes.
+    let grow = SetAttr {
+        size: Some(3 * CHUNK),
+        ..SetAttr::default()
+    };
+    fs.setattr(&root, f.ino, grow).await.unwrap();
+    let all = fs.read(&root, f.ino, 0, 1 << 20).await.unwrap();
+    assert_eq!(all.len(), 3 * CHUNK as usize);
+    assert!(all[..(CHUNK + 10) as usize].iter().all(|&b| b == 7));
+    assert!(all[(CHUNK + 10) as usize..].iter().all(|&b| b == 0));
+    // Truncating a directory is EISDIR.
+    let on_dir = SetAttr {
+        size: Some(0),
+        ..SetAttr::default()
+    };
+    assert_eq!(
+        fs.setattr(&root, ROOT_INO, on_dir).await,
+        Err(FsError::IsDir)
+    );
+    assert_clean(&db).await;
+}
+
+#[tokio::test]
+async fn fallocate_modes() {
+    let db = new_db().await;
+    let fs = client(&db, "c1").await;
+    let root = Caller::root();
+    let f = fs
+        .create(&root, ROOT_INO, b"f", 0o644, true, perm::WRITE)
+        .await
+        .unwrap();
+    fs.fallocate(&root, f.ino, 0, 0, 4 * CHUNK).await.unwrap();
+    assert_eq!(fs.getattr(&root, f.ino).await.unwrap().size, 4 * CHUNK);
+    fs.fallocate(&root, f.ino, KEEP_SIZE, 0, 8 * CHUNK)
+        .await
+        .unwrap();
+    assert_eq!(fs.getattr(&root, f.ino).await.unwrap().size, 4 * CHUNK);
+    fs.write(
+        &root,
+        f.ino,
+        WriteAt::Offset(0),
+        &vec![1u8; 4 * CHUNK as usize],
+    )
+    .await
+    .unwrap();
+    // Punch [CHUNK/2, 3*CHUNK + 1): one partial chunk at each end.
+    let (from, to) = (CHUNK / 2, 3 * CHUNK + 1);
+    fs.fallocate(&root, f.ino, PUNCH_HOLE | KEEP_SIZE, from, to - from)
+        .await
+        .unwrap();
+    let all = fs.read(&root, f.ino, 0, 1 << 20).await.unwrap();
+    for (i, &b) in all.iter().enumerate() {
+        let punched = (from..to).contains(&(i as u64));
+        assert_eq!(b, if punched { 0 } else { 1 }, "byte {i}");
+    }
+    assert_eq!(chunk_count(&fs, f.ino).await, 2);
+    // ZERO_RANGE without KEEP_SIZE extends.
+    fs.fallocate(&root, f.ino, ZERO_RANGE, 4 * CHUNK - 2, 10)
+        .await
+        .unwrap();
+    assert_eq!(fs.getattr(&root, f.ino).await.unwrap().size, 4 * CHUNK + 8);
+    let errno = |r: Result<(), FsError>| r.unwrap_err().errno();
+    assert_eq!(
+        errno(fs.fallocate(&root, f.ino, PUNCH_HOLE, 0, 1).await),
+        libc::EOPNOTSUPP
+    );
+    assert_eq!(
+        errno(fs.fallocate(&root, f.ino, 0, 0, 0).await),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(fs.fallocate(&root, ROOT_INO, 0, 0, 1).await),
+        libc::EISDIR
+    );
+    assert_clean(&db).await;
+}
+
+#[tokio::test]
+async fn setattr_permission_rules() {
+    let db = new_db().await;
+    let fs = client(&db, "c1").await;
+    let root = Caller::root();
+    let owner = Caller {
+        groups: vec![200],
+        ..Caller::user(1000, 1000)
+    };
+    let other = Caller::user(2000, 2000);
+    let f = fs
+        .create(&owner, ROOT_INO, b"f", 0o644, true, perm::WRITE)
+        .await
+        .unwrap();
+    let errno = |r: Result<hafs_core::codec::Attr, FsError>| r.unwrap_err().errno();
+    let mode = |m| SetAttr {
+        mode: Some(m),
+        ..SetAttr::default()
+    };
+    assert_eq!(
+        errno(fs.setattr(&other, f.ino, mode(0o777)).await),
+        libc::EPERM
+    );
+    // The owner may chmod, and set-group-ID is dropped outside the group.
+    let changed = fs.setattr(&owner, f.ino, mode(0o6755)).await.unwrap();
+    assert_eq!(changed.mode & 0o7777, 0o6755);
+    let chgrp = |gid| SetAttr {
+        gid: Some(gid),
+        ..SetAttr::default()
+    };
+    // chgrp to a group the owner is in; chown clears set-uid/set-gid(+x).
+    let changed = fs.setattr(&owner, f.ino, chgrp(200)).await.unwrap();
+    assert_eq!((changed.gid, changed.mode & 0o7777), (200, 0o755));
+    assert_eq!(
+        errno(fs.setattr(&owner, f.ino, chgrp(300)).await),
+        libc::EPERM
+    );
+    let chown = SetAttr {
+        uid: Some(3000),
+        ..SetAttr::default()
+    };
+    assert_eq!(
+        errno(fs.setattr(&owner, f.ino, chown.clone()).await),
+        libc::EPERM
+    );
+    assert_eq!(fs.setattr(&root, f.ino, chown).await.unwrap().uid, 3000);
+    // Now owned by 3000, mode 0755: 1000 may neither truncate nor set times.
+    let trunc = SetAttr {
+        size: Some(0),
+        ..SetAttr::default()
+    };
+    assert_eq!(errno(fs.setattr(&owner, f.ino, trunc).await), libc::EACCES);
+    let now = SetAttr {
+        atime: Some(TimeSet::Now),
+        mtime: Some(TimeSet::Now),
+        ..SetAttr::default()
+    };
+    assert_eq!(errno(fs.setattr(&owner, f.ino, now).await), libc::EACCES);
+    let explicit = SetAttr {
+        mtime: Some(TimeSet::At(42)),
+        ..SetAttr::default()
+    };
+    assert_eq!(
+        errno(fs.setattr(&owner, f.ino, explicit.clone()).await),
+        libc::EPERM
+    );
+    assert_eq!(
+        fs.setattr(&root, f.ino, explicit).await.unwrap().mtime_ns,
+        42
+    );
+    // An unprivileged write clears set-user-ID.
+    fs.setattr(&root, f.ino, mode(0o4777)).await.unwrap();
+    fs.write(&other, f.ino, WriteAt::Append, b"x")
+        .await
+        .unwrap();
+    assert_eq!(fs.getattr(&root, f.ino).await.unwrap().mode & 0o7777, 0o777);
+    assert_clean(&db).await;
+}
+
+#[tokio::test]
+async fn big_writes_split_into_consistent_transactions() {
+    let db = new_db().await;
+    let fs = client(&db, "c1").await;
+    let root = Caller::root();
+    let f = fs
+        .create(&root, ROOT_INO, b"f", 0o644, true, perm::WRITE)
+        .await
+        .unwrap();
+    let len = 2 * WRITE_TRANSACTION_BYTES + 12_345;
+    let bytes: Vec<u8> = (0..len).map(|i| (i % 253) as u8 + 1).collect();
+    assert_eq!(
+        fs.write(&root, f.ino, WriteAt::Append, &bytes)
+            .await
+            .unwrap(),
+        len as u64
+    );
+    assert_eq!(
+        fs.read(&root, f.ino, 0, len as u32 + 10).await.unwrap(),
+        bytes
+    );
+    assert_clean(&db).await;
+}
+
+#[tokio::test]
+async fn unlinked_file_lives_until_the_last_close_on_every_client() {
+    let db = new_db().await;
+    let a = client(&db, "a").await;
+    let b = client(&db, "b").await;
+    let root = Caller::root();
+    let f = a
+        .create(&root, ROOT_INO, b"f", 0o644, true, perm::WRITE)
+        .await
+        .unwrap();
+    a.write(&root, f.ino, WriteAt::Append, b"data")
+        .await
+        .unwrap();
+    b.open_file(&root, f.ino, libc::O_RDWR).await.unwrap();
+    b.open_file(&root, f.ino, libc::O_RDONLY).await.unwrap();
+    a.unlink(&root, ROOT_INO, b"f").await.unwrap();
+    assert_eq!(
+        a.lookup(&root, ROOT_INO, b"f").await,
+        Err(FsError::NotFound)
+    );
+    // Still readable and writable through b's open handles.
+    b.write(&root, f.ino, WriteAt::Append, b"+more")
+        .await
+        .unwrap();
+    assert_eq!(b.read(&root, f.ino, 0, 100).await.unwrap(), b"data+more");
+    assert_eq!(a.getattr(&root, f.ino).await.unwrap().nlink, 0);
+    assert_clean(&db).await;
+    b.release(&root, f.ino).await.unwrap();
+    assert!(b.getattr(&root, f.ino).await.is_ok(), "one open remains");
+    b.release(&root, f.ino).await.unwrap();
+    assert_eq!(b.getattr(&root, f.ino).await, Err(FsError::NotFound));
+    assert!(b.open_table().is_empty());
+    assert_clean(&db).await;
+    // Open checks permissions; opening a directory for writing is EISDIR.
+    let user = Caller::user(1000, 1000);
+    let g = a
+        .create(&root, ROOT_INO, b"g", 0o600, true, perm::WRITE)
+        .await
+        .unwrap();
+    let errno = |r: Result<hafs_core::codec::Attr, FsError>| r.unwrap_err().errno();
+    assert_eq!(
+        errno(a.open_file(&user, g.ino, libc::O_RDONLY).await),
+        libc::EACCES
+    );
+    assert_eq!(
+        errno(a.open_file(&root, ROOT_INO, libc::O_RDWR).await),
+        libc::EISDIR
+    );
+    assert!(a.open_table().is_empty());
+}

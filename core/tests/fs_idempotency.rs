@@ -1,0 +1,123 @@
+//! Exactly-once under ambiguous commits. Every write commit is reported as
+//! `commit_unknown_result` — sometimes after applying it, sometimes not —
+//! and every mutating operation must still return what it would without
+//! faults: a create never turns into EEXIST, an unlink into ENOENT, a rename
+//! into ENOENT, and an append is never written twice. Without the
+//! idempotency markers (fs/mod.rs) this test fails.
+
+use std::sync::Arc;
+
+use hafs_core::clock::ManualClock;
+use hafs_core::ctx::{Caller, FsOptions};
+use hafs_core::fs::{mkfs, Fs, MkfsOptions};
+use hafs_core::fsck::check_invariants;
+use hafs_core::keys::ROOT_INO;
+use hafs_core::kv::fault::{CommitFault, FaultPlan, FaultyBackend, ReadFault};
+use hafs_core::kv::mem::MemBackend;
+use hafs_core::kv::{CommitRequest, Database};
+use hafs_core::ops::write::WriteAt;
+use hafs_core::perm;
+use parking_lot::Mutex;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Two of three write commits are ambiguous; half of those were applied.
+#[derive(Debug)]
+struct Ambiguous {
+    rng: Mutex<ChaCha8Rng>,
+}
+
+impl FaultPlan for Ambiguous {
+    fn on_commit(&self, request: &CommitRequest) -> CommitFault {
+        if request.is_read_only() {
+            return CommitFault::None;
+        }
+        match self.rng.lock().gen_range(0..3) {
+            0 => CommitFault::UnknownApplied,
+            1 => CommitFault::UnknownNotApplied,
+            _ => CommitFault::None,
+        }
+    }
+    fn on_read(&self) -> ReadFault {
+        ReadFault::None
+    }
+}
+
+#[tokio::test]
+async fn every_mutation_applies_exactly_once() {
+    for seed in 0..8 {
+        run(seed).await;
+    }
+}
+
+async fn run(seed: u64) {
+    let clock = ManualClock::new();
+    let mem = MemBackend::new(clock.clone());
+    let plan = Arc::new(Ambiguous {
+        rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+    });
+    let faulty = FaultyBackend::new(Arc::new(mem.clone()), plan, clock.clone());
+    let counters = faulty.counters().clone();
+    let db = Database::new(Arc::new(faulty), clock, seed);
+    mkfs(&db, "fs", MkfsOptions::default()).await.unwrap();
+    let fs = Fs::open(db.clone(), "fs", "c1", FsOptions::default())
+        .await
+        .unwrap();
+    let root = Caller::root();
+
+    let d = fs.mkdir(&root, ROOT_INO, b"d", 0o755).await.unwrap();
+    let f = fs
+        .create(&root, d.ino, b"f", 0o644, true, perm::WRITE)
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        assert_eq!(
+            fs.write(&root, f.ino, WriteAt::Append, b"abc")
+                .await
+                .unwrap(),
+            3
+        );
+    }
+    assert_eq!(fs.getattr(&root, f.ino).await.unwrap().size, 60);
+    assert_eq!(
+        fs.read(&root, f.ino, 0, 100).await.unwrap(),
+        b"abc".repeat(20)
+    );
+    fs.setxattr(
+        &root,
+        f.ino,
+        b"user.k",
+        b"v",
+        hafs_core::ops::xattr::XATTR_CREATE,
+    )
+    .await
+    .unwrap();
+    fs.symlink(&root, d.ino, b"l", b"f").await.unwrap();
+    fs.link(&root, f.ino, d.ino, b"g").await.unwrap();
+    fs.rename(&root, d.ino, b"g", ROOT_INO, b"h", 0)
+        .await
+        .unwrap();
+    fs.unlink(&root, d.ino, b"l").await.unwrap();
+    let e = fs.mkdir(&root, d.ino, b"e", 0o755).await.unwrap();
+    fs.rmdir(&root, d.ino, b"e").await.unwrap();
+    assert!(fs.getattr(&root, e.ino).await.is_err());
+    fs.mknod(&root, d.ino, b"fifo", libc::S_IFIFO | 0o600, 0)
+        .await
+        .unwrap();
+    fs.unlink(&root, ROOT_INO, b"h").await.unwrap();
+    assert_eq!(fs.getattr(&root, f.ino).await.unwrap().nlink, 1);
+
+    let report = check_invariants(&db, "fs", |_| {}).await.unwrap();
+    assert!(report.is_clean(), "seed {seed}: {:#?}", report.violations);
+    let faults = counters.snapshot();
+    let count = |name: &str| {
+        faults
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, c)| *c)
+    };
+    assert!(
+        count("unknown_applied") > 0 && count("unknown_not_applied") > 0,
+        "seed {seed}: {faults:?}"
+    );
+}
