@@ -302,6 +302,8 @@ impl World {
     }
 
     /// Apply one operation to both sides; Err describes a disagreement.
+    // `same!` yields the agreed result; most arms only need the agreement.
+    #[allow(unused_must_use)]
     async fn step(&mut self, op: &Op) -> Result<(), String> {
         let users = self.users.clone();
         let m = &mut self.model;

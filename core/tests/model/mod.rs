@@ -269,6 +269,7 @@ impl Model {
         Ok(self.insert(parent, name, ino, node))
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn create(
         &mut self,
         parent: u64,
@@ -619,7 +620,7 @@ impl Model {
         let n = self.nodes.get_mut(&ino).unwrap();
         let owner = who.uid == n.uid;
         if let Some(uid) = uid {
-            if !who.root() && !(owner && uid == n.uid) {
+            if !(who.root() || owner && uid == n.uid) {
                 return Err(libc::EPERM);
             }
         }
