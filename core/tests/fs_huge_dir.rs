@@ -159,4 +159,44 @@ async fn hundred_thousand_entries() {
         listed.windows(2).all(|w| w[0] < w[1]),
         "listing out of order"
     );
+
+    // List again while another client churns: it adds and removes names
+    // between existing ones and removes and re-adds every 97th entry.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let (fs, stop) = (fs.clone(), stop.clone());
+        tokio::spawn(async move {
+            let root = Caller::root();
+            let mut k = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let i = (k * 7919) % ENTRIES;
+                let mut extra = name(i);
+                extra.push(b'x');
+                fs.create(&root, dir, &extra, 0o644, true, perm::WRITE)
+                    .await
+                    .unwrap();
+                fs.unlink(&root, dir, &extra).await.unwrap();
+                let victim = name((k * 97) % ENTRIES);
+                fs.unlink(&root, dir, &victim).await.unwrap();
+                fs.create(&root, dir, &victim, 0o644, true, perm::WRITE)
+                    .await
+                    .unwrap();
+                k += 1;
+            }
+            k
+        })
+    };
+    let listed = list_all(&fs, dir, 1000).await;
+    stop.store(true, Ordering::Relaxed);
+    let rounds = churn.await.unwrap();
+    assert!(rounds > 10, "the churn barely ran ({rounds} rounds)");
+    let unique: BTreeSet<_> = listed.iter().collect();
+    assert_eq!(unique.len(), listed.len(), "an entry was listed twice");
+    let touched: BTreeSet<u64> = (0..rounds).map(|k| (k * 97) % ENTRIES).collect();
+    for i in (0..ENTRIES).filter(|i| !touched.contains(i)) {
+        assert!(
+            unique.contains(&name(i)),
+            "entry {i} was present throughout but not listed"
+        );
+    }
 }
