@@ -158,7 +158,7 @@ pub fn decode_dirent(bytes: &[u8]) -> FsResult<Dirent> {
     let (format, ino, bits): (u64, u64, u32) =
         unpack(bytes).map_err(|e| FsError::Corrupted(format!("directory entry: {e:?}")))?;
     let kind = FileType::from_mode(bits)
-        .filter(|_| format == DIRENT_FORMAT && ino != 0)
+        .filter(|kind| format == DIRENT_FORMAT && ino != 0 && kind.mode_bits() == bits)
         .ok_or_else(|| {
             FsError::Corrupted(format!("directory entry ({format}, {ino}, {bits:o})"))
         })?;

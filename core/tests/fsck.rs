@@ -192,3 +192,79 @@ async fn corrupted_values_are_reported_and_give_eio() {
             .unwrap_err();
     assert_eq!(err.errno(), libc::EIO);
 }
+
+/// Every stored value of a small tree, replaced in turn by each of several
+/// kinds of garbage: no operation and no fsck may panic, and damage to an
+/// attribute or entry must surface as `Corrupted` from some operation or as
+/// an fsck violation (a flip can decode to another valid value).
+#[tokio::test]
+async fn no_damaged_value_makes_anything_panic() {
+    let t = tree().await;
+    let root = Caller::root();
+    t.fs.write(
+        &root,
+        t.file,
+        hafs_core::ops::write::WriteAt::Append,
+        &[7u8; 9000],
+    )
+    .await
+    .unwrap();
+    t.fs.setxattr(&root, t.file, b"user.k", b"v", 0)
+        .await
+        .unwrap();
+    let (begin, end) = t.keys.all();
+    let txn = t.db.begin().await.unwrap();
+    let all = txn
+        .get_range(&begin, &end, Default::default())
+        .await
+        .unwrap()
+        .kvs;
+    drop(txn);
+    let mut corrupted_seen = 0;
+    for (key, good) in &all {
+        let mut flipped = good.clone();
+        if let Some(last) = flipped.last_mut() {
+            *last ^= 0xff;
+        }
+        let truncated = good[..good.len() / 2].to_vec();
+        let long = vec![0xabu8; 5000];
+        for bad in [
+            Vec::new(),
+            truncated,
+            flipped,
+            long,
+            b"\x15\x01\xff".to_vec(),
+        ] {
+            raw(&t.db, |txn| txn.set(key, &bad)).await;
+            let mut results = Vec::new();
+            for ino in [ROOT_INO, t.dir, t.sub, t.file, t.vol] {
+                results.push(t.fs.getattr(&root, ino).await.err());
+                results.push(t.fs.readdir(&root, ino, None, 100).await.err());
+                results.push(t.fs.read(&root, ino, 0, 20_000).await.err());
+                results.push(t.fs.listxattr(&root, ino).await.err());
+                results.push(t.fs.getxattr(&root, ino, b"hafs.totals").await.err());
+            }
+            results.push(t.fs.lookup(&root, t.dir, b"link").await.err());
+            results.push(t.fs.lookup(&root, t.sub, b"file").await.err());
+            results.push(t.fs.statfs(&root).await.err());
+            let fsck_clean = check_invariants(&t.db, "fs", |_| {})
+                .await
+                .is_ok_and(|r| r.is_clean());
+            let kind = t.keys.inode_key_kind(key).map(|(_, kind)| kind);
+            if matches!(kind.as_deref(), Some("attr") | Some("dirent")) {
+                let eio = results
+                    .iter()
+                    .flatten()
+                    .any(|e| matches!(e, FsError::Corrupted(_)));
+                assert!(
+                    eio || !fsck_clean,
+                    "damaged {kind:?} value {bad:?} went unnoticed by operations and fsck"
+                );
+                corrupted_seen += 1;
+            }
+            raw(&t.db, |txn| txn.set(key, good)).await;
+        }
+    }
+    assert!(corrupted_seen > 20, "too few attr/dirent keys damaged");
+    assert!(problems(&t).await.is_empty());
+}
