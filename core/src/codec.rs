@@ -196,6 +196,142 @@ pub fn decode_settings(bytes: &[u8]) -> FsResult<Settings> {
     })
 }
 
+/// Format version of client registrations.
+pub const CLIENT_FORMAT: u64 = 1;
+/// Format version of lock records and lock waiters.
+pub const LOCK_FORMAT: u64 = 1;
+
+/// A mounted client, as `hafs list-clients` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClientInfo {
+    pub id: String,
+    pub hostname: String,
+    pub pid: u32,
+    pub exe: String,
+    pub description: String,
+    /// Wall time of the mount, for people; never used to judge expiry.
+    pub mounted_ns: i64,
+    pub version: String,
+}
+
+pub fn encode_client(c: &ClientInfo) -> Vec<u8> {
+    pack(&(
+        CLIENT_FORMAT,
+        c.hostname.as_str(),
+        c.pid,
+        c.exe.as_str(),
+        c.description.as_str(),
+        c.mounted_ns,
+        c.version.as_str(),
+    ))
+}
+
+pub fn decode_client(id: &str, bytes: &[u8]) -> FsResult<ClientInfo> {
+    type T = (u64, String, u32, String, String, i64, String);
+    let (format, hostname, pid, exe, description, mounted_ns, version): T =
+        unpack(bytes).map_err(|e| FsError::Corrupted(format!("client {id}: {e:?}")))?;
+    if format != CLIENT_FORMAT {
+        return Err(FsError::Corrupted(format!("client {id}: format {format}")));
+    }
+    Ok(ClientInfo {
+        id: id.to_string(),
+        hostname,
+        pid,
+        exe,
+        description,
+        mounted_ns,
+        version,
+    })
+}
+
+/// A lock's mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LockKind {
+    Read,
+    Write,
+}
+
+impl LockKind {
+    fn code(self) -> u32 {
+        match self {
+            LockKind::Read => 0,
+            LockKind::Write => 1,
+        }
+    }
+
+    fn from_code(code: u32) -> Option<LockKind> {
+        match code {
+            0 => Some(LockKind::Read),
+            1 => Some(LockKind::Write),
+            _ => None,
+        }
+    }
+}
+
+/// A held lock's value: its mode, the end of its range (exclusive;
+/// `u64::MAX` reaches past any end of file) and the holder's pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockValue {
+    pub kind: LockKind,
+    pub end: u64,
+    pub pid: u32,
+}
+
+pub fn encode_lock(l: &LockValue) -> Vec<u8> {
+    pack(&(LOCK_FORMAT, l.kind.code(), l.end, l.pid))
+}
+
+pub fn decode_lock(bytes: &[u8]) -> FsResult<LockValue> {
+    let (format, code, end, pid): (u64, u32, u64, u32) =
+        unpack(bytes).map_err(|e| FsError::Corrupted(format!("lock: {e:?}")))?;
+    match (format, LockKind::from_code(code)) {
+        (LOCK_FORMAT, Some(kind)) => Ok(LockValue { kind, end, pid }),
+        _ => Err(FsError::Corrupted(format!("lock ({format}, {code})"))),
+    }
+}
+
+/// A queued lock request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiter {
+    pub client: String,
+    pub owner: u64,
+    pub kind: LockKind,
+    pub start: u64,
+    pub end: u64,
+    pub pid: u32,
+}
+
+pub fn encode_waiter(w: &Waiter) -> Vec<u8> {
+    pack(&(
+        LOCK_FORMAT,
+        w.client.as_str(),
+        w.owner,
+        w.kind.code(),
+        w.start,
+        w.end,
+        w.pid,
+    ))
+}
+
+pub fn decode_waiter(bytes: &[u8]) -> FsResult<Waiter> {
+    type T = (u64, String, u64, u32, u64, u64, u32);
+    let (format, client, owner, code, start, end, pid): T =
+        unpack(bytes).map_err(|e| FsError::Corrupted(format!("lock waiter: {e:?}")))?;
+    match (format, LockKind::from_code(code)) {
+        (LOCK_FORMAT, Some(kind)) if start < end => Ok(Waiter {
+            client,
+            owner,
+            kind,
+            start,
+            end,
+            pid,
+        }),
+        _ => Err(FsError::Corrupted(format!(
+            "lock waiter ({format}, {code})"
+        ))),
+    }
+}
+
 /// Little-endian i64 counters written by atomic add (absent = 0).
 pub fn decode_counter(bytes: Option<&[u8]>) -> FsResult<i64> {
     match bytes {

@@ -41,6 +41,10 @@ pub enum FsError {
     FileTooBig,
     #[error("too many links")]
     TooManyLinks,
+    #[error("resource temporarily unavailable (lock held)")]
+    WouldBlock,
+    #[error("interrupted")]
+    Interrupted,
     #[error("no such device (operation needs a regular file)")]
     NoDevice,
     #[error("operation not supported")]
@@ -91,6 +95,8 @@ impl FsError {
             FsError::CrossDevice => libc::EXDEV,
             FsError::FileTooBig => libc::EFBIG,
             FsError::TooManyLinks => libc::EMLINK,
+            FsError::WouldBlock => libc::EAGAIN,
+            FsError::Interrupted => libc::EINTR,
             FsError::NoDevice => libc::ENODEV,
             FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::ReadOnly => libc::EROFS,

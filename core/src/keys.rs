@@ -16,9 +16,17 @@
 //! ("hafs", FS, "ino", INO, "xattr", NAME)        -> attribute value bytes
 //! ("hafs", FS, "ino", INO, "open", CLIENT)       -> present while that client has INO open
 //! ("hafs", FS, "ino", SUBVOL, "count", SHARD, "bytes"|"inodes") -> i64 LE, atomic add
+//! ("hafs", FS, "ino", INO, "lock", CLIENT, OWNER, START) -> (kind, end, pid)  a held byte-range lock
+//! ("hafs", FS, "ino", INO, "lockq", TICKET)      -> (client, owner, kind, start, end, pid)  a waiter, FIFO
+//! ("hafs", FS, "ino", INO, "lockseq")            -> last waiter ticket (u64 LE)
+//! ("hafs", FS, "ino", INO, "lockver")            -> i64 LE, atomic add on every lock change (waiters watch it)
 //! ("hafs", FS, "unlinked", INO)                  -> ()  unlinked while open
 //! ("hafs", FS, "client", CLIENT, "idem", SEQ)    -> idempotency marker: the reply
-//! ("hafs", FS, "clients", CLIENT)                -> a mounted client's registration
+//! ("hafs", FS, "client", CLIENT, "heartbeat")    -> i64 LE, atomic add by the client
+//! ("hafs", FS, "client", CLIENT, "open", INO)    -> ()  index: the client has INO open
+//! ("hafs", FS, "client", CLIENT, "lock", INO)    -> ()  index: the client has locks or waiters on INO
+//! ("hafs", FS, "clients", CLIENT)                -> ClientInfo; present = attached. Every
+//!                                                   transaction of CLIENT reads it (fencing)
 //! ("hafs-registry", FS)                          -> ()  one key per filesystem, for listing
 //! ```
 //!
@@ -218,9 +226,111 @@ impl Keys {
         self.fs.subspace(&("client", client)).range()
     }
 
+    pub fn client_heartbeat(&self, client: &str) -> Vec<u8> {
+        self.fs.pack(&("client", client, "heartbeat"))
+    }
+
+    pub fn client_open(&self, client: &str, ino: u64) -> Vec<u8> {
+        self.fs.pack(&("client", client, "open", ino))
+    }
+
+    pub fn client_opens(&self, client: &str) -> (Vec<u8>, Vec<u8>) {
+        self.fs.subspace(&("client", client, "open")).range()
+    }
+
+    pub fn client_lock(&self, client: &str, ino: u64) -> Vec<u8> {
+        self.fs.pack(&("client", client, "lock", ino))
+    }
+
+    pub fn client_locks(&self, client: &str) -> (Vec<u8>, Vec<u8>) {
+        self.fs.subspace(&("client", client, "lock")).range()
+    }
+
+    /// The inode of a key in [`Keys::client_opens`] or [`Keys::client_locks`].
+    pub fn client_index_ino(&self, client: &str, key: &[u8]) -> Option<u64> {
+        self.fs
+            .subspace(&("client", client))
+            .unpack::<(String, u64)>(key)
+            .ok()
+            .map(|(_, ino)| ino)
+    }
+
+    /// The client of a key in [`Keys::client_range`]-style ranges, for
+    /// scans over every client's keys.
+    pub fn clients_with_keys(&self) -> (Vec<u8>, Vec<u8>) {
+        self.fs.subspace(&("client",)).range()
+    }
+
+    pub fn client_of_key(&self, key: &[u8]) -> Option<String> {
+        let elements: Vec<foundationdb_tuple::Element<'_>> =
+            self.fs.subspace(&("client",)).unpack(key).ok()?;
+        match elements.first()? {
+            foundationdb_tuple::Element::String(client) => Some(client.to_string()),
+            _ => None,
+        }
+    }
+
+    pub fn lock(&self, ino: u64, client: &str, owner: u64, start: u64) -> Vec<u8> {
+        self.fs.pack(&("ino", ino, "lock", client, owner, start))
+    }
+
+    /// `[begin, end)` of every held lock on `ino`.
+    pub fn locks(&self, ino: u64) -> (Vec<u8>, Vec<u8>) {
+        self.fs.subspace(&("ino", ino, "lock")).range()
+    }
+
+    /// `[begin, end)` of the locks of one client (and owner) on `ino`.
+    pub fn locks_of(&self, ino: u64, client: &str, owner: Option<u64>) -> (Vec<u8>, Vec<u8>) {
+        match owner {
+            Some(owner) => self
+                .fs
+                .subspace(&("ino", ino, "lock", client, owner))
+                .range(),
+            None => self.fs.subspace(&("ino", ino, "lock", client)).range(),
+        }
+    }
+
+    /// (client, owner, start) of a key in [`Keys::locks`].
+    pub fn lock_id(&self, ino: u64, key: &[u8]) -> Option<(String, u64, u64)> {
+        self.fs.subspace(&("ino", ino, "lock")).unpack(key).ok()
+    }
+
+    pub fn lock_waiter(&self, ino: u64, ticket: u64) -> Vec<u8> {
+        self.fs.pack(&("ino", ino, "lockq", ticket))
+    }
+
+    pub fn lock_waiters(&self, ino: u64) -> (Vec<u8>, Vec<u8>) {
+        self.fs.subspace(&("ino", ino, "lockq")).range()
+    }
+
+    pub fn lock_waiter_ticket(&self, ino: u64, key: &[u8]) -> Option<u64> {
+        self.fs
+            .subspace(&("ino", ino, "lockq"))
+            .unpack::<(u64,)>(key)
+            .ok()
+            .map(|(t,)| t)
+    }
+
+    pub fn lock_sequence(&self, ino: u64) -> Vec<u8> {
+        self.fs.pack(&("ino", ino, "lockseq"))
+    }
+
+    pub fn lock_version(&self, ino: u64) -> Vec<u8> {
+        self.fs.pack(&("ino", ino, "lockver"))
+    }
+
     /// A mounted client's registration (written by the sessions layer).
     pub fn session(&self, client: &str) -> Vec<u8> {
         self.fs.pack(&("clients", client))
+    }
+
+    /// The client id of a key in [`Keys::sessions`].
+    pub fn session_id(&self, key: &[u8]) -> Option<String> {
+        self.fs
+            .subspace(&("clients",))
+            .unpack::<(String,)>(key)
+            .ok()
+            .map(|(id,)| id)
     }
 
     /// `[begin, end)` of every registered client.

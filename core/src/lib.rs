@@ -21,3 +21,4 @@ pub mod kv;
 pub mod limits;
 pub mod ops;
 pub mod perm;
+pub mod session;

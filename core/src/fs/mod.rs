@@ -15,9 +15,9 @@ pub mod alloc;
 pub mod format;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::codec::Settings;
+use crate::codec::{ClientInfo, Settings};
 use crate::ctx::{Caller, Ctx, FsOptions};
 use crate::error::{FsError, FsResult};
 use crate::keys::Keys;
@@ -80,24 +80,72 @@ pub struct Fs {
     next_seq: AtomicU64,
     inodes: alloc::InodeBatch,
     open: crate::ops::open::OpenTable,
+    /// Set once a transaction found this client evicted (logged once).
+    fenced: AtomicBool,
 }
 
 impl Fs {
-    /// Open filesystem `name` as client `client` (a unique id per mount).
+    /// Open filesystem `name` as a new client `client` (a unique id per
+    /// mount), registering it with no further description.
     pub async fn open(db: Database, name: &str, client: &str, options: FsOptions) -> FsResult<Fs> {
+        let info = ClientInfo {
+            id: client.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..ClientInfo::default()
+        };
+        Fs::open_client(db, name, &info, options).await
+    }
+
+    /// Open filesystem `name` and attach as the client `info` describes.
+    pub async fn open_client(
+        db: Database,
+        name: &str,
+        info: &ClientInfo,
+        options: FsOptions,
+    ) -> FsResult<Fs> {
         let keys = Keys::new(name);
         let settings = format::read_settings(&db, &keys, name).await?;
+        crate::session::attach(&db, &keys, info).await?;
         Ok(Fs {
             db,
             name: name.to_string(),
             keys,
             settings,
             options,
-            client: client.to_string(),
+            client: info.id.clone(),
             next_seq: AtomicU64::new(1),
             inodes: alloc::InodeBatch::default(),
             open: Default::default(),
+            fenced: AtomicBool::new(false),
         })
+    }
+
+    /// Detach cleanly (unmount): release this client's locks and open
+    /// records and remove its registration. Later operations are `Fenced`.
+    pub async fn close(&self) -> FsResult<crate::session::GcStats> {
+        let (_, stats) = crate::session::evict(&self.db, &self.keys, &self.client).await?;
+        self.fenced.store(true, Ordering::Relaxed);
+        Ok(stats)
+    }
+
+    /// Whether this client has been evicted (every operation now fails).
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Relaxed)
+    }
+
+    /// The fencing check every transaction of this client starts with.
+    async fn fence(&self, txn: &Transaction) -> FsResult<()> {
+        let result = crate::session::ensure_attached(txn, &self.keys, &self.client).await;
+        if let Err(FsError::Fenced) = result {
+            if !self.fenced.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    client = %self.client,
+                    "this client was evicted (its heartbeat stopped or an operator evicted it); \
+                     every operation now fails with EIO until it is remounted"
+                );
+            }
+        }
+        result
     }
 
     pub fn name(&self) -> &str {
@@ -152,7 +200,34 @@ impl Fs {
         Fut: Future<Output = FsResult<T>>,
     {
         let ctx = self.ctx(caller);
-        self.db.read(|txn| op(txn, ctx)).await
+        let op = &op;
+        self.db
+            .read(|txn| async move {
+                self.fence(&txn).await?;
+                op(txn, ctx).await
+            })
+            .await
+    }
+
+    /// Run an idempotent mutation (no marker needed: repeating it changes
+    /// nothing), fenced like every other transaction of this client.
+    pub(crate) async fn run_fenced<'a, T, F, Fut>(
+        &'a self,
+        caller: &'a Caller,
+        op: F,
+    ) -> FsResult<T>
+    where
+        F: Fn(Transaction, Ctx<'a>) -> Fut,
+        Fut: Future<Output = FsResult<T>>,
+    {
+        let ctx = self.ctx(caller);
+        let op = &op;
+        self.db
+            .run(|txn, _| async move {
+                self.fence(&txn).await?;
+                op(txn, ctx).await
+            })
+            .await
     }
 
     /// Run a mutating operation exactly once, even across ambiguous commits
@@ -178,6 +253,7 @@ impl Fs {
                 let expired = expired.clone();
                 let attempt = op(txn.clone(), ctx);
                 async move {
+                    self.fence(&txn).await?;
                     if maybe_committed {
                         if let Some(stored) = txn.get(&marker).await? {
                             return T::from_marker(&stored);

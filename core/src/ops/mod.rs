@@ -11,6 +11,7 @@ pub mod data;
 pub mod fallocate;
 pub mod getattr;
 pub mod link;
+pub mod lock;
 pub mod lookup;
 pub mod mkdir;
 pub mod open;
@@ -183,21 +184,23 @@ pub const FLAG_SUBVOLUME: u32 = 1;
 /// Add to a subvolume's byte and inode totals with conflict-free atomic
 /// adds on a shard picked by the inode, so parallel writers rarely share a key.
 pub fn account(txn: &Transaction, ctx: &Ctx<'_>, attr: &Attr, bytes: i64, inodes: i64) {
+    account_keys(txn, ctx.keys, attr, bytes, inodes);
+}
+
+fn account_keys(txn: &Transaction, keys: &crate::keys::Keys, attr: &Attr, bytes: i64, inodes: i64) {
     if attr.subvolume == 0 {
         return;
     }
     let shard = attr.ino % COUNTER_SHARDS;
     if bytes != 0 {
         txn.atomic_add(
-            &ctx.keys
-                .subvolume_counter(attr.subvolume, shard, Counter::Bytes),
+            &keys.subvolume_counter(attr.subvolume, shard, Counter::Bytes),
             bytes,
         );
     }
     if inodes != 0 {
         txn.atomic_add(
-            &ctx.keys
-                .subvolume_counter(attr.subvolume, shard, Counter::Inodes),
+            &keys.subvolume_counter(attr.subvolume, shard, Counter::Inodes),
             inodes,
         );
     }
@@ -247,8 +250,13 @@ pub async fn drop_link(txn: &Transaction, ctx: &Ctx<'_>, attr: &mut Attr) -> FsR
 /// Delete every key of an inode (attributes, data, target, xattrs, open
 /// counts) and take it out of its subvolume's totals.
 pub fn delete_inode(txn: &Transaction, ctx: &Ctx<'_>, attr: &Attr) {
-    let (begin, end) = ctx.keys.inode_range(attr.ino);
+    delete_inode_keys(txn, ctx.keys, attr);
+}
+
+/// [`delete_inode`] without an operation context (eviction, gc).
+pub fn delete_inode_keys(txn: &Transaction, keys: &crate::keys::Keys, attr: &Attr) {
+    let (begin, end) = keys.inode_range(attr.ino);
     txn.clear_range(&begin, &end);
-    txn.clear(&ctx.keys.unlinked(attr.ino));
-    account(txn, ctx, attr, -(attr.size as i64), -1);
+    txn.clear(&keys.unlinked(attr.ino));
+    account_keys(txn, keys, attr, -(attr.size as i64), -1);
 }

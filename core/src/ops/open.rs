@@ -21,7 +21,7 @@ use crate::fs::Fs;
 use crate::kv::Transaction;
 use crate::perm;
 
-use super::{delete_inode, is_open, read_attr};
+use super::read_attr;
 
 /// Opens of each inode on this client.
 #[derive(Debug, Default)]
@@ -90,22 +90,42 @@ pub async fn apply(
             return Err(FsError::NotFound);
         }
         txn.set(&ctx.keys.open_handles(ino, ctx.client), &1i64.to_le_bytes());
+        txn.set(&ctx.keys.client_open(ctx.client, ino), &[]);
     }
     Ok(attr)
+}
+
+/// Drop `client`'s open record of `ino` and free the inode if it was
+/// unlinked and nobody else has it open. Returns whether it was freed.
+pub async fn drop_open_record(
+    txn: &Transaction,
+    keys: &crate::keys::Keys,
+    ino: u64,
+    client: &str,
+) -> FsResult<bool> {
+    txn.clear(&keys.open_handles(ino, client));
+    txn.clear(&keys.client_open(client, ino));
+    let Some(bytes) = txn.get(&keys.attr(ino)).await? else {
+        return Ok(false);
+    };
+    let attr = crate::codec::decode_attr(ino, &bytes)?;
+    let (begin, end) = keys.open_handles_all(ino);
+    let options = crate::kv::RangeOptions {
+        limit: 1,
+        ..Default::default()
+    };
+    let others = !txn.get_range(&begin, &end, options).await?.kvs.is_empty();
+    if attr.nlink == 0 && !others {
+        super::delete_inode_keys(txn, keys, &attr);
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// The last close of `ino` on this client: drop the client's record and, if
 /// the inode is unlinked and no other client has it open, free it.
 pub async fn apply_release(txn: &Transaction, ctx: &Ctx<'_>, ino: u64) -> FsResult<()> {
-    txn.clear(&ctx.keys.open_handles(ino, ctx.client));
-    let attr = match read_attr(txn, ctx, ino).await {
-        Ok(attr) => attr,
-        Err(FsError::NotFound) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if attr.nlink == 0 && !is_open(txn, ctx, ino).await? {
-        delete_inode(txn, ctx, &attr);
-    }
+    drop_open_record(txn, ctx.keys, ino, ctx.client).await?;
     Ok(())
 }
 
@@ -114,16 +134,17 @@ impl Fs {
     pub async fn open_file(&self, caller: &Caller, ino: u64, flags: i32) -> FsResult<Attr> {
         let slot = self.open_table().slot(ino);
         let mut count = slot.lock().await;
-        let ctx = self.ctx(caller);
         let result = if *count > 0 {
-            self.db()
-                .read(|txn| async move { apply(&txn, &ctx, ino, flags, false).await })
-                .await
+            self.query(caller, |txn, ctx| async move {
+                apply(&txn, &ctx, ino, flags, false).await
+            })
+            .await
         } else {
             // Setting the record is idempotent: no marker needed.
-            self.db()
-                .run(|txn, _| async move { apply(&txn, &ctx, ino, flags, true).await })
-                .await
+            self.run_fenced(caller, |txn, ctx| async move {
+                apply(&txn, &ctx, ino, flags, true).await
+            })
+            .await
         };
         if result.is_ok() {
             *count += 1;
@@ -149,11 +170,11 @@ impl Fs {
             *count -= 1;
             return Ok(());
         }
-        let ctx = self.ctx(caller);
         // Clearing the record and freeing an unlinked inode are idempotent.
         let result = self
-            .db()
-            .run(|txn, _| async move { apply_release(&txn, &ctx, ino).await })
+            .run_fenced(caller, |txn, ctx| async move {
+                apply_release(&txn, &ctx, ino).await
+            })
             .await;
         if result.is_ok() {
             *count = 0;

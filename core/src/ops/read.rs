@@ -76,11 +76,11 @@ impl Fs {
             })
             .await?;
         if due && !self.options().read_only {
-            let ctx = self.ctx(caller);
             // Idempotent, so no marker: a repeat finds nothing due.
-            self.db()
-                .run(|txn, _| async move { apply_touch_atime(&txn, &ctx, ino).await })
-                .await?;
+            self.run_fenced(caller, |txn, ctx| async move {
+                apply_touch_atime(&txn, &ctx, ino).await
+            })
+            .await?;
         }
         Ok(bytes)
     }

@@ -1,0 +1,480 @@
+//! Byte-range locks (`F_SETLK`, `F_SETLKW`, `F_GETLK`) and `flock`, held
+//! in the KV so every mount sees them.
+//!
+//! A lock belongs to (client, owner): the owner is the kernel's lock owner,
+//! which is per process for POSIX locks and per open file for `flock` — so
+//! one model covers both (the kernel sends `flock` as a whole-file lock and
+//! FUSE does not say which kind a request is). Each owner's locks on an
+//! inode are non-overlapping ranges; a request replaces the overlapped part
+//! of the owner's own ranges (split, upgrade, downgrade, unlock) and merges
+//! neighbours of the same mode, as Linux does.
+//!
+//! A request conflicts with another owner's overlapping lock unless both
+//! are read locks. Waiting (`F_SETLKW`) is fair: a waiter takes a ticket
+//! from the inode's queue, and a request is granted only when no held lock
+//! and no *earlier* queued request conflicts with it, so a stream of short
+//! holders cannot starve it. Waiters sleep on a watch of the inode's
+//! `lockver` key, which every change bumps, with a slow re-check as a
+//! safety net; they never poll in a tight loop. A cancelled wait removes
+//! its ticket before returning `EINTR`.
+//!
+//! Not done: deadlock detection (`EDEADLK`) — waits that form a cycle
+//! across owners wait until one is interrupted.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::codec::{self, LockKind, LockValue, Waiter};
+use crate::ctx::{Caller, Ctx};
+use crate::error::{FsError, FsResult};
+use crate::fs::Fs;
+use crate::keys::Keys;
+use crate::kv::{RangeOptions, Transaction, Watch};
+
+use super::read_attr;
+
+/// The end of a lock that reaches past any end of file.
+pub const LOCK_END_MAX: u64 = u64::MAX;
+/// A waiter re-checks at least this often even without a wake-up.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// A lock request on `[start, end)`; `kind` None unlocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockRequest {
+    pub kind: Option<LockKind>,
+    pub start: u64,
+    pub end: u64,
+    pub pid: u32,
+}
+
+/// A conflicting lock, as `F_GETLK` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conflict {
+    pub kind: LockKind,
+    pub start: u64,
+    pub end: u64,
+    /// The holder's pid when it is on the asking client, else 0.
+    pub pid: u32,
+}
+
+/// A held lock read from the KV.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Held {
+    client: String,
+    owner: u64,
+    start: u64,
+    value: LockValue,
+}
+
+fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
+fn clash(a: LockKind, b: LockKind) -> bool {
+    a == LockKind::Write || b == LockKind::Write
+}
+
+async fn held_locks(txn: &Transaction, keys: &Keys, ino: u64) -> FsResult<Vec<Held>> {
+    let (begin, end) = keys.locks(ino);
+    let page = txn.get_range(&begin, &end, RangeOptions::default()).await?;
+    page.kvs
+        .iter()
+        .map(|(key, value)| {
+            let (client, owner, start) = keys
+                .lock_id(ino, key)
+                .ok_or_else(|| FsError::Corrupted(format!("lock key of inode {ino}")))?;
+            let value = codec::decode_lock(value)?;
+            Ok(Held {
+                client,
+                owner,
+                start,
+                value,
+            })
+        })
+        .collect()
+}
+
+async fn waiters(txn: &Transaction, keys: &Keys, ino: u64) -> FsResult<Vec<(u64, Waiter)>> {
+    let (begin, end) = keys.lock_waiters(ino);
+    let page = txn.get_range(&begin, &end, RangeOptions::default()).await?;
+    page.kvs
+        .iter()
+        .map(|(key, value)| {
+            let ticket = keys
+                .lock_waiter_ticket(ino, key)
+                .ok_or_else(|| FsError::Corrupted(format!("lock waiter key of inode {ino}")))?;
+            Ok((ticket, codec::decode_waiter(value)?))
+        })
+        .collect()
+}
+
+/// The owner's ranges after applying `request` to `own`: the overlapped
+/// parts replaced, neighbours of one mode merged.
+fn replace_ranges(own: &[Held], request: &LockRequest) -> Vec<(u64, u64, LockKind, u32)> {
+    let (s, e) = (request.start, request.end);
+    let mut out = Vec::new();
+    for h in own {
+        let (hs, he, kind, pid) = (h.start, h.value.end, h.value.kind, h.value.pid);
+        if he <= s || hs >= e {
+            out.push((hs, he, kind, pid));
+            continue;
+        }
+        if hs < s {
+            out.push((hs, s, kind, pid));
+        }
+        if he > e {
+            out.push((e, he, kind, pid));
+        }
+    }
+    if let Some(kind) = request.kind {
+        out.push((s, e, kind, request.pid));
+    }
+    out.sort_by_key(|r| r.0);
+    let mut merged: Vec<(u64, u64, LockKind, u32)> = Vec::with_capacity(out.len());
+    for r in out {
+        match merged.last_mut() {
+            Some(last) if last.1 == r.0 && last.2 == r.2 => {
+                last.1 = r.1;
+                last.3 = request.pid;
+            }
+            _ => merged.push(r),
+        }
+    }
+    merged
+}
+
+/// Replace the owner's records on `ino` with `ranges`.
+fn write_own(
+    txn: &Transaction,
+    ctx: &Ctx<'_>,
+    ino: u64,
+    owner: u64,
+    ranges: &[(u64, u64, LockKind, u32)],
+) {
+    let (begin, end) = ctx.keys.locks_of(ino, ctx.client, Some(owner));
+    txn.clear_range(&begin, &end);
+    for &(start, end, kind, pid) in ranges {
+        let value = LockValue { kind, end, pid };
+        txn.set(
+            &ctx.keys.lock(ino, ctx.client, owner, start),
+            &codec::encode_lock(&value),
+        );
+    }
+    txn.atomic_add(&ctx.keys.lock_version(ino), 1);
+}
+
+/// Keep the client's index entry for `ino` exactly while it holds or
+/// waits for something there.
+fn update_index(txn: &Transaction, ctx: &Ctx<'_>, ino: u64, still_involved: bool) {
+    let key = ctx.keys.client_lock(ctx.client, ino);
+    if still_involved {
+        txn.set(&key, &[]);
+    } else {
+        txn.clear(&key);
+    }
+}
+
+/// `F_GETLK`: the first held lock of another owner that conflicts.
+pub async fn apply_getlk(
+    txn: &Transaction,
+    ctx: &Ctx<'_>,
+    ino: u64,
+    owner: u64,
+    kind: LockKind,
+    start: u64,
+    end: u64,
+) -> FsResult<Option<Conflict>> {
+    read_attr(txn, ctx, ino).await?;
+    let held = held_locks(txn, ctx.keys, ino).await?;
+    Ok(held
+        .into_iter()
+        .find(|h| {
+            !(h.client == ctx.client && h.owner == owner)
+                && overlaps((start, end), (h.start, h.value.end))
+                && clash(kind, h.value.kind)
+        })
+        .map(|h| Conflict {
+            kind: h.value.kind,
+            start: h.start,
+            end: h.value.end,
+            pid: if h.client == ctx.client {
+                h.value.pid
+            } else {
+                0
+            },
+        }))
+}
+
+/// What one locking attempt did.
+#[derive(Debug)]
+pub enum Attempt {
+    Granted,
+    /// Queued under this ticket; the watch fires on the next lock change.
+    Waiting(u64, Watch),
+}
+
+/// One attempt at `request` for `owner`; `ticket` is the caller's place in
+/// the queue from an earlier attempt. `wait` false fails with `WouldBlock`.
+pub async fn apply_setlk(
+    txn: &Transaction,
+    ctx: &Ctx<'_>,
+    ino: u64,
+    owner: u64,
+    request: &LockRequest,
+    ticket: Option<u64>,
+    wait: bool,
+) -> FsResult<Attempt> {
+    if request.start >= request.end {
+        return Err(FsError::Invalid);
+    }
+    read_attr(txn, ctx, ino).await?;
+    let held = held_locks(txn, ctx.keys, ino).await?;
+    let queue = waiters(txn, ctx.keys, ino).await?;
+    let mine = |client: &str, o: u64| client == ctx.client && o == owner;
+    let range = (request.start, request.end);
+    // This request's places in the queue: the caller's ticket, or one an
+    // attempt whose commit was ambiguous already took.
+    let own_queue: Vec<u64> = queue
+        .iter()
+        .filter(|(t, w)| {
+            Some(*t) == ticket
+                || (mine(&w.client, w.owner)
+                    && (w.start, w.end) == range
+                    && Some(w.kind) == request.kind)
+        })
+        .map(|(t, _)| *t)
+        .collect();
+    let ticket = ticket.or(own_queue.first().copied());
+    let blocked = match request.kind {
+        None => false,
+        Some(kind) => {
+            let by_holder = held.iter().any(|h| {
+                !mine(&h.client, h.owner)
+                    && overlaps(range, (h.start, h.value.end))
+                    && clash(kind, h.value.kind)
+            });
+            let by_earlier = queue.iter().any(|(t, w)| {
+                ticket.is_none_or(|mine_t| *t < mine_t)
+                    && !mine(&w.client, w.owner)
+                    && overlaps(range, (w.start, w.end))
+                    && clash(kind, w.kind)
+            });
+            by_holder || by_earlier
+        }
+    };
+    if !blocked {
+        let own: Vec<Held> = held
+            .iter()
+            .filter(|h| mine(&h.client, h.owner))
+            .cloned()
+            .collect();
+        let ranges = replace_ranges(&own, request);
+        write_own(txn, ctx, ino, owner, &ranges);
+        for t in &own_queue {
+            txn.clear(&ctx.keys.lock_waiter(ino, *t));
+        }
+        let client_involved = !ranges.is_empty()
+            || held
+                .iter()
+                .any(|h| h.client == ctx.client && h.owner != owner)
+            || queue
+                .iter()
+                .any(|(t, w)| w.client == ctx.client && !own_queue.contains(t));
+        update_index(txn, ctx, ino, client_involved);
+        return Ok(Attempt::Granted);
+    }
+    if !wait {
+        return Err(FsError::WouldBlock);
+    }
+    // Keep an existing place in the queue (also after an ambiguous commit).
+    let ticket = match ticket {
+        Some(t) => t,
+        None => enqueue(txn, ctx, ino, owner, request).await?,
+    };
+    Ok(Attempt::Waiting(
+        ticket,
+        txn.watch(&ctx.keys.lock_version(ino)),
+    ))
+}
+
+async fn enqueue(
+    txn: &Transaction,
+    ctx: &Ctx<'_>,
+    ino: u64,
+    owner: u64,
+    request: &LockRequest,
+) -> FsResult<u64> {
+    let seq_key = ctx.keys.lock_sequence(ino);
+    let last = codec::decode_counter(txn.get(&seq_key).await?.as_deref())?;
+    let ticket = last as u64 + 1;
+    txn.set(&seq_key, &(ticket as i64).to_le_bytes());
+    let kind = request.kind.ok_or(FsError::Invalid)?;
+    let waiter = Waiter {
+        client: ctx.client.to_string(),
+        owner,
+        kind,
+        start: request.start,
+        end: request.end,
+        pid: request.pid,
+    };
+    txn.set(
+        &ctx.keys.lock_waiter(ino, ticket),
+        &codec::encode_waiter(&waiter),
+    );
+    update_index(txn, ctx, ino, true);
+    Ok(ticket)
+}
+
+/// Leave the queue (a cancelled wait).
+pub async fn apply_dequeue(
+    txn: &Transaction,
+    ctx: &Ctx<'_>,
+    ino: u64,
+    ticket: u64,
+) -> FsResult<()> {
+    txn.clear(&ctx.keys.lock_waiter(ino, ticket));
+    txn.atomic_add(&ctx.keys.lock_version(ino), 1);
+    let held = held_locks(txn, ctx.keys, ino).await?;
+    let queue = waiters(txn, ctx.keys, ino).await?;
+    let involved = held.iter().any(|h| h.client == ctx.client)
+        || queue
+            .iter()
+            .any(|(t, w)| w.client == ctx.client && *t != ticket);
+    update_index(txn, ctx, ino, involved);
+    Ok(())
+}
+
+/// Release every lock and waiter of `owner` on `ino` (close, flush).
+pub async fn apply_unlock_owner(
+    txn: &Transaction,
+    ctx: &Ctx<'_>,
+    ino: u64,
+    owner: u64,
+) -> FsResult<()> {
+    let held = held_locks(txn, ctx.keys, ino).await?;
+    let queue = waiters(txn, ctx.keys, ino).await?;
+    let mine = |client: &str, o: u64| client == ctx.client && o == owner;
+    if !held.iter().any(|h| mine(&h.client, h.owner))
+        && !queue.iter().any(|(_, w)| mine(&w.client, w.owner))
+    {
+        return Ok(());
+    }
+    write_own(txn, ctx, ino, owner, &[]);
+    for (t, w) in &queue {
+        if mine(&w.client, w.owner) {
+            txn.clear(&ctx.keys.lock_waiter(ino, *t));
+        }
+    }
+    let involved = held
+        .iter()
+        .any(|h| h.client == ctx.client && h.owner != owner)
+        || queue
+            .iter()
+            .any(|(_, w)| w.client == ctx.client && w.owner != owner);
+    update_index(txn, ctx, ino, involved);
+    Ok(())
+}
+
+/// Drop every lock and waiter of an evicted `client` on `ino`.
+pub async fn drop_client_locks(
+    txn: &Transaction,
+    keys: &Keys,
+    ino: u64,
+    client: &str,
+) -> FsResult<()> {
+    let (begin, end) = keys.locks_of(ino, client, None);
+    txn.clear_range(&begin, &end);
+    for (t, w) in waiters(txn, keys, ino).await? {
+        if w.client == client {
+            txn.clear(&keys.lock_waiter(ino, t));
+        }
+    }
+    txn.atomic_add(&keys.lock_version(ino), 1);
+    Ok(())
+}
+
+impl Fs {
+    /// `F_GETLK`.
+    pub async fn getlk(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        owner: u64,
+        kind: LockKind,
+        start: u64,
+        end: u64,
+    ) -> FsResult<Option<Conflict>> {
+        self.query(caller, |txn, ctx| async move {
+            apply_getlk(&txn, &ctx, ino, owner, kind, start, end).await
+        })
+        .await
+    }
+
+    /// `F_SETLK` (`wait` false: `EAGAIN` on conflict) and `F_SETLKW`
+    /// (`wait` true). A wait ends with `EINTR` when `cancel` resolves first,
+    /// leaving no lock and no place in the queue behind.
+    pub async fn setlk(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        owner: u64,
+        request: LockRequest,
+        wait: bool,
+        cancel: impl Future<Output = ()>,
+    ) -> FsResult<()> {
+        let request = &request;
+        let mut ticket: Option<u64> = None;
+        let mut cancel = std::pin::pin!(cancel);
+        loop {
+            let attempt = self
+                .run_fenced(caller, |txn, ctx| async move {
+                    apply_setlk(&txn, &ctx, ino, owner, request, ticket, wait).await
+                })
+                .await;
+            let watch = match attempt {
+                Ok(Attempt::Granted) => return Ok(()),
+                Ok(Attempt::Waiting(t, watch)) => {
+                    ticket = Some(t);
+                    watch
+                }
+                Err(e) => {
+                    if let Some(t) = ticket {
+                        let _ = self.leave_queue(caller, ino, t).await;
+                    }
+                    return Err(e);
+                }
+            };
+            let clock = self.db().clock().clone();
+            let woken = async {
+                tokio::select! {
+                    _ = watch.changed() => {}
+                    _ = clock.sleep(RECHECK) => {}
+                }
+            };
+            tokio::select! {
+                _ = woken => {}
+                _ = &mut cancel => {
+                    if let Some(t) = ticket {
+                        self.leave_queue(caller, ino, t).await?;
+                    }
+                    return Err(FsError::Interrupted);
+                }
+            }
+        }
+    }
+
+    async fn leave_queue(&self, caller: &Caller, ino: u64, ticket: u64) -> FsResult<()> {
+        self.run_fenced(caller, |txn, ctx| async move {
+            apply_dequeue(&txn, &ctx, ino, ticket).await
+        })
+        .await
+    }
+
+    /// Release every lock `owner` holds on `ino` (`flush`, `flock` release).
+    pub async fn unlock_owner(&self, caller: &Caller, ino: u64, owner: u64) -> FsResult<()> {
+        self.run_fenced(caller, |txn, ctx| async move {
+            apply_unlock_owner(&txn, &ctx, ino, owner).await
+        })
+        .await
+    }
+}

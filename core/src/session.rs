@@ -1,0 +1,374 @@
+//! Client sessions: registration, heartbeats, expiry, eviction and fencing.
+//!
+//! A mount registers `("clients", ID)` (its [`ClientInfo`]); that key's
+//! presence *is* being attached. Every transaction the client makes reads it
+//! without snapshot ([`ensure_attached`]), so once an eviction clears it,
+//! every later transaction of that client fails with [`FsError::Fenced`] —
+//! and one that read it before the eviction but commits after conflicts and
+//! retries into the same answer. Nothing the client does after the eviction
+//! commits.
+//!
+//! Liveness: a client bumps `("client", ID, "heartbeat")` every heartbeat
+//! period (an atomic add: it never conflicts with the client's own work).
+//! Any live client watches the others' heartbeat values on its *own*
+//! monotonic clock ([`ExpiryTracker`]): a value unchanged for the expiry
+//! period means the client is gone, whatever the wall clocks of the two
+//! hosts say. The eviction re-reads the value inside its transaction, so a
+//! heartbeat that lands at the last moment saves the client.
+//!
+//! Eviction releases the client's locks and waiters, its open records, and
+//! frees the unlinked inodes only it held open, in bounded batches driven by
+//! the client's index keys; a crash midway leaves the rest for the next
+//! [`gc`], which finds clients with keys but no registration.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::clock::Clock;
+use crate::codec::{self, ClientInfo};
+use crate::error::{FsError, FsResult};
+use crate::keys::Keys;
+use crate::kv::{Database, RangeOptions, Transaction};
+
+/// How often a client heartbeats by default.
+pub const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(5);
+/// How long a heartbeat may stay unchanged before the client is evicted.
+pub const EXPIRY_DEFAULT: Duration = Duration::from_secs(30);
+/// Index keys handled per eviction transaction.
+pub const GC_BATCH: usize = 64;
+
+/// Register `info` as an attached client. A live client with the same id
+/// is `Busy`; ids must be unique per mount.
+pub async fn attach(db: &Database, keys: &Keys, info: &ClientInfo) -> FsResult<()> {
+    db.run(|txn, maybe_committed| async move {
+        let key = keys.session(&info.id);
+        if let Some(existing) = txn.get(&key).await? {
+            if maybe_committed && existing == codec::encode_client(info) {
+                return Ok(());
+            }
+            return Err(FsError::Busy(format!(
+                "client {} is already attached",
+                info.id
+            )));
+        }
+        txn.set(&key, &codec::encode_client(info));
+        txn.atomic_add(&keys.client_heartbeat(&info.id), 0);
+        Ok(())
+    })
+    .await
+}
+
+/// The fencing check: fails with `Fenced` unless `client` is attached. A
+/// non-snapshot read, so an eviction committing first makes this
+/// transaction conflict.
+pub async fn ensure_attached(txn: &Transaction, keys: &Keys, client: &str) -> FsResult<()> {
+    match txn.get(&keys.session(client)).await? {
+        Some(_) => Ok(()),
+        None => Err(FsError::Fenced),
+    }
+}
+
+/// One heartbeat.
+pub async fn heartbeat(db: &Database, keys: &Keys, client: &str) -> FsResult<()> {
+    db.run(|txn, _| async move {
+        ensure_attached(&txn, keys, client).await?;
+        txn.atomic_add(&keys.client_heartbeat(client), 1);
+        Ok(())
+    })
+    .await
+}
+
+/// A registered client and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientStatus {
+    pub info: ClientInfo,
+    pub heartbeat: i64,
+    /// Inodes on which it holds locks or waits for one.
+    pub locked_inodes: u64,
+    /// Inodes it has open.
+    pub open_inodes: u64,
+}
+
+/// Every attached client of the filesystem.
+pub async fn list_clients(db: &Database, keys: &Keys) -> FsResult<Vec<ClientStatus>> {
+    db.read(|txn| async move {
+        let (begin, end) = keys.sessions();
+        let all = txn.get_range(&begin, &end, RangeOptions::default()).await?;
+        let mut out = Vec::new();
+        for (key, value) in &all.kvs {
+            let id = keys
+                .session_id(key)
+                .ok_or_else(|| FsError::Corrupted("client registration key".into()))?;
+            let info = codec::decode_client(&id, value)?;
+            let heartbeat = read_heartbeat(&txn, keys, &id).await?;
+            let (b, e) = keys.client_locks(&id);
+            let locked_inodes = txn
+                .get_range(&b, &e, RangeOptions::default())
+                .await?
+                .kvs
+                .len();
+            let (b, e) = keys.client_opens(&id);
+            let open_inodes = txn
+                .get_range(&b, &e, RangeOptions::default())
+                .await?
+                .kvs
+                .len();
+            out.push(ClientStatus {
+                info,
+                heartbeat,
+                locked_inodes: locked_inodes as u64,
+                open_inodes: open_inodes as u64,
+            });
+        }
+        Ok(out)
+    })
+    .await
+}
+
+async fn read_heartbeat(txn: &Transaction, keys: &Keys, client: &str) -> FsResult<i64> {
+    codec::decode_counter(txn.get(&keys.client_heartbeat(client)).await?.as_deref())
+}
+
+/// What an eviction or gc released.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcStats {
+    pub clients: u64,
+    pub locked_inodes: u64,
+    pub open_inodes: u64,
+    pub freed_inodes: u64,
+}
+
+/// Evict `client` now: fence it, then release everything it held. Returns
+/// whether it was attached. Also finishes an eviction that stopped midway.
+pub async fn evict(db: &Database, keys: &Keys, client: &str) -> FsResult<(bool, GcStats)> {
+    let was_attached = db
+        .run(|txn, maybe_committed| async move {
+            let present = txn.get(&keys.session(client)).await?.is_some();
+            txn.clear(&keys.session(client));
+            Ok::<_, FsError>(present || maybe_committed)
+        })
+        .await?;
+    let stats = gc_client(db, keys, client).await?;
+    Ok((was_attached, stats))
+}
+
+/// Evict `client` only if its heartbeat still reads `observed`.
+async fn evict_if_stale(db: &Database, keys: &Keys, client: &str, observed: i64) -> FsResult<bool> {
+    let evicted = db
+        .run(|txn, _| async move {
+            if txn.get(&keys.session(client)).await?.is_none() {
+                return Ok::<_, FsError>(false);
+            }
+            if read_heartbeat(&txn, keys, client).await? != observed {
+                return Ok(false);
+            }
+            txn.clear(&keys.session(client));
+            Ok(true)
+        })
+        .await?;
+    if evicted {
+        gc_client(db, keys, client).await?;
+    }
+    Ok(evicted)
+}
+
+/// Release what a detached client still holds, in bounded transactions.
+/// Refuses (`Busy`) to touch a client that is attached.
+pub async fn gc_client(db: &Database, keys: &Keys, client: &str) -> FsResult<GcStats> {
+    let mut stats = GcStats {
+        clients: 1,
+        ..GcStats::default()
+    };
+    loop {
+        let (locked, more) = db
+            .run(|txn, _| async move { release_locks_batch(&txn, keys, client).await })
+            .await?;
+        stats.locked_inodes += locked;
+        if !more {
+            break;
+        }
+    }
+    loop {
+        let (opened, freed, more) = db
+            .run(|txn, _| async move { release_opens_batch(&txn, keys, client).await })
+            .await?;
+        stats.open_inodes += opened;
+        stats.freed_inodes += freed;
+        if !more {
+            break;
+        }
+    }
+    db.run(|txn, _| async move {
+        refuse_if_attached(&txn, keys, client).await?;
+        let (begin, end) = keys.client_range(client);
+        txn.clear_range(&begin, &end);
+        Ok::<_, FsError>(())
+    })
+    .await?;
+    Ok(stats)
+}
+
+async fn refuse_if_attached(txn: &Transaction, keys: &Keys, client: &str) -> FsResult<()> {
+    if txn.get(&keys.session(client)).await?.is_some() {
+        return Err(FsError::Busy(format!("client {client} is attached")));
+    }
+    Ok(())
+}
+
+async fn index_batch(
+    txn: &Transaction,
+    keys: &Keys,
+    client: &str,
+    (begin, end): (Vec<u8>, Vec<u8>),
+) -> FsResult<(Vec<(Vec<u8>, u64)>, bool)> {
+    let options = RangeOptions {
+        limit: GC_BATCH,
+        ..RangeOptions::default()
+    };
+    let page = txn.get_range(&begin, &end, options).await?;
+    let mut out = Vec::with_capacity(page.kvs.len());
+    for (key, _) in page.kvs {
+        let ino = keys
+            .client_index_ino(client, &key)
+            .ok_or_else(|| FsError::Corrupted(format!("index key of client {client}")))?;
+        out.push((key, ino));
+    }
+    Ok((out, page.more))
+}
+
+async fn release_locks_batch(
+    txn: &Transaction,
+    keys: &Keys,
+    client: &str,
+) -> FsResult<(u64, bool)> {
+    refuse_if_attached(txn, keys, client).await?;
+    let (batch, more) = index_batch(txn, keys, client, keys.client_locks(client)).await?;
+    for (index_key, ino) in &batch {
+        crate::ops::lock::drop_client_locks(txn, keys, *ino, client).await?;
+        txn.clear(index_key);
+    }
+    Ok((batch.len() as u64, more))
+}
+
+async fn release_opens_batch(
+    txn: &Transaction,
+    keys: &Keys,
+    client: &str,
+) -> FsResult<(u64, u64, bool)> {
+    refuse_if_attached(txn, keys, client).await?;
+    let (batch, more) = index_batch(txn, keys, client, keys.client_opens(client)).await?;
+    let mut freed = 0;
+    for (index_key, ino) in &batch {
+        txn.clear(index_key);
+        if crate::ops::open::drop_open_record(txn, keys, *ino, client).await? {
+            freed += 1;
+        }
+    }
+    Ok((batch.len() as u64, freed, more))
+}
+
+/// Finish the eviction of every client that has keys but no registration
+/// (an eviction or unmount that stopped midway).
+pub async fn gc(db: &Database, keys: &Keys) -> FsResult<GcStats> {
+    let mut total = GcStats::default();
+    let (mut begin, end) = keys.clients_with_keys();
+    loop {
+        let found = db
+            .read(|txn| {
+                let begin = begin.clone();
+                let end = end.clone();
+                async move {
+                    let options = RangeOptions {
+                        limit: 1,
+                        ..RangeOptions::default()
+                    };
+                    let page = txn.get_range(&begin, &end, options).await?;
+                    let Some((key, _)) = page.kvs.first() else {
+                        return Ok::<_, FsError>(None);
+                    };
+                    let client = keys
+                        .client_of_key(key)
+                        .ok_or_else(|| FsError::Corrupted("client key".into()))?;
+                    let attached = txn.get(&keys.session(&client)).await?.is_some();
+                    Ok(Some((client, attached)))
+                }
+            })
+            .await?;
+        let Some((client, attached)) = found else {
+            return Ok(total);
+        };
+        if !attached {
+            let stats = gc_client(db, keys, &client).await?;
+            total.clients += 1;
+            total.locked_inodes += stats.locked_inodes;
+            total.open_inodes += stats.open_inodes;
+            total.freed_inodes += stats.freed_inodes;
+        }
+        begin = keys.client_range(&client).1;
+    }
+}
+
+/// Judges other clients' expiry by watching their heartbeat values on this
+/// client's own monotonic clock.
+#[derive(Debug, Default)]
+pub struct ExpiryTracker {
+    /// client → (heartbeat value, when this tracker first saw that value)
+    seen: HashMap<String, (i64, Duration)>,
+}
+
+impl ExpiryTracker {
+    /// Look at every client once; evict those whose heartbeat has not
+    /// changed for `expiry`. Returns the clients evicted.
+    pub async fn sweep(
+        &mut self,
+        db: &Database,
+        keys: &Keys,
+        clock: &dyn Clock,
+        expiry: Duration,
+        me: Option<&str>,
+    ) -> FsResult<Vec<String>> {
+        let beats = db
+            .read(|txn| async move {
+                let (begin, end) = keys.sessions();
+                let options = RangeOptions {
+                    snapshot: true,
+                    ..RangeOptions::default()
+                };
+                let all = txn.get_range(&begin, &end, options).await?;
+                let mut beats = Vec::new();
+                for (key, _) in &all.kvs {
+                    let id = keys
+                        .session_id(key)
+                        .ok_or_else(|| FsError::Corrupted("client registration key".into()))?;
+                    let beat = read_heartbeat(&txn, keys, &id).await?;
+                    beats.push((id, beat));
+                }
+                Ok::<_, FsError>(beats)
+            })
+            .await?;
+        let now = clock.monotonic();
+        let live: std::collections::HashSet<&String> = beats.iter().map(|(id, _)| id).collect();
+        self.seen.retain(|id, _| live.contains(id));
+        let mut evicted = Vec::new();
+        for (id, beat) in &beats {
+            if Some(id.as_str()) == me {
+                continue;
+            }
+            match self.seen.get(id) {
+                Some(&(value, since)) if value == *beat => {
+                    if now.saturating_sub(since) >= expiry
+                        && evict_if_stale(db, keys, id, value).await?
+                    {
+                        tracing::warn!(client = %id, "evicted a client whose heartbeat stopped");
+                        self.seen.remove(id);
+                        evicted.push(id.clone());
+                    }
+                }
+                _ => {
+                    self.seen.insert(id.clone(), (*beat, now));
+                }
+            }
+        }
+        Ok(evicted)
+    }
+}
