@@ -11,7 +11,10 @@
 //!   nlink 0 (and every unlinked-set member exists and has nlink 0);
 //! - a file's chunks lie within its size and are at most a chunk long;
 //! - symlinks, and only symlinks, have a target;
-//! - subvolume counters equal the sums recomputed from the inodes.
+//! - subvolume counters equal the sums recomputed from the inodes;
+//! - every lock, lock waiter and open record belongs to an attached client,
+//!   and no detached client has records left (an eviction that stopped
+//!   midway; `hafs gc` finishes it).
 //!
 //! The scan reads in pages, one short transaction each, so it works on a
 //! filesystem of any size; run it on a quiescent filesystem (or expect
@@ -61,6 +64,8 @@ struct Scan {
     /// subvolume → (bytes, inodes) as stored
     counters: BTreeMap<u64, (i64, i64)>,
     unlinked: BTreeSet<u64>,
+    /// (inode, client) of every lock, waiter and open record.
+    holders: BTreeSet<(u64, String)>,
     report: Report,
 }
 
@@ -111,7 +116,64 @@ pub async fn check_invariants(
     check_links(&mut scan);
     check_data(&mut scan, settings.chunk_size);
     check_counters(&mut scan);
+    check_clients(db, &keys, &mut scan, &mut progress).await?;
     Ok(scan.report)
+}
+
+async fn check_clients(
+    db: &Database,
+    keys: &Keys,
+    scan: &mut Scan,
+    progress: &mut impl FnMut(u64),
+) -> FsResult<()> {
+    let mut attached = BTreeSet::new();
+    let (begin, end) = keys.sessions();
+    scan_range(
+        db,
+        &begin,
+        &end,
+        progress,
+        scan,
+        |scan, key, value| match keys.session_id(key) {
+            Some(id) => {
+                if let Err(e) = codec::decode_client(&id, value) {
+                    scan.violation(0, e.to_string());
+                }
+                attached.insert(id);
+            }
+            None => scan.violation(0, "undecodable client registration key"),
+        },
+    )
+    .await?;
+    for (ino, client) in std::mem::take(&mut scan.holders) {
+        if !attached.contains(&client) {
+            scan.violation(
+                ino,
+                format!("lock or open record of detached client {client}"),
+            );
+        }
+    }
+    let mut detached = BTreeSet::new();
+    let (begin, end) = keys.clients_with_keys();
+    scan_range(
+        db,
+        &begin,
+        &end,
+        progress,
+        scan,
+        |scan, key, _| match keys.client_of_key(key) {
+            Some(id) if !attached.contains(&id) => {
+                detached.insert(id);
+            }
+            Some(_) => {}
+            None => scan.violation(0, "undecodable client key"),
+        },
+    )
+    .await?;
+    for id in detached {
+        scan.violation(0, format!("records left by detached client {id} (run gc)"));
+    }
+    Ok(())
 }
 
 async fn scan_range(
@@ -191,7 +253,31 @@ fn classify_inode_key(keys: &Keys, scan: &mut Scan, key: &[u8], value: &[u8]) {
             }
             _ => scan.violation(ino, "undecodable subvolume counter"),
         },
-        "xattr" | "open" => {}
+        "open" => match keys.open_client(ino, key) {
+            Some(client) => {
+                scan.holders.insert((ino, client));
+            }
+            None => scan.violation(ino, "undecodable open record key"),
+        },
+        "lock" => match (keys.lock_id(ino, key), codec::decode_lock(value)) {
+            (Some((client, _, start)), Ok(lock)) if start < lock.end => {
+                scan.holders.insert((ino, client));
+            }
+            (_, Err(e)) => scan.violation(ino, e.to_string()),
+            _ => scan.violation(ino, "undecodable or empty lock"),
+        },
+        "lockq" => match codec::decode_waiter(value) {
+            Ok(w) => {
+                scan.holders.insert((ino, w.client));
+            }
+            Err(e) => scan.violation(ino, e.to_string()),
+        },
+        "lockseq" | "lockver" => {
+            if let Err(e) = codec::decode_counter(Some(value)) {
+                scan.violation(ino, e.to_string());
+            }
+        }
+        "xattr" => {}
         other => scan.violation(ino, format!("unknown inode key kind {other:?}")),
     }
 }

@@ -101,6 +101,9 @@ impl Keys {
         if let Ok((ino, kind, _)) = inodes.unpack::<(u64, String, String)>(key) {
             return Some((ino, kind));
         }
+        if let Ok((ino, kind, _, _, _)) = inodes.unpack::<(u64, String, String, u64, u64)>(key) {
+            return Some((ino, kind));
+        }
         inodes
             .unpack::<(u64, String, u64, String)>(key)
             .ok()
@@ -170,6 +173,15 @@ impl Keys {
 
     pub fn open_handles(&self, ino: u64, client: &str) -> Vec<u8> {
         self.fs.pack(&("ino", ino, "open", client))
+    }
+
+    /// The client of a key in [`Keys::open_handles_all`].
+    pub fn open_client(&self, ino: u64, key: &[u8]) -> Option<String> {
+        self.fs
+            .subspace(&("ino", ino, "open"))
+            .unpack::<(String,)>(key)
+            .ok()
+            .map(|(c,)| c)
     }
 
     /// `[begin, end)` of every client's open-handle count of one inode.
@@ -409,6 +421,14 @@ mod tests {
             ),
             ("unlinked(7)", k.unlinked(7)),
             ("idem(c1, 9)", k.idempotency_marker("c1", 9)),
+            ("lock(7, c1, 3, 0)", k.lock(7, "c1", 3, 0)),
+            ("lockq(7, 2)", k.lock_waiter(7, 2)),
+            ("lockseq(7)", k.lock_sequence(7)),
+            ("lockver(7)", k.lock_version(7)),
+            ("heartbeat(c1)", k.client_heartbeat("c1")),
+            ("client open(c1, 7)", k.client_open("c1", 7)),
+            ("client lock(c1, 7)", k.client_lock("c1", 7)),
+            ("clients(c1)", k.session("c1")),
             ("registry(fs)", Keys::registry("fs")),
         ];
         let text: String = lines
@@ -445,6 +465,10 @@ mod tests {
             (k.xattr(ino, b"user.x"), "xattr"),
             (k.open_handles(ino, "c"), "open"),
             (k.subvolume_counter(ino, 3, Counter::Inodes), "count"),
+            (k.lock(ino, "c", 5, 9), "lock"),
+            (k.lock_waiter(ino, 4), "lockq"),
+            (k.lock_sequence(ino), "lockseq"),
+            (k.lock_version(ino), "lockver"),
         ] {
             assert_eq!(k.inode_key_kind(&key), Some((ino, kind.to_string())));
         }
