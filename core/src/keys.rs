@@ -274,12 +274,15 @@ impl Keys {
     }
 
     pub fn client_of_key(&self, key: &[u8]) -> Option<String> {
-        let elements: Vec<foundationdb_tuple::Element<'_>> =
-            self.fs.subspace(&("client",)).unpack(key).ok()?;
-        match elements.first()? {
-            foundationdb_tuple::Element::String(client) => Some(client.to_string()),
-            _ => None,
+        // Every client key is (CLIENT, KIND) or (CLIENT, KIND, N).
+        let clients = self.fs.subspace(&("client",));
+        if let Ok((client, _)) = clients.unpack::<(String, String)>(key) {
+            return Some(client);
         }
+        clients
+            .unpack::<(String, String, u64)>(key)
+            .ok()
+            .map(|(client, _, _)| client)
     }
 
     pub fn lock(&self, ino: u64, client: &str, owner: u64, start: u64) -> Vec<u8> {

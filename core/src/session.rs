@@ -372,3 +372,50 @@ impl ExpiryTracker {
         Ok(evicted)
     }
 }
+
+/// How a mounted client keeps its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionOptions {
+    pub heartbeat: Duration,
+    pub expiry: Duration,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            heartbeat: HEARTBEAT_DEFAULT,
+            expiry: EXPIRY_DEFAULT,
+        }
+    }
+}
+
+impl crate::fs::Fs {
+    /// Keep this client's session: heartbeat every period and evict other
+    /// clients whose heartbeat stopped. Returns only when this client has
+    /// been evicted (`Fenced`); transient KV errors are logged and retried
+    /// at the next period.
+    pub async fn maintain_session(&self, options: SessionOptions) -> FsError {
+        let clock = self.db().clock().clone();
+        let mut tracker = ExpiryTracker::default();
+        loop {
+            clock.sleep(options.heartbeat).await;
+            match heartbeat(self.db(), self.keys(), self.client()).await {
+                Err(FsError::Fenced) => return FsError::Fenced,
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying next period"),
+                Ok(()) => {}
+            }
+            let swept = tracker
+                .sweep(
+                    self.db(),
+                    self.keys(),
+                    clock.as_ref(),
+                    options.expiry,
+                    Some(self.client()),
+                )
+                .await;
+            if let Err(e) = swept {
+                tracing::warn!(error = %e, "expiry sweep failed; retrying next period");
+            }
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! Byte-range locks and sessions in the core: conflicts, split/merge,
+//! F_GETLK, fair waiting without barging, cancelled waits, mutual exclusion
+//! under concurrency, and eviction — by hand and by heartbeat expiry — that
+//! releases locks and open files and fences the evicted client out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hafs_core::clock::{Clock, ManualClock, TokioClock};
+use hafs_core::codec::LockKind;
+use hafs_core::ctx::{Caller, FsOptions};
+use hafs_core::error::FsError;
+use hafs_core::fs::{mkfs, Fs, MkfsOptions};
+use hafs_core::fsck::check_invariants;
+use hafs_core::keys::ROOT_INO;
+use hafs_core::kv::mem::MemBackend;
+use hafs_core::kv::Database;
+use hafs_core::ops::lock::{Conflict, LockRequest, LOCK_END_MAX};
+use hafs_core::ops::write::WriteAt;
+use hafs_core::perm;
+use hafs_core::session::{self, ExpiryTracker};
+
+async fn db_with(clock: Arc<dyn Clock>) -> Database {
+    let db = Database::new(Arc::new(MemBackend::new(clock.clone())), clock, 5);
+    mkfs(&db, "fs", MkfsOptions::default()).await.unwrap();
+    db
+}
+
+async fn client(db: &Database, id: &str) -> Arc<Fs> {
+    Arc::new(
+        Fs::open(db.clone(), "fs", id, FsOptions::default())
+            .await
+            .unwrap(),
+    )
+}
+
+async fn assert_clean(db: &Database) {
+    let report = check_invariants(db, "fs", |_| {}).await.unwrap();
+    assert!(report.is_clean(), "{:#?}", report.violations);
+}
+
+fn req(kind: Option<LockKind>, start: u64, end: u64) -> LockRequest {
+    LockRequest {
+        kind,
+        start,
+        end,
+        pid: 42,
+    }
+}
+
+const W: Option<LockKind> = Some(LockKind::Write);
+const R: Option<LockKind> = Some(LockKind::Read);
+fn never() -> std::future::Pending<()> {
+    std::future::pending()
+}
+
+#[tokio::test]
+async fn conflicts_split_merge_and_getlk() {
+    let db = db_with(TokioClock::new()).await;
+    let (a, b) = (client(&db, "a").await, client(&db, "b").await);
+    let root = Caller::root();
+    let f = a
+        .create(&root, ROOT_INO, b"f", 0o644, true, perm::WRITE)
+        .await
+        .unwrap()
+        .ino;
+    a.setlk(&root, f, 1, req(W, 0, 100), false, never())
+        .await
+        .unwrap();
+    assert_eq!(
+        b.setlk(&root, f, 1, req(R, 50, 51), false, never()).await,
+        Err(FsError::WouldBlock)
+    );
+    b.setlk(&root, f, 1, req(R, 100, 200), false, never())
+        .await
+        .unwrap();
+    // Another client sees no pid; another owner on the same client does.
+    let seen_by_b = b
+        .getlk(&root, f, 1, LockKind::Read, 0, LOCK_END_MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        seen_by_b,
+        Some(Conflict {
+            kind: LockKind::Write,
+            start: 0,
+            end: 100,
+            pid: 0
+        })
+    );
+    let seen_by_a2 = a.getlk(&root, f, 2, LockKind::Read, 10, 20).await.unwrap();
+    assert_eq!(seen_by_a2.map(|c| c.pid), Some(42));
+    // The owner itself never conflicts with its own locks.
+    assert_eq!(
+        a.getlk(&root, f, 1, LockKind::Write, 0, 100).await.unwrap(),
+        None
+    );
+    // Unlock the middle: two write ranges remain, the hole is free.
+    a.setlk(&root, f, 1, req(None, 40, 60), false, never())
+        .await
+        .unwrap();
+    b.setlk(&root, f, 2, req(W, 40, 60), false, never())
+        .await
+        .unwrap();
+    assert_eq!(
+        b.setlk(&root, f, 3, req(R, 39, 40), false, never()).await,
+        Err(FsError::WouldBlock)
+    );
+    // Downgrade [0, 40) to read: readers may share it, writers may not.
+    a.setlk(&root, f, 1, req(R, 0, 40), false, never())
+        .await
+        .unwrap();
+    b.setlk(&root, f, 3, req(R, 0, 40), false, never())
+        .await
+        .unwrap();
+    assert_eq!(
+        b.setlk(&root, f, 4, req(W, 0, 1), false, never()).await,
+        Err(FsError::WouldBlock)
+    );
+    let held = b
+        .getlk(&root, f, 4, LockKind::Write, 60, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        held.map(|c| (c.kind, c.start, c.end)),
+        Some((LockKind::Write, 60, 100))
+    );
+    // Releasing an owner frees everything it held.
+    a.unlock_owner(&root, f, 1).await.unwrap();
+    b.unlock_owner(&root, f, 3).await.unwrap();
+    b.setlk(&root, f, 4, req(W, 0, 40), false, never())
+        .await
+        .unwrap();
+    b.setlk(&root, f, 4, req(W, 60, 100), false, never())
+        .await
+        .unwrap();
+    assert_clean(&db).await;
+    assert_eq!(
+        a.setlk(&root, f, 1, req(W, 0, 0), false, never()).await,
+        Err(FsError::Invalid)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_are_woken_in_order_and_new_requests_do_not_barge() {
+    let db = db_with(TokioClock::new()).await;
+    let (a, b) = (client(&db, "a").await, client(&db, "b").await);
+    let root = Caller::root();
+    let f = a
+        .create(&root, ROOT_INO, b"f", 0o644, true, perm::WRITE)
+        .await
+        .unwrap()
+        .ino;
+    a.setlk(&root, f, 1, req(W, 0, LOCK_END_MAX), false, never())
+        .await
+        .unwrap();
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.setlk(
+                &Caller::root(),
+                f,
+                7,
+                req(W, 0, LOCK_END_MAX),
+                true,
+                never(),
+            )
+            .await
+        })
+    };
+    // Wait until b is queued (its index key appears).
+    for _ in 0..200 {
+        if session::list_clients(&db, a.keys())
+            .await
+            .unwrap()
+            .iter()
+            .any(|c| c.info.id == "b" && c.locked_inodes == 1)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.unlock_owner(&root, f, 1).await.unwrap();
+    // a tries to take it straight back: b is ahead in the queue.
+    let barge = a.setlk(&root, f, 1, req(W, 0, 1), false, never()).await;
+    let waited = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("waiter woken")
+        .unwrap();
+    waited.unwrap();
+    assert!(
+        barge == Err(FsError::WouldBlock),
+        "a new request took the lock ahead of a queued waiter: {barge:?}"
+    );
+    assert_eq!(
+        a.setlk(&root, f, 1, req(W, 0, 1), false, never()).await,
+        Err(FsError::WouldBlock)
+    );
+    assert_clean(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_wait_leaves_nothing_behind() {
+    let db = db_with(TokioClock::new()).await;
+    let (a, b) = (client(&db, "a").await, client(&db, "b").await);
+    let root = Caller::root();
+    let f = a
+        .create(&root, ROOT_INO, b"f", 0o644, true, perm::WRITE)
+        .await
+        .unwrap()
+        .ino;
+    a.setlk(&root, f, 1, req(W, 0, 10), false, never())
+        .await
+        .unwrap();
+    let cancel = tokio::time::sleep(Duration::from_millis(100));
+    let got = b.setlk(&root, f, 2, req(W, 5, 6), true, cancel).await;
+    assert_eq!(got, Err(FsError::Interrupted));
+    a.unlock_owner(&root, f, 1).await.unwrap();
+    // No queued ghost blocks a non-waiting request now.
+    a.setlk(&root, f, 3, req(W, 0, 10), false, never())
+        .await
+        .unwrap();
+    let b_status = session::list_clients(&db, a.keys()).await.unwrap();
+    assert!(b_status
+        .iter()
+        .any(|c| c.info.id == "b" && c.locked_inodes == 0));
+    assert_clean(&db).await;
+}
+
+/// Tasks on two clients each increment a counter in a file 25 times under
+/// a write lock; the total must be exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_exclusion_across_clients() {
+    let db = db_with(TokioClock::new()).await;
+    let clients = [client(&db, "a").await, client(&db, "b").await];
+    let root = Caller::root();
+    let f = clients[0]
+        .create(&root, ROOT_INO, b"n", 0o644, true, perm::WRITE)
+        .await
+        .unwrap()
+        .ino;
+    clients[0]
+        .write(&root, f, WriteAt::Offset(0), b"0")
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..6u64 {
+        let fs = clients[(t % 2) as usize].clone();
+        tasks.push(tokio::spawn(async move {
+            let root = Caller::root();
+            for _ in 0..25 {
+                fs.setlk(&root, f, 100 + t, req(W, 0, LOCK_END_MAX), true, never())
+                    .await
+                    .unwrap();
+                let text = fs.read(&root, f, 0, 100).await.unwrap();
+                let n: u64 = String::from_utf8(text).unwrap().parse().unwrap();
+                tokio::task::yield_now().await;
+                let next = (n + 1).to_string();
+                fs.setattr(
+                    &root,
+                    f,
+                    hafs_core::ops::setattr::SetAttr {
+                        size: Some(0),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+                fs.write(&root, f, WriteAt::Offset(0), next.as_bytes())
+                    .await
+                    .unwrap();
+                fs.unlock_owner(&root, f, 100 + t).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(clients[0].read(&root, f, 0, 100).await.unwrap(), b"150");
+    assert_clean(&db).await;
+}
+
+#[tokio::test]
+async fn eviction_releases_locks_and_opens_and_fences_the_client() {
+    let db = db_with(TokioClock::new()).await;
+    let (a, b) = (client(&db, "a").await, client(&db, "b").await);
+    let root = Caller::root();
+    let f = a
+        .create(&root, ROOT_INO, b"f", 0o644, true, perm::WRITE)
+        .await
+        .unwrap()
+        .ino;
+    let g = a
+        .create(&root, ROOT_INO, b"g", 0o644, true, perm::WRITE)
+        .await
+        .unwrap()
+        .ino;
+    a.setlk(&root, f, 1, req(W, 0, LOCK_END_MAX), false, never())
+        .await
+        .unwrap();
+    a.open_file(&root, g, libc::O_RDWR).await.unwrap();
+    b.unlink(&root, ROOT_INO, b"g").await.unwrap();
+    assert!(b.getattr(&root, g).await.is_ok(), "open on a keeps g alive");
+
+    let (was, stats) = session::evict(&db, b.keys(), "a").await.unwrap();
+    assert!(was);
+    assert_eq!(
+        (stats.locked_inodes, stats.open_inodes, stats.freed_inodes),
+        (1, 1, 1)
+    );
+    assert_eq!(b.getattr(&root, g).await, Err(FsError::NotFound));
+    b.setlk(&root, f, 1, req(W, 0, LOCK_END_MAX), false, never())
+        .await
+        .unwrap();
+    // Everything a does now fails, with EIO at the edge.
+    let err = a
+        .write(&root, f, WriteAt::Append, b"late")
+        .await
+        .unwrap_err();
+    assert_eq!((err.clone(), err.errno()), (FsError::Fenced, libc::EIO));
+    assert_eq!(a.getattr(&root, f).await, Err(FsError::Fenced));
+    assert!(a.is_fenced());
+    assert_eq!(b.getattr(&root, f).await.unwrap().size, 0);
+    assert_clean(&db).await;
+}
+
+#[tokio::test]
+async fn expiry_is_judged_on_the_evictors_clock() {
+    let clock = ManualClock::new();
+    let db = db_with(clock.clone()).await;
+    let (a, b) = (client(&db, "a").await, client(&db, "b").await);
+    let keys = a.keys().clone();
+    let expiry = Duration::from_secs(30);
+    let mut tracker = ExpiryTracker::default();
+    assert!(tracker
+        .sweep(&db, &keys, &*clock, expiry, Some("b"))
+        .await
+        .unwrap()
+        .is_empty());
+    // a keeps beating: never evicted, however much time passes.
+    for _ in 0..5 {
+        clock.advance(Duration::from_secs(20));
+        session::heartbeat(&db, &keys, "a").await.unwrap();
+        assert!(tracker
+            .sweep(&db, &keys, &*clock, expiry, Some("b"))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    // a stops; 29 s later it is still attached, 31 s later it is evicted.
+    clock.advance(Duration::from_secs(29));
+    assert!(tracker
+        .sweep(&db, &keys, &*clock, expiry, Some("b"))
+        .await
+        .unwrap()
+        .is_empty());
+    clock.advance(Duration::from_secs(2));
+    let evicted = tracker
+        .sweep(&db, &keys, &*clock, expiry, Some("b"))
+        .await
+        .unwrap();
+    assert_eq!(evicted, vec!["a".to_string()]);
+    assert_eq!(
+        session::heartbeat(&db, &keys, "a").await,
+        Err(FsError::Fenced)
+    );
+    assert_eq!(
+        a.getattr(&Caller::root(), ROOT_INO).await,
+        Err(FsError::Fenced)
+    );
+    assert!(b.getattr(&Caller::root(), ROOT_INO).await.is_ok());
+    assert_clean(&db).await;
+}
+
+#[tokio::test]
+async fn gc_finishes_an_eviction_that_stopped_midway() {
+    let db = db_with(TokioClock::new()).await;
+    let a = client(&db, "a").await;
+    let root = Caller::root();
+    let f = a
+        .create(&root, ROOT_INO, b"f", 0o644, true, perm::WRITE)
+        .await
+        .unwrap()
+        .ino;
+    a.setlk(&root, f, 1, req(W, 0, 10), false, never())
+        .await
+        .unwrap();
+    // Fence a without releasing anything, as a crash right after would.
+    let txn = db.begin().await.unwrap();
+    txn.clear(&a.keys().session("a"));
+    txn.commit().await.unwrap();
+    let report = check_invariants(&db, "fs", |_| {}).await.unwrap();
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.problem.contains("detached client a")),
+        "{report:?}"
+    );
+    let stats = session::gc(&db, a.keys()).await.unwrap();
+    assert_eq!((stats.clients, stats.locked_inodes), (1, 1));
+    assert_clean(&db).await;
+}
+
+#[tokio::test]
+async fn close_detaches_and_list_clients_shows_the_rest() {
+    let db = db_with(TokioClock::new()).await;
+    let (a, b) = (client(&db, "a").await, client(&db, "b").await);
+    let listed: Vec<String> = session::list_clients(&db, a.keys())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.info.id)
+        .collect();
+    assert_eq!(listed, ["a", "b"]);
+    a.close().await.unwrap();
+    let listed: Vec<String> = session::list_clients(&db, b.keys())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.info.id)
+        .collect();
+    assert_eq!(listed, ["b"]);
+    assert_eq!(
+        a.getattr(&Caller::root(), ROOT_INO).await,
+        Err(FsError::Fenced)
+    );
+    assert_clean(&db).await;
+}
