@@ -10,6 +10,7 @@
 //! - [`keys`]: the key schema; [`codec`]: value encodings;
 //! - [`error`]: [`error::FsError`] and its errno mapping.
 
+pub mod buggify;
 pub mod clock;
 pub mod codec;
 pub mod ctx;
@@ -21,4 +22,5 @@ pub mod kv;
 pub mod limits;
 pub mod ops;
 pub mod perm;
+pub mod planted;
 pub mod session;

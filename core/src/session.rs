@@ -399,6 +399,10 @@ impl crate::fs::Fs {
         let mut tracker = ExpiryTracker::default();
         loop {
             clock.sleep(options.heartbeat).await;
+            if crate::buggify!() {
+                // A missed beat, as a stalled host would miss it.
+                continue;
+            }
             match heartbeat(self.db(), self.keys(), self.client()).await {
                 Err(FsError::Fenced) => return FsError::Fenced,
                 Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying next period"),

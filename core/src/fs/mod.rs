@@ -135,6 +135,9 @@ impl Fs {
 
     /// The fencing check every transaction of this client starts with.
     async fn fence(&self, txn: &Transaction) -> FsResult<()> {
+        if crate::planted::active(crate::planted::Bug::SkipFence) {
+            return Ok(());
+        }
         let result = crate::session::ensure_attached(txn, &self.keys, &self.client).await;
         if let Err(FsError::Fenced) = result {
             if !self.fenced.swap(true, Ordering::Relaxed) {
@@ -254,12 +257,21 @@ impl Fs {
                 let attempt = op(txn.clone(), ctx);
                 async move {
                     self.fence(&txn).await?;
-                    if maybe_committed {
+                    let skip = crate::planted::active(crate::planted::Bug::SkipIdempotency);
+                    if maybe_committed && !skip {
                         if let Some(stored) = txn.get(&marker).await? {
                             return T::from_marker(&stored);
                         }
                     }
                     let reply = attempt.await?;
+                    if crate::buggify!() {
+                        // Hold the transaction open: more conflicts, more
+                        // transactions too old.
+                        self.db
+                            .clock()
+                            .sleep(std::time::Duration::from_millis(20))
+                            .await;
+                    }
                     txn.set(&marker, &reply.to_marker());
                     if let Some(expired) = expired {
                         txn.clear(&expired);

@@ -23,8 +23,12 @@ pub mod fault;
 pub mod mem;
 mod overlay;
 pub mod ranges;
+// SQLite and URL opening need OS threads and files, which the simulator
+// (`--cfg madsim`) does not provide; it uses `mem` only.
+#[cfg(not(madsim))]
 pub mod sqlite;
 mod txn;
+#[cfg(not(madsim))]
 pub mod url;
 
 #[cfg(feature = "fdb")]

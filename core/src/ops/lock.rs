@@ -445,9 +445,11 @@ impl Fs {
                 }
             };
             let clock = self.db().clock().clone();
+            // BUGGIFY: lose the wake-up; only the slow re-check remains.
+            let lose_wakeup = crate::buggify!();
             let woken = async {
                 tokio::select! {
-                    _ = watch.changed() => {}
+                    _ = watch.changed(), if !lose_wakeup => {}
                     _ = clock.sleep(RECHECK) => {}
                 }
             };
@@ -472,6 +474,9 @@ impl Fs {
 
     /// Release every lock `owner` holds on `ino` (`flush`, `flock` release).
     pub async fn unlock_owner(&self, caller: &Caller, ino: u64, owner: u64) -> FsResult<()> {
+        if crate::planted::active(crate::planted::Bug::UnlockInMemoryOnly) {
+            return Ok(());
+        }
         self.run_fenced(caller, |txn, ctx| async move {
             apply_unlock_owner(&txn, &ctx, ino, owner).await
         })

@@ -150,6 +150,9 @@ async fn side<'n>(
 
 /// `EINVAL` if directory `moved` is `dir` or one of its ancestors.
 async fn ensure_outside(txn: &Transaction, ctx: &Ctx<'_>, moved: u64, dir: u64) -> FsResult<()> {
+    if crate::planted::active(crate::planted::Bug::SkipAncestorCheck) {
+        return Ok(());
+    }
     let mut at = dir;
     for _ in 0..DEPTH_MAX {
         if at == moved {
@@ -277,8 +280,49 @@ impl Fs {
         new_name: &[u8],
         flags: u32,
     ) -> FsResult<()> {
+        if crate::planted::active(crate::planted::Bug::RenameInTwoTransactions) && flags == 0 {
+            return self
+                .rename_in_two_steps(caller, parent, name, new_parent, new_name)
+                .await;
+        }
         self.mutate(caller, |txn, ctx| async move {
             apply(&txn, &ctx, parent, name, new_parent, new_name, flags).await
+        })
+        .await
+    }
+
+    /// The planted bug `RenameInTwoTransactions`: between the two steps the
+    /// file has no name at all, and a crash there loses it.
+    async fn rename_in_two_steps(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+    ) -> FsResult<()> {
+        let ino = self
+            .mutate(caller, |txn, ctx| async move {
+                let entry = get_dirent(&txn, &ctx, parent, name)
+                    .await?
+                    .ok_or(FsError::NotFound)?;
+                txn.clear(&ctx.keys.dirent(parent, name));
+                Ok(entry.ino)
+            })
+            .await?;
+        self.mutate(caller, |txn, ctx| async move {
+            let attr = read_attr(&txn, &ctx, ino).await?;
+            set_dirent(
+                &txn,
+                &ctx,
+                new_parent,
+                new_name,
+                Dirent {
+                    ino,
+                    kind: attr.kind()?,
+                },
+            );
+            Ok(())
         })
         .await
     }
