@@ -21,7 +21,7 @@
 //! the client's index keys; a crash midway leaves the rest for the next
 //! [`gc`], which finds clients with keys but no registration.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::clock::Clock;
@@ -36,6 +36,8 @@ pub const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(5);
 pub const EXPIRY_DEFAULT: Duration = Duration::from_secs(30);
 /// Index keys handled per eviction transaction.
 pub const GC_BATCH: usize = 64;
+/// A live client looks for half-finished evictions every this many beats.
+pub const GC_EVERY_BEATS: u64 = 10;
 
 /// Register `info` as an attached client. A live client with the same id
 /// is `Busy`; ids must be unique per mount.
@@ -152,12 +154,21 @@ pub async fn evict(db: &Database, keys: &Keys, client: &str) -> FsResult<(bool, 
     Ok((was_attached, stats))
 }
 
-/// Evict `client` only if its heartbeat still reads `observed`.
-async fn evict_if_stale(db: &Database, keys: &Keys, client: &str, observed: i64) -> FsResult<bool> {
+/// Evict `client` only if its heartbeat still reads `observed` (the value
+/// an [`ExpiryTracker`] saw unchanged for the expiry period). Returns true
+/// when the client is evicted on return — by this call, by an earlier
+/// attempt of it whose commit was ambiguous, or by someone else — and
+/// false when its heartbeat moved (it is alive).
+pub async fn evict_if_stale(
+    db: &Database,
+    keys: &Keys,
+    client: &str,
+    observed: i64,
+) -> FsResult<bool> {
     let evicted = db
         .run(|txn, _| async move {
             if txn.get(&keys.session(client)).await?.is_none() {
-                return Ok::<_, FsError>(false);
+                return Ok::<_, FsError>(true);
             }
             if read_heartbeat(&txn, keys, client).await? != observed {
                 return Ok(false);
@@ -313,7 +324,7 @@ pub async fn gc(db: &Database, keys: &Keys) -> FsResult<GcStats> {
 #[derive(Debug, Default)]
 pub struct ExpiryTracker {
     /// client → (heartbeat value, when this tracker first saw that value)
-    seen: HashMap<String, (i64, Duration)>,
+    seen: BTreeMap<String, (i64, Duration)>,
 }
 
 impl ExpiryTracker {
@@ -327,6 +338,27 @@ impl ExpiryTracker {
         expiry: Duration,
         me: Option<&str>,
     ) -> FsResult<Vec<String>> {
+        let mut evicted = Vec::new();
+        for (id, value) in self.expired(db, keys, clock, expiry, me).await? {
+            if evict_if_stale(db, keys, &id, value).await? {
+                tracing::warn!(client = %id, "evicted a client whose heartbeat stopped");
+                self.seen.remove(&id);
+                evicted.push(id);
+            }
+        }
+        Ok(evicted)
+    }
+
+    /// Look at every client once; return those (with the heartbeat value
+    /// seen) whose heartbeat has not changed for `expiry`, without evicting.
+    pub async fn expired(
+        &mut self,
+        db: &Database,
+        keys: &Keys,
+        clock: &dyn Clock,
+        expiry: Duration,
+        me: Option<&str>,
+    ) -> FsResult<Vec<(String, i64)>> {
         let beats = db
             .read(|txn| async move {
                 let (begin, end) = keys.sessions();
@@ -347,21 +379,17 @@ impl ExpiryTracker {
             })
             .await?;
         let now = clock.monotonic();
-        let live: std::collections::HashSet<&String> = beats.iter().map(|(id, _)| id).collect();
+        let live: BTreeSet<&String> = beats.iter().map(|(id, _)| id).collect();
         self.seen.retain(|id, _| live.contains(id));
-        let mut evicted = Vec::new();
+        let mut expired = Vec::new();
         for (id, beat) in &beats {
             if Some(id.as_str()) == me {
                 continue;
             }
             match self.seen.get(id) {
                 Some(&(value, since)) if value == *beat => {
-                    if now.saturating_sub(since) >= expiry
-                        && evict_if_stale(db, keys, id, value).await?
-                    {
-                        tracing::warn!(client = %id, "evicted a client whose heartbeat stopped");
-                        self.seen.remove(id);
-                        evicted.push(id.clone());
+                    if now.saturating_sub(since) >= expiry {
+                        expired.push((id.clone(), value));
                     }
                 }
                 _ => {
@@ -369,7 +397,7 @@ impl ExpiryTracker {
                 }
             }
         }
-        Ok(evicted)
+        Ok(expired)
     }
 }
 
@@ -397,8 +425,14 @@ impl crate::fs::Fs {
     pub async fn maintain_session(&self, options: SessionOptions) -> FsError {
         let clock = self.db().clock().clone();
         let mut tracker = ExpiryTracker::default();
-        loop {
+        for beat in 1u64.. {
             clock.sleep(options.heartbeat).await;
+            if beat % GC_EVERY_BEATS == 0 {
+                // Finish evictions whose evictor died midway.
+                if let Err(e) = gc(self.db(), self.keys()).await {
+                    tracing::warn!(error = %e, "session gc failed; retrying later");
+                }
+            }
             if crate::buggify!() {
                 // A missed beat, as a stalled host would miss it.
                 continue;
@@ -421,5 +455,6 @@ impl crate::fs::Fs {
                 tracing::warn!(error = %e, "expiry sweep failed; retrying next period");
             }
         }
+        unreachable!("the heartbeat loop only ends by returning")
     }
 }

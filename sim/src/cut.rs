@@ -1,7 +1,10 @@
-//! A backend wrapper that cuts one client off from the KV and heals it: a
-//! network partition between that client and the database. While cut,
-//! every call fails with `Unavailable` (the runner retries it until its
-//! budget runs out) and nothing reaches the database.
+//! A backend wrapper between one client and the KV: a network. It adds a
+//! small random latency to every begin and commit (a real database is a
+//! round trip away, and without it the in-memory KV would answer without
+//! ever letting another client run in between), and it can cut the client
+//! off and heal it: while cut, every call fails with `Unavailable` (the
+//! runner retries it until its budget runs out) and nothing reaches the
+//! database.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -35,6 +38,21 @@ impl Cut {
 pub struct CutBackend {
     pub inner: Arc<dyn Backend>,
     pub cut: Cut,
+    pub clock: Arc<dyn hafs_core::clock::Clock>,
+    /// Longest round trip added to begins and commits.
+    pub latency: std::time::Duration,
+}
+
+/// A random share of `max`, from the simulator's seeded RNG.
+async fn round_trip(clock: &dyn hafs_core::clock::Clock, max: std::time::Duration) {
+    if max.is_zero() {
+        return;
+    }
+    #[cfg(madsim)]
+    let micros = madsim::rand::random::<u64>() % (max.as_micros() as u64 + 1);
+    #[cfg(not(madsim))]
+    let micros = max.as_micros() as u64 / 2;
+    clock.sleep(std::time::Duration::from_micros(micros)).await;
 }
 
 #[async_trait]
@@ -44,10 +62,13 @@ impl Backend for CutBackend {
     }
 
     async fn begin(&self) -> KvResult<Box<dyn BackendTxn>> {
+        round_trip(self.clock.as_ref(), self.latency).await;
         self.cut.check()?;
         Ok(Box::new(CutTxn {
             inner: self.inner.begin().await?,
             cut: self.cut.clone(),
+            clock: self.clock.clone(),
+            latency: self.latency,
         }))
     }
 }
@@ -56,6 +77,8 @@ impl Backend for CutBackend {
 struct CutTxn {
     inner: Box<dyn BackendTxn>,
     cut: Cut,
+    clock: Arc<dyn hafs_core::clock::Clock>,
+    latency: std::time::Duration,
 }
 
 #[async_trait]
@@ -81,6 +104,7 @@ impl BackendTxn for CutTxn {
     }
 
     async fn commit(&self, request: CommitRequest) -> KvResult<Version> {
+        round_trip(self.clock.as_ref(), self.latency).await;
         self.cut.check()?;
         self.inner.commit(request).await
     }

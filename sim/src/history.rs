@@ -12,14 +12,30 @@ use parking_lot::Mutex;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Op {
     /// Take the exclusive lock of `ino` for `owner` (waiting).
-    Lock { ino: u64, owner: u64 },
-    Unlock { ino: u64, owner: u64 },
+    Lock {
+        ino: u64,
+        owner: u64,
+    },
+    Unlock {
+        ino: u64,
+        owner: u64,
+    },
     /// `client` is evicted (by expiry or by the nemesis).
-    Evict { client: String },
+    Evict {
+        client: String,
+    },
     /// Append `line` to `ino`; the holder had read `seen` lines before.
-    Append { ino: u64, line: String, seen: usize },
+    Append {
+        ino: u64,
+        line: String,
+        seen: usize,
+    },
     /// Rename a file between directories.
-    Rename { from: (u64, String), to: (u64, String), exchange: bool },
+    Rename {
+        from: (u64, String),
+        to: (u64, String),
+        exchange: bool,
+    },
     /// Mount (a new client id).
     Mount,
 }
@@ -50,6 +66,8 @@ pub struct Event {
 pub struct History {
     clock: AtomicU64,
     events: Mutex<Vec<Event>>,
+    /// Violations found while the run was going (e.g. by scans).
+    violations: Mutex<Vec<String>>,
 }
 
 impl History {
@@ -76,6 +94,14 @@ impl History {
         let mut events = self.events.lock();
         events[index].returned = Some(at);
         events[index].outcome = outcome;
+    }
+
+    pub fn violation(&self, what: String) {
+        self.violations.lock().push(what);
+    }
+
+    pub fn violations(&self) -> Vec<String> {
+        self.violations.lock().clone()
     }
 
     /// The current logical time.

@@ -39,8 +39,22 @@ pub struct Operation<Op, Ret> {
     pub ret: Option<Ret>,
 }
 
+/// States the search may cache before giving up as inconclusive.
+pub const STATES_MAX: usize = 2_000_000;
+
 /// Whether `ops`, run against `init`, are linearizable.
 pub fn linearizable<S: Spec>(init: &S, ops: &[Operation<S::Op, S::Ret>]) -> bool {
+    check(init, ops, usize::MAX).expect("unbounded search always decides")
+}
+
+/// [`linearizable`] with a bound on the states explored: `None` when the
+/// bound was hit before an answer (many operations of unknown outcome can
+/// make the search exponential).
+pub fn check<S: Spec>(
+    init: &S,
+    ops: &[Operation<S::Op, S::Ret>],
+    states_max: usize,
+) -> Option<bool> {
     let mut order: Vec<usize> = (0..ops.len()).collect();
     order.sort_by_key(|&i| ops[i].call);
     let ops: Vec<&Operation<S::Op, S::Ret>> = order.iter().map(|&i| &ops[i]).collect();
@@ -49,14 +63,68 @@ pub fn linearizable<S: Spec>(init: &S, ops: &[Operation<S::Op, S::Ret>]) -> bool
         ops: &ops,
         done: vec![false; ops.len()],
         cache: HashSet::new(),
+        states_max,
+        gave_up: false,
     };
-    search.run(init.clone(), completed)
+    let found = search.run(init.clone(), completed);
+    if found {
+        Some(true)
+    } else if search.gave_up {
+        None
+    } else {
+        Some(false)
+    }
+}
+
+/// The earliest logical time by which `ops` stop being linearizable: the
+/// history cut there (later calls dropped, later returns unknown) already
+/// fails. `None` if the whole history is linearizable.
+pub fn first_violation<S: Spec>(init: &S, ops: &[Operation<S::Op, S::Ret>]) -> Option<u64>
+where
+    S::Op: Clone,
+    S::Ret: Clone,
+{
+    let cut = |t: u64| -> Vec<Operation<S::Op, S::Ret>> {
+        ops.iter()
+            .filter(|o| o.call <= t)
+            .map(|o| {
+                let mut o = o.clone();
+                if o.returned.is_some_and(|r| r > t) {
+                    o.returned = None;
+                    o.ret = None;
+                }
+                o
+            })
+            .collect()
+    };
+    let mut times: Vec<u64> = ops
+        .iter()
+        .flat_map(|o| std::iter::once(o.call).chain(o.returned))
+        .collect();
+    times.sort_unstable();
+    times.dedup();
+    if check(init, ops, STATES_MAX) != Some(false) {
+        return None;
+    }
+    // Failing is monotone in the cut: find the first failing time.
+    let (mut lo, mut hi) = (0, times.len() - 1);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if check(init, &cut(times[mid]), STATES_MAX) != Some(false) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(times[lo])
 }
 
 struct Search<'a, S: Spec> {
     ops: &'a [&'a Operation<S::Op, S::Ret>],
     done: Vec<bool>,
     cache: HashSet<(Vec<u64>, S)>,
+    states_max: usize,
+    gave_up: bool,
 }
 
 impl<S: Spec> Search<'_, S> {
@@ -95,6 +163,10 @@ impl<S: Spec> Search<'_, S> {
             let Some(next) = state.step(&op.op, op.ret.as_ref()) else {
                 continue;
             };
+            if self.cache.len() >= self.states_max {
+                self.gave_up = true;
+                return false;
+            }
             self.done[i] = true;
             let fresh = self.cache.insert((self.bits(), next.clone()));
             let left = remaining - usize::from(op.returned.is_some());
@@ -130,12 +202,20 @@ impl Spec for LockTable {
 
     fn step(&self, op: &LockOp, _ret: Option<&()>) -> Option<LockTable> {
         match op {
-            LockOp::Lock(client, owner) => self.holder.is_none().then(|| LockTable {
-                holder: Some((client.clone(), *owner)),
-            }),
-            LockOp::Unlock(client, owner) => (self.holder.as_ref()
-                == Some(&(client.clone(), *owner)))
-            .then(LockTable::default),
+            // Free, or already held by this owner (POSIX: relocking is fine).
+            LockOp::Lock(client, owner) => {
+                let me = (client.clone(), *owner);
+                let free = self.holder.is_none() || self.holder.as_ref() == Some(&me);
+                free.then_some(LockTable { holder: Some(me) })
+            }
+            // Unlocking what one does not hold succeeds and changes nothing.
+            LockOp::Unlock(client, owner) => {
+                Some(if self.holder.as_ref() == Some(&(client.clone(), *owner)) {
+                    LockTable::default()
+                } else {
+                    self.clone()
+                })
+            }
             LockOp::Evict(client) => Some(match &self.holder {
                 Some((holder, _)) if holder == client => LockTable::default(),
                 _ => self.clone(),
@@ -201,9 +281,12 @@ mod tests {
             op(7, None, unlock("a")),
         ];
         assert!(linearizable(&LockTable::default(), &h));
-        // But an acknowledged unlock by the evicted a is not.
-        let mut bad = h.to_vec();
-        bad[3] = op(7, Some(8), unlock("a"));
+        // But b taking the lock while a still holds it is not.
+        let bad = [
+            op(1, Some(2), lock("a")),
+            op(3, Some(4), lock("b")),
+            op(5, Some(6), LockOp::Evict("a".into())),
+        ];
         assert!(!linearizable(&LockTable::default(), &bad));
     }
 

@@ -21,12 +21,17 @@ use crate::codec::{ClientInfo, Settings};
 use crate::ctx::{Caller, Ctx, FsOptions};
 use crate::error::{FsError, FsResult};
 use crate::keys::Keys;
-use crate::kv::{Database, Transaction};
+use crate::kv::{Database, KvError, Transaction};
+use crate::limits::TRANSACTION_AGE_MAX;
 
 pub use format::{list_filesystems, mkfs, rmfs, MkfsOptions};
 
 /// How many recent operations of a client keep their idempotency marker.
 pub const IDEMPOTENCY_WINDOW: u64 = 4096;
+/// Timed-out commits settled (waited out) before giving up.
+const SETTLE_ATTEMPTS: u32 = 5;
+/// Extra wait past the age limit, for clock granularity.
+const SETTLE_MARGIN: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A reply that can be stored in an idempotency marker.
 pub trait MarkerReply: Sized {
@@ -225,12 +230,15 @@ impl Fs {
     {
         let ctx = self.ctx(caller);
         let op = &op;
-        self.db
-            .run(|txn, _| async move {
-                self.fence(&txn).await?;
-                op(txn, ctx).await
-            })
-            .await
+        self.settled(|_| async move {
+            self.db
+                .run(|txn, _| async move {
+                    self.fence(&txn).await?;
+                    op(txn, ctx).await
+                })
+                .await
+        })
+        .await
     }
 
     /// Run a mutating operation exactly once, even across ambiguous commits
@@ -250,20 +258,18 @@ impl Fs {
         let expired = seq
             .checked_sub(IDEMPOTENCY_WINDOW)
             .map(|old| self.keys.idempotency_marker(&self.client, old));
-        self.db
-            .run(|txn, maybe_committed| {
-                let marker = marker.clone();
-                let expired = expired.clone();
-                let attempt = op(txn.clone(), ctx);
-                async move {
+        let (op, marker, expired) = (&op, &marker, &expired);
+        self.settled(|settling| async move {
+            self.db
+                .run(|txn, maybe_committed| async move {
                     self.fence(&txn).await?;
                     let skip = crate::planted::active(crate::planted::Bug::SkipIdempotency);
-                    if maybe_committed && !skip {
-                        if let Some(stored) = txn.get(&marker).await? {
+                    if (maybe_committed || settling) && !skip {
+                        if let Some(stored) = txn.get(marker).await? {
                             return T::from_marker(&stored);
                         }
                     }
-                    let reply = attempt.await?;
+                    let reply = op(txn.clone(), ctx).await?;
                     if crate::buggify!() {
                         // Hold the transaction open: more conflicts, more
                         // transactions too old.
@@ -272,13 +278,44 @@ impl Fs {
                             .sleep(std::time::Duration::from_millis(20))
                             .await;
                     }
-                    txn.set(&marker, &reply.to_marker());
+                    txn.set(marker, &reply.to_marker());
                     if let Some(expired) = expired {
-                        txn.clear(&expired);
+                        txn.clear(expired);
                     }
                     Ok(reply)
+                })
+                .await
+        })
+        .await
+    }
+
+    /// Settle `TimedOut`: the KV surfaces it because the commit may still
+    /// land — but never once its transaction is older than the KV's age
+    /// limit. So wait that long, then run `body` again with `settling` set:
+    /// like `maybe_committed`, it must check whether the earlier attempt
+    /// landed (mutations through their idempotency marker; the others are
+    /// idempotent). Without this, a write that timed out could land after
+    /// the writer released its lock and gave up, inside the next holder's
+    /// critical section (the simulator found exactly that).
+    async fn settled<'b, T, F, Fut>(&'b self, body: F) -> FsResult<T>
+    where
+        F: Fn(bool) -> Fut,
+        Fut: Future<Output = FsResult<T>> + 'b,
+    {
+        let mut settling = false;
+        for _ in 0..SETTLE_ATTEMPTS {
+            match body(settling).await {
+                Err(FsError::Kv(KvError::TimedOut)) => {
+                    tracing::debug!("commit timed out; waiting until it can no longer land");
+                    self.db
+                        .clock()
+                        .sleep(TRANSACTION_AGE_MAX + SETTLE_MARGIN)
+                        .await;
+                    settling = true;
                 }
-            })
-            .await
+                other => return other,
+            }
+        }
+        Err(FsError::Kv(KvError::TimedOut))
     }
 }

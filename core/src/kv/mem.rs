@@ -88,6 +88,7 @@ impl Backend for MemBackend {
         Ok(Box::new(MemTxn {
             backend: self.clone(),
             read_version,
+            started: self.clock.monotonic(),
         }))
     }
 }
@@ -96,6 +97,10 @@ impl Backend for MemBackend {
 struct MemTxn {
     backend: MemBackend,
     read_version: Version,
+    /// When the read version was taken: a commit arriving more than the age
+    /// limit later is refused, as FoundationDB's resolvers refuse one (this
+    /// is what bounds how late a timed-out commit can still land).
+    started: std::time::Duration,
 }
 
 fn value_at(history: &[(Version, Option<Vec<u8>>)], version: Version) -> Option<&[u8]> {
@@ -176,6 +181,9 @@ impl BackendTxn for MemTxn {
         let now = self.backend.clock.monotonic();
         let mut state = self.backend.state.lock();
         self.check_horizon(&state)?;
+        if now.saturating_sub(self.started) > TRANSACTION_AGE_MAX && !request.is_read_only() {
+            return Err(KvError::TransactionTooOld);
+        }
         if request.is_read_only() {
             arm_watches(&mut state, request.watches);
             return Ok(self.read_version);

@@ -108,6 +108,27 @@ async fn waiters(txn: &Transaction, keys: &Keys, ino: u64) -> FsResult<Vec<(u64,
         .collect()
 }
 
+/// Whether `own` locks of mode `kind` cover all of `range`.
+fn covers(own: &[Held], kind: LockKind, range: (u64, u64)) -> bool {
+    let mut pieces: Vec<(u64, u64)> = own
+        .iter()
+        .filter(|h| h.value.kind == kind)
+        .map(|h| (h.start, h.value.end))
+        .collect();
+    pieces.sort_unstable();
+    let mut reached = range.0;
+    for (start, end) in pieces {
+        if start > reached {
+            break;
+        }
+        reached = reached.max(end);
+        if reached >= range.1 {
+            return true;
+        }
+    }
+    false
+}
+
 /// The owner's ranges after applying `request` to `own`: the overlapped
 /// parts replaced, neighbours of one mode merged.
 fn replace_ranges(own: &[Held], request: &LockRequest) -> Vec<(u64, u64, LockKind, u32)> {
@@ -245,7 +266,17 @@ pub async fn apply_setlk(
         .map(|(t, _)| *t)
         .collect();
     let ticket = ticket.or(own_queue.first().copied());
+    let own: Vec<Held> = held
+        .iter()
+        .filter(|h| mine(&h.client, h.owner))
+        .cloned()
+        .collect();
+    // Already held exactly as asked (a relock, or an earlier attempt whose
+    // commit landed after it timed out): granted, whatever is queued —
+    // queueing behind others for a lock one holds would deadlock.
+    let already = request.kind.is_some_and(|kind| covers(&own, kind, range));
     let blocked = match request.kind {
+        _ if already => false,
         None => false,
         Some(kind) => {
             let by_holder = held.iter().any(|h| {
@@ -439,7 +470,7 @@ impl Fs {
                 }
                 Err(e) => {
                     if let Some(t) = ticket {
-                        let _ = self.leave_queue(caller, ino, t).await;
+                        self.leave_queue(caller, ino, t).await;
                     }
                     return Err(e);
                 }
@@ -448,16 +479,20 @@ impl Fs {
             // BUGGIFY: lose the wake-up; only the slow re-check remains.
             let lose_wakeup = crate::buggify!();
             let woken = async {
+                // `biased`: tokio's select! otherwise polls in an order drawn
+                // from an RNG the simulator does not control.
                 tokio::select! {
+                    biased;
                     _ = watch.changed(), if !lose_wakeup => {}
                     _ = clock.sleep(RECHECK) => {}
                 }
             };
             tokio::select! {
+                biased;
                 _ = woken => {}
                 _ = &mut cancel => {
                     if let Some(t) = ticket {
-                        self.leave_queue(caller, ino, t).await?;
+                        self.leave_queue(caller, ino, t).await;
                     }
                     return Err(FsError::Interrupted);
                 }
@@ -465,11 +500,25 @@ impl Fs {
         }
     }
 
-    async fn leave_queue(&self, caller: &Caller, ino: u64, ticket: u64) -> FsResult<()> {
-        self.run_fenced(caller, |txn, ctx| async move {
-            apply_dequeue(&txn, &ctx, ino, ticket).await
-        })
-        .await
+    /// Give up a place in the queue. This must not fail quietly: an
+    /// orphaned ticket would block every later request behind it (the
+    /// simulator found that). So it retries until it sticks; only an
+    /// evicted client stops, and its eviction clears the ticket anyway.
+    async fn leave_queue(&self, caller: &Caller, ino: u64, ticket: u64) {
+        loop {
+            let left = self
+                .run_fenced(caller, |txn, ctx| async move {
+                    apply_dequeue(&txn, &ctx, ino, ticket).await
+                })
+                .await;
+            match left {
+                Ok(()) | Err(FsError::Fenced) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, ino, "leaving a lock queue failed; retrying");
+                    self.db().clock().sleep(RECHECK).await;
+                }
+            }
+        }
     }
 
     /// Release every lock `owner` holds on `ino` (`flush`, `flock` release).

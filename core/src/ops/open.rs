@@ -11,7 +11,7 @@
 //! is serialized per inode on this client, so a close racing a reopen can
 //! never clear a record the reopen needs.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::codec::Attr;
@@ -26,7 +26,7 @@ use super::read_attr;
 /// Opens of each inode on this client.
 #[derive(Debug, Default)]
 pub struct OpenTable {
-    inodes: parking_lot::Mutex<HashMap<u64, Arc<tokio::sync::Mutex<u32>>>>,
+    inodes: parking_lot::Mutex<BTreeMap<u64, Arc<tokio::sync::Mutex<u32>>>>,
 }
 
 impl OpenTable {

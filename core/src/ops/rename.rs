@@ -280,7 +280,9 @@ impl Fs {
         new_name: &[u8],
         flags: u32,
     ) -> FsResult<()> {
-        if crate::planted::active(crate::planted::Bug::RenameInTwoTransactions) && flags == 0 {
+        if crate::planted::active(crate::planted::Bug::RenameInTwoTransactions)
+            && flags & RENAME_EXCHANGE == 0
+        {
             return self
                 .rename_in_two_steps(caller, parent, name, new_parent, new_name)
                 .await;
