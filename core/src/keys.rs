@@ -23,6 +23,7 @@
 //! ("hafs", FS, "unlinked", INO)                  -> ()  unlinked while open
 //! ("hafs", FS, "client", CLIENT, "idem", SEQ)    -> idempotency marker: the reply
 //! ("hafs", FS, "client", CLIENT, "heartbeat")    -> i64 LE, atomic add by the client
+//! ("hafs", FS, "client", CLIENT, "beat_at")      -> wall ns of the last beat (display only)
 //! ("hafs", FS, "client", CLIENT, "open", INO)    -> ()  index: the client has INO open
 //! ("hafs", FS, "client", CLIENT, "lock", INO)    -> ()  index: the client has locks or waiters on INO
 //! ("hafs", FS, "clients", CLIENT)                -> ClientInfo; present = attached. Every
@@ -240,6 +241,12 @@ impl Keys {
 
     pub fn client_heartbeat(&self, client: &str) -> Vec<u8> {
         self.fs.pack(&("client", client, "heartbeat"))
+    }
+
+    /// Wall time of the client's last heartbeat, for display only (expiry
+    /// never compares wall clocks across hosts).
+    pub fn client_beat_time(&self, client: &str) -> Vec<u8> {
+        self.fs.pack(&("client", client, "beat_at"))
     }
 
     pub fn client_open(&self, client: &str, ino: u64) -> Vec<u8> {

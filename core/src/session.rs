@@ -55,6 +55,10 @@ pub async fn attach(db: &Database, keys: &Keys, info: &ClientInfo) -> FsResult<(
         }
         txn.set(&key, &codec::encode_client(info));
         txn.atomic_add(&keys.client_heartbeat(&info.id), 0);
+        txn.set(
+            &keys.client_beat_time(&info.id),
+            &info.mounted_ns.to_le_bytes(),
+        );
         Ok(())
     })
     .await
@@ -72,9 +76,11 @@ pub async fn ensure_attached(txn: &Transaction, keys: &Keys, client: &str) -> Fs
 
 /// One heartbeat.
 pub async fn heartbeat(db: &Database, keys: &Keys, client: &str) -> FsResult<()> {
+    let now = db.clock().wall_ns();
     db.run(|txn, _| async move {
         ensure_attached(&txn, keys, client).await?;
         txn.atomic_add(&keys.client_heartbeat(client), 1);
+        txn.set(&keys.client_beat_time(client), &now.to_le_bytes());
         Ok(())
     })
     .await
@@ -85,6 +91,8 @@ pub async fn heartbeat(db: &Database, keys: &Keys, client: &str) -> FsResult<()>
 pub struct ClientStatus {
     pub info: ClientInfo,
     pub heartbeat: i64,
+    /// Wall time of the last heartbeat as the client's host saw it.
+    pub last_beat_ns: i64,
     /// Inodes on which it holds locks or waits for one.
     pub locked_inodes: u64,
     /// Inodes it has open.
@@ -103,6 +111,8 @@ pub async fn list_clients(db: &Database, keys: &Keys) -> FsResult<Vec<ClientStat
                 .ok_or_else(|| FsError::Corrupted("client registration key".into()))?;
             let info = codec::decode_client(&id, value)?;
             let heartbeat = read_heartbeat(&txn, keys, &id).await?;
+            let last_beat_ns =
+                codec::decode_counter(txn.get(&keys.client_beat_time(&id)).await?.as_deref())?;
             let (b, e) = keys.client_locks(&id);
             let locked_inodes = txn
                 .get_range(&b, &e, RangeOptions::default())
@@ -118,6 +128,7 @@ pub async fn list_clients(db: &Database, keys: &Keys) -> FsResult<Vec<ClientStat
             out.push(ClientStatus {
                 info,
                 heartbeat,
+                last_beat_ns,
                 locked_inodes: locked_inodes as u64,
                 open_inodes: open_inodes as u64,
             });

@@ -1,0 +1,236 @@
+//! The `hafs` command line (and the original HAFS command names, which are
+//! thin binaries calling [`main_as`]). Every command works on the database
+//! `--kv` (or `HAFS_KV`) names, default the embedded SQLite one; every
+//! error is one line on stderr and a nonzero exit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use hafs_core::clock::{Clock, TokioClock};
+use hafs_core::fs::MkfsOptions;
+use hafs_core::keys::Keys;
+use hafs_core::session;
+use hafs_fuse::mount::{KvArgs, MountArgs};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hafs",
+    version,
+    about = "hafs: a high-availability filesystem for config, metadata and locks"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub kv: KvArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a filesystem (refuses an existing one unless --overwrite).
+    Mkfs {
+        #[arg(long)]
+        overwrite: bool,
+        /// Bytes per data chunk (default 4096; at most 100000).
+        #[arg(long)]
+        chunk_size: Option<u64>,
+    },
+    /// Remove a filesystem (refuses one with files or mounted clients unless --force).
+    Rmfs {
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the filesystems in the database.
+    ListFilesystems,
+    /// Mount a filesystem (foreground; stop with Ctrl-C or umount).
+    Mount(MountArgs),
+    /// Check a filesystem's invariants; exits 1 if anything is wrong.
+    Fsck,
+    /// List mounted clients with their heartbeat and what they hold.
+    ListClients {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Evict a client: fence it out and release its locks and open files.
+    Evict { client: String },
+    /// Evict clients whose heartbeat does not move for the expiry period
+    /// (watches for that long first).
+    GcClients {
+        #[arg(long, default_value_t = 30)]
+        expiry: u64,
+    },
+    /// Finish evictions that stopped midway (live mounts do this too).
+    Gc,
+}
+
+/// Run `hafs` with `args` (argv without the program name is taken from the
+/// environment when `args` is None).
+pub fn main_as(prefix: &[&str]) {
+    let mut argv: Vec<String> = std::env::args().collect();
+    // `hafs-mkfs ARGS` is `hafs mkfs ARGS`, with the global flags allowed.
+    for (i, word) in prefix.iter().enumerate() {
+        argv.insert(1 + i, (*word).to_string());
+    }
+    if !prefix.is_empty() {
+        argv[0] = "hafs".into();
+    }
+    let cli = Cli::parse_from(argv);
+    let debug = matches!(&cli.command, Command::Mount(m) if m.debug_fuse);
+    hafs_fuse::mount::init_logging(debug);
+    if let Err(e) = run(cli) {
+        eprintln!("hafs: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+pub fn run(cli: Cli) -> Result<(), String> {
+    if let Command::Mount(args) = &cli.command {
+        return hafs_fuse::mount::run(&cli.kv, args);
+    }
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let clock: Arc<dyn Clock> = TokioClock::new();
+        let db = cli.kv.open(clock.clone())?;
+        let name = cli.kv.fs_name.as_str();
+        let keys = Keys::new(name);
+        let fail = |e: hafs_core::error::FsError| e.to_string();
+        match cli.command {
+            Command::Mount(_) => unreachable!("handled above"),
+            Command::Mkfs { overwrite, chunk_size } => {
+                let mut options = MkfsOptions {
+                    overwrite,
+                    ..MkfsOptions::default()
+                };
+                if let Some(size) = chunk_size {
+                    options.chunk_size = size;
+                }
+                hafs_core::fs::mkfs(&db, name, options).await.map_err(|e| match e {
+                    hafs_core::error::FsError::AlreadyFormatted(n) => {
+                        format!("filesystem {n:?} already exists (use --overwrite to replace it)")
+                    }
+                    hafs_core::error::FsError::Invalid => "invalid --chunk-size (1..=100000)".into(),
+                    other => other.to_string(),
+                })?;
+                println!("created filesystem {name:?} in {}", cli.kv.url());
+            }
+            Command::Rmfs { force } => {
+                hafs_core::fs::rmfs(&db, name, force).await.map_err(fail)?;
+                println!("removed filesystem {name:?}");
+            }
+            Command::ListFilesystems => {
+                for fs in hafs_core::fs::list_filesystems(&db).await.map_err(fail)? {
+                    println!("{fs}");
+                }
+            }
+            Command::Fsck => return fsck(&db, name).await,
+            Command::ListClients { json } => return list_clients(&db, &keys, clock.as_ref(), json).await,
+            Command::Evict { client } => {
+                let (was, stats) = session::evict(&db, &keys, &client).await.map_err(fail)?;
+                if !was && stats.locked_inodes == 0 && stats.open_inodes == 0 {
+                    return Err(format!("no client {client:?} is attached to {name:?}"));
+                }
+                println!(
+                    "evicted {client}: released locks on {} inodes and {} open files ({} freed)",
+                    stats.locked_inodes, stats.open_inodes, stats.freed_inodes
+                );
+            }
+            Command::GcClients { expiry } => {
+                let expiry = Duration::from_secs(expiry);
+                let mut tracker = session::ExpiryTracker::default();
+                tracker.sweep(&db, &keys, clock.as_ref(), expiry, None).await.map_err(fail)?;
+                eprintln!("watching heartbeats for {}s...", expiry.as_secs());
+                clock.sleep(expiry + Duration::from_millis(100)).await;
+                let evicted = tracker.sweep(&db, &keys, clock.as_ref(), expiry, None).await.map_err(fail)?;
+                println!("evicted {} expired clients{}", evicted.len(), if evicted.is_empty() { String::new() } else { format!(": {}", evicted.join(", ")) });
+            }
+            Command::Gc => {
+                let stats = session::gc(&db, &keys).await.map_err(fail)?;
+                println!(
+                    "finished {} evictions: released locks on {} inodes and {} open files ({} freed)",
+                    stats.clients.saturating_sub(0), stats.locked_inodes, stats.open_inodes, stats.freed_inodes
+                );
+            }
+        }
+        Ok(())
+    })
+}
+
+async fn fsck(db: &hafs_core::kv::Database, name: &str) -> Result<(), String> {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} fsck {msg}").expect("static template"),
+    );
+    let report = hafs_core::fsck::check_invariants(db, name, |keys| {
+        bar.set_message(format!("{keys} keys scanned"));
+        bar.tick();
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    println!(
+        "{name}: {} inodes, {} entries, {} keys",
+        report.inodes, report.entries, report.keys
+    );
+    if report.is_clean() {
+        println!("clean");
+        return Ok(());
+    }
+    for v in &report.violations {
+        println!("inode {}: {}", v.ino, v.problem);
+    }
+    Err(format!("{} problems found", report.violations.len()))
+}
+
+async fn list_clients(
+    db: &hafs_core::kv::Database,
+    keys: &Keys,
+    clock: &dyn Clock,
+    json: bool,
+) -> Result<(), String> {
+    // Ages compare the hosts' wall clocks: for people only; expiry never does.
+    let first = session::list_clients(db, keys)
+        .await
+        .map_err(|e| e.to_string())?;
+    let now_ns = clock.wall_ns();
+    if json {
+        let rows: Vec<String> = first
+            .iter()
+            .map(|c| {
+                format!(
+                    "{{\"id\":{:?},\"hostname\":{:?},\"pid\":{},\"exe\":{:?},\"description\":{:?},\"mounted_ns\":{},\"version\":{:?},\"heartbeat\":{},\"last_heartbeat_ns\":{},\"locked_inodes\":{},\"open_inodes\":{}}}",
+                    c.info.id, c.info.hostname, c.info.pid, c.info.exe, c.info.description,
+                    c.info.mounted_ns, c.info.version, c.heartbeat, c.last_beat_ns, c.locked_inodes, c.open_inodes
+                )
+            })
+            .collect();
+        println!("[{}]", rows.join(","));
+        return Ok(());
+    }
+    println!(
+        "{:<36} {:<16} {:>8} {:>10} {:>10} {:>7} {:>6}  DESCRIPTION",
+        "CLIENT", "HOST", "PID", "MOUNTED", "HEARTBEAT", "LOCKED", "OPEN"
+    );
+    let age = |ns: i64| Duration::from_nanos((now_ns - ns).max(0) as u64).as_secs();
+    for c in first {
+        println!(
+            "{:<36} {:<16} {:>8} {:>8}s {:>8}s {:>7} {:>6}  {}",
+            c.info.id,
+            c.info.hostname,
+            c.info.pid,
+            age(c.info.mounted_ns),
+            age(c.last_beat_ns),
+            c.locked_inodes,
+            c.open_inodes,
+            c.info.description
+        );
+    }
+    Ok(())
+}

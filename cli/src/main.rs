@@ -1,0 +1,4 @@
+//! `hafs`: the command line.
+fn main() {
+    hafs_cli::main_as(&[]);
+}

@@ -1,0 +1,919 @@
+//! The `fuser::Filesystem` implementation: a thin translation from kernel
+//! requests to `hafs_core::fs::Fs` calls. No filesystem rules live here;
+//! errors become errnos through `FsError::errno` (core's one exhaustive
+//! table).
+//!
+//! Every request is served on a tokio task, so a lock wait or a large write
+//! never stalls the others. Consistency first: attribute and entry TTLs
+//! default to 0 and files are opened with direct I/O, so the kernel caches
+//! nothing and every mount sees every committed change at once.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType as FuseType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use hafs_core::codec::{Attr, FileType, LockKind};
+use hafs_core::ctx::Caller;
+use hafs_core::error::{FsError, FsResult};
+use hafs_core::fs::Fs;
+use hafs_core::ops::lock::{LockRequest, LOCK_END_MAX};
+use hafs_core::ops::setattr::{SetAttr, TimeSet};
+use hafs_core::ops::write::WriteAt;
+use parking_lot::Mutex;
+
+/// Entries fetched per readdir page from the KV.
+const DIR_PAGE: usize = 512;
+
+/// Caching the kernel may do.
+#[derive(Debug, Clone, Copy)]
+pub struct Caching {
+    pub attr_ttl: Duration,
+    pub entry_ttl: Duration,
+}
+
+/// An open file or directory.
+#[derive(Debug)]
+enum Handle {
+    File { append: bool },
+    Dir(Mutex<DirCursor>),
+}
+
+/// A directory listing in progress: the current page of entries, each
+/// with the readdir offset that follows it. Offsets 1 and 2 are "." and
+/// "..", entries count from 3, so a listing resumes where the kernel asks.
+#[derive(Debug, Default)]
+struct DirCursor {
+    page: Vec<(u64, Vec<u8>, u64, FileType)>,
+    done: bool,
+}
+
+/// Shared state of a mount.
+#[derive(Debug)]
+struct Inner {
+    fs: Arc<Fs>,
+    caching: Caching,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_handle: AtomicU64,
+}
+
+/// The filesystem fuser drives.
+#[derive(Debug)]
+pub struct HafsFuse {
+    inner: Arc<Inner>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl HafsFuse {
+    pub fn new(fs: Arc<Fs>, caching: Caching, runtime: tokio::runtime::Handle) -> Self {
+        HafsFuse {
+            inner: Arc::new(Inner {
+                fs,
+                caching,
+                handles: Mutex::new(HashMap::new()),
+                next_handle: AtomicU64::new(1),
+            }),
+            runtime,
+        }
+    }
+
+    /// Serve a request on its own task.
+    fn spawn<F, Fut>(&self, req: &Request, work: F)
+    where
+        F: FnOnce(Arc<Inner>, Caller) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let caller = caller(req);
+        let inner = self.inner.clone();
+        self.runtime.spawn(work(inner, caller));
+    }
+}
+
+/// The caller of a request, with its supplementary groups read from
+/// `/proc/PID/status` (FUSE passes only uid, gid and pid).
+fn caller(req: &Request) -> Caller {
+    let pid = req.pid();
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        groups: supplementary_groups(pid),
+        pid,
+    }
+}
+
+fn supplementary_groups(pid: u32) -> Vec<u32> {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Groups:"))
+        .map(|groups| {
+            groups
+                .split_whitespace()
+                .filter_map(|g| g.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn errno(e: &FsError) -> Errno {
+    match e {
+        FsError::Corrupted(_) | FsError::Kv(_) => tracing::warn!(error = %e, "operation failed"),
+        _ => tracing::debug!(error = %e, "operation failed"),
+    }
+    Errno::from_i32(e.errno())
+}
+
+fn time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn ns(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i64,
+        Err(e) => -(e.duration().as_nanos() as i64),
+    }
+}
+
+fn kind(k: FileType) -> FuseType {
+    match k {
+        FileType::Regular => FuseType::RegularFile,
+        FileType::Directory => FuseType::Directory,
+        FileType::Symlink => FuseType::Symlink,
+        FileType::Fifo => FuseType::NamedPipe,
+        FileType::Socket => FuseType::Socket,
+        FileType::CharDevice => FuseType::CharDevice,
+        FileType::BlockDevice => FuseType::BlockDevice,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: time(a.atime_ns),
+        mtime: time(a.mtime_ns),
+        ctime: time(a.ctime_ns),
+        crtime: time(a.ctime_ns),
+        kind: kind(a.kind().unwrap_or(FileType::Regular)),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev as u32,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+impl Inner {
+    fn entry(&self, reply: ReplyEntry, result: FsResult<Attr>) {
+        match result {
+            Ok(a) => reply.entry(
+                &self.caching.entry_ttl,
+                &file_attr(&a),
+                Generation(a.generation),
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn attr(&self, reply: ReplyAttr, result: FsResult<Attr>) {
+        match result {
+            Ok(a) => reply.attr(&self.caching.attr_ttl, &file_attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn add_handle(&self, handle: Handle) -> u64 {
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, Arc::new(handle));
+        fh
+    }
+
+    fn handle(&self, fh: FileHandle) -> Option<Arc<Handle>> {
+        self.handles.lock().get(&fh.0).cloned()
+    }
+
+    /// Fill `reply` from `offset` on, fetching KV pages as needed.
+    async fn readdir(
+        &self,
+        caller: &Caller,
+        dir: u64,
+        cursor: &Mutex<DirCursor>,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        if offset < 1 && reply.add(INodeNo(dir), 1, FuseType::Directory, ".") {
+            return reply.ok();
+        }
+        if offset < 2 {
+            let parent = match self.fs.lookup(caller, dir, b"..").await {
+                Ok(p) => p.ino,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            if reply.add(INodeNo(parent), 2, FuseType::Directory, "..") {
+                return reply.ok();
+            }
+        }
+        // The offset of the last entry the kernel has.
+        let mut next = offset.max(2);
+        loop {
+            let step = {
+                let c = cursor.lock();
+                match (c.page.first(), c.page.last()) {
+                    (Some(first), Some(last)) if first.0 <= next + 1 && last.0 > next => {
+                        Step::Serve
+                    }
+                    (Some(_), Some(last)) if last.0 <= next && c.done => Step::Done,
+                    (Some(_), Some(last)) if last.0 <= next => {
+                        Step::After(last.1.clone(), last.0 + 1)
+                    }
+                    _ => Step::FromStart,
+                }
+            };
+            let (after, first_offset) = match step {
+                Step::Done => return reply.ok(),
+                Step::Serve => {
+                    let c = cursor.lock();
+                    let from = next;
+                    for (off, name, ino, k) in c.page.iter().filter(|e| e.0 > from) {
+                        if reply.add(INodeNo(*ino), *off, kind(*k), OsStr::from_bytes(name)) {
+                            return reply.ok();
+                        }
+                        next = *off;
+                    }
+                    continue;
+                }
+                Step::After(name, off) => (Some(name), off),
+                Step::FromStart => (None, 3),
+            };
+            let got = match self
+                .fs
+                .readdir(caller, dir, after.as_deref(), DIR_PAGE)
+                .await
+            {
+                Ok(got) => got,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            let mut c = cursor.lock();
+            c.done = !got.more;
+            c.page = got
+                .entries
+                .into_iter()
+                .enumerate()
+                .map(|(i, (name, d))| (first_offset + i as u64, name, d.ino, d.kind))
+                .collect();
+            if c.page.is_empty() {
+                return reply.ok();
+            }
+        }
+    }
+}
+
+/// What a readdir does next with its cursor.
+enum Step {
+    Serve,
+    Done,
+    After(Vec<u8>, u64),
+    FromStart,
+}
+
+fn to_time(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => TimeSet::At(ns(t)),
+    }
+}
+
+/// A FUSE lock range (inclusive end, `OFFSET_MAX` for "to the end") as a
+/// core range (exclusive end).
+fn lock_end(end: u64) -> u64 {
+    if end >= i64::MAX as u64 {
+        LOCK_END_MAX
+    } else {
+        end + 1
+    }
+}
+
+fn fuse_end(end: u64) -> u64 {
+    if end == LOCK_END_MAX {
+        i64::MAX as u64
+    } else {
+        end - 1
+    }
+}
+
+impl Filesystem for HafsFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Locks reach getlk/setlk only with these; without them the kernel
+        // keeps locks local to this mount.
+        let wanted = InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS;
+        if let Err(missing) = config.add_capabilities(wanted) {
+            tracing::warn!(
+                ?missing,
+                "kernel lacks lock capabilities; locks stay local to this mount"
+            );
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name.as_bytes().to_vec();
+        self.spawn(req, move |i, c| async move {
+            let r = i.fs.lookup(&c, parent.0, &name).await;
+            i.entry(reply, r)
+        });
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.spawn(req, move |i, c| async move {
+            let r = i.fs.getattr(&c, ino.0).await;
+            i.attr(reply, r)
+        });
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let changes = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(to_time),
+            mtime: mtime.map(to_time),
+            ctime: ctime.map(ns),
+            by_handle: fh.is_some(),
+        };
+        self.spawn(req, move |i, c| async move {
+            let r = i.fs.setattr(&c, ino.0, changes).await;
+            i.attr(reply, r)
+        });
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.spawn(req, move |i, c| async move {
+            match i.fs.readlink(&c, ino.0).await {
+                Ok(target) => reply.data(&target),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = name.as_bytes().to_vec();
+        self.spawn(req, move |i, c| async move {
+            let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
+            let r = i.fs.mknod(&c, parent.0, &name, mode, u64::from(rdev)).await;
+            i.entry(reply, r)
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = name.as_bytes().to_vec();
+        self.spawn(req, move |i, c| async move {
+            let r =
+                i.fs.mkdir(&c, parent.0, &name, mode & 0o7777 & !umask)
+                    .await;
+            i.entry(reply, r)
+        });
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.as_bytes().to_vec();
+        self.spawn(req, move |i, c| async move {
+            match i.fs.unlink(&c, parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.as_bytes().to_vec();
+        self.spawn(req, move |i, c| async move {
+            match i.fs.rmdir(&c, parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let name = link_name.as_bytes().to_vec();
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.spawn(req, move |i, c| async move {
+            let r = i.fs.symlink(&c, parent.0, &name, &target).await;
+            i.entry(reply, r)
+        });
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (name, newname) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
+        self.spawn(req, move |i, c| async move {
+            match i
+                .fs
+                .rename(&c, parent.0, &name, newparent.0, &newname, flags.bits())
+                .await
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let newname = newname.as_bytes().to_vec();
+        self.spawn(req, move |i, c| async move {
+            let r = i.fs.link(&c, ino.0, newparent.0, &newname).await;
+            i.entry(reply, r)
+        });
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.spawn(req, move |i, c| async move {
+            match i.fs.open_file(&c, ino.0, flags.0).await {
+                Ok(_) => {
+                    let fh = i.add_handle(Handle::File {
+                        append: flags.0 & libc::O_APPEND != 0,
+                    });
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.spawn(req, move |i, c| async move {
+            match i.fs.read(&c, ino.0, offset, size).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        let append = matches!(
+            self.inner.handle(fh).as_deref(),
+            Some(Handle::File { append: true })
+        );
+        self.spawn(req, move |i, c| async move {
+            // O_APPEND writes go to the real end at commit time, whatever
+            // offset the kernel computed from its (uncached) view.
+            let at = if append {
+                WriteAt::Append
+            } else {
+                WriteAt::Offset(offset)
+            };
+            match i.fs.write(&c, ino.0, at, &data).await {
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // close(2) releases the closing process's POSIX locks on the file.
+        self.spawn(req, move |i, c| async move {
+            match i.fs.unlock_owner(&c, ino.0, lock_owner.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.inner.handles.lock().remove(&fh.0);
+        self.spawn(req, move |i, c| async move {
+            // The last close of an open file releases its flock (the kernel
+            // passes the owner then).
+            if let Some(owner) = lock_owner {
+                if let Err(e) = i.fs.unlock_owner(&c, ino.0, owner.0).await {
+                    return reply.error(errno(&e));
+                }
+            }
+            match i.fs.release(&c, ino.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Every write is its own committed transaction: nothing to flush.
+        reply.ok();
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.spawn(req, move |i, c| async move {
+            match i.fs.getattr(&c, ino.0).await {
+                Ok(a) if a.is_dir() => {
+                    let fh = i.add_handle(Handle::Dir(Mutex::new(DirCursor::default())));
+                    reply.opened(FileHandle(fh), FopenFlags::empty());
+                }
+                Ok(_) => reply.error(Errno::ENOTDIR),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectory,
+    ) {
+        let Some(handle) = self.inner.handle(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        self.spawn(req, move |i, c| async move {
+            match &*handle {
+                Handle::Dir(cursor) => i.readdir(&c, ino.0, cursor, offset, reply).await,
+                Handle::File { .. } => reply.error(Errno::ENOTDIR),
+            }
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.inner.handles.lock().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.spawn(req, move |i, c| async move {
+            match i.fs.statfs(&c).await {
+                Ok(s) => reply.statfs(
+                    s.blocks,
+                    s.blocks_free,
+                    s.blocks_free,
+                    s.files,
+                    s.files_free,
+                    s.block_size,
+                    s.name_max,
+                    s.block_size,
+                ),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let (name, value) = (name.as_bytes().to_vec(), value.to_vec());
+        self.spawn(req, move |i, c| async move {
+            match i.fs.setxattr(&c, ino.0, &name, &value, flags).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = name.as_bytes().to_vec();
+        self.spawn(req, move |i, c| async move {
+            match i.fs.getxattr(&c, ino.0, &name).await {
+                Ok(v) => xattr_reply(reply, size, v),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.spawn(req, move |i, c| async move {
+            match i.fs.listxattr(&c, ino.0).await {
+                Ok(names) => {
+                    let mut out = Vec::new();
+                    for n in names {
+                        out.extend_from_slice(&n);
+                        out.push(0);
+                    }
+                    xattr_reply(reply, size, out)
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.as_bytes().to_vec();
+        self.spawn(req, move |i, c| async move {
+            match i.fs.removexattr(&c, ino.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        self.spawn(req, move |i, c| async move {
+            match i.fs.access(&c, ino.0, mask.bits() as u32).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = name.as_bytes().to_vec();
+        self.spawn(req, move |i, c| async move {
+            let exclusive = flags & libc::O_EXCL != 0;
+            let access = hafs_core::ops::open::access_mask(flags);
+            let created =
+                i.fs.create(
+                    &c,
+                    parent.0,
+                    &name,
+                    mode & 0o7777 & !umask,
+                    exclusive,
+                    access,
+                )
+                .await;
+            // Register the open like `open` does (a second, idempotent step).
+            let opened = match created {
+                Ok(a) => {
+                    i.fs.open_file(&c, a.ino, flags & !libc::O_TRUNC)
+                        .await
+                        .map(|_| a)
+                }
+                Err(e) => Err(e),
+            };
+            match opened {
+                Ok(a) => {
+                    let fh = i.add_handle(Handle::File {
+                        append: flags & libc::O_APPEND != 0,
+                    });
+                    reply.created(
+                        &i.caching.entry_ttl,
+                        &file_attr(&a),
+                        Generation(a.generation),
+                        FileHandle(fh),
+                        FopenFlags::FOPEN_DIRECT_IO,
+                    );
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn getlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        self.spawn(req, move |i, c| async move {
+            let kind = if typ == libc::F_WRLCK {
+                LockKind::Write
+            } else {
+                LockKind::Read
+            };
+            match i
+                .fs
+                .getlk(&c, ino.0, lock_owner.0, kind, start, lock_end(end))
+                .await
+            {
+                Ok(None) => reply.locked(start, end, libc::F_UNLCK, pid),
+                Ok(Some(held)) => {
+                    let typ = match held.kind {
+                        LockKind::Read => libc::F_RDLCK,
+                        LockKind::Write => libc::F_WRLCK,
+                    };
+                    reply.locked(held.start, fuse_end(held.end), typ, held.pid)
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(req, move |i, c| async move {
+            let kind = match typ {
+                libc::F_RDLCK => Some(LockKind::Read),
+                libc::F_WRLCK => Some(LockKind::Write),
+                _ => None,
+            };
+            let request = LockRequest {
+                kind,
+                start,
+                end: lock_end(end),
+                pid,
+            };
+            // fuser 0.18 does not deliver FUSE_INTERRUPT, so a wait ends
+            // only when granted (or the mount is evicted).
+            let result =
+                i.fs.setlk(
+                    &c,
+                    ino.0,
+                    lock_owner.0,
+                    request,
+                    sleep,
+                    std::future::pending(),
+                )
+                .await;
+            match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(req, move |i, c| async move {
+            match i.fs.fallocate(&c, ino.0, mode, offset, length).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+}
+
+fn xattr_reply(reply: ReplyXattr, size: u32, value: Vec<u8>) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(&value);
+    }
+}

@@ -1,0 +1,292 @@
+//! The mount command: open the database, attach a client, mount, keep the
+//! session alive, and detach cleanly.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hafs_core::clock::{Clock, TokioClock};
+use hafs_core::codec::ClientInfo;
+use hafs_core::ctx::FsOptions;
+use hafs_core::error::FsError;
+use hafs_core::fs::{Fs, MkfsOptions};
+use hafs_core::kv::sqlite::Durability;
+use hafs_core::kv::url::{default_sqlite_path, open_backend, KvUrl};
+use hafs_core::kv::Database;
+use hafs_core::session::SessionOptions;
+
+use crate::adapter::{Caching, HafsFuse};
+
+/// Where the filesystem lives (shared by every hafs command).
+#[derive(Debug, Clone, clap::Args)]
+pub struct KvArgs {
+    /// The database: sqlite:///path (default: the embedded database),
+    /// fdb:[///cluster-file], or mem: (a throwaway in-memory one).
+    #[arg(long, env = "HAFS_KV", global = true)]
+    pub kv: Option<String>,
+    /// Which filesystem in the database.
+    #[arg(long, default_value = "fs", global = true)]
+    pub fs_name: String,
+    /// Acknowledge writes before they reach disk (SQLite synchronous=NORMAL):
+    /// faster; a power loss may drop the last commits (never corrupts).
+    #[arg(long, global = true)]
+    pub relaxed_durability: bool,
+}
+
+impl KvArgs {
+    /// The KV URL, defaulting to the embedded SQLite database.
+    pub fn url(&self) -> String {
+        match &self.kv {
+            Some(url) => url.clone(),
+            None => {
+                // SAFETY-free: getuid has no preconditions; only used to pick a path.
+                let root = std::env::var("USER").map(|u| u == "root").unwrap_or(false)
+                    || std::fs::metadata("/proc/self")
+                        .map(|m| {
+                            use std::os::unix::fs::MetadataExt;
+                            m.uid() == 0
+                        })
+                        .unwrap_or(false);
+                let path = default_sqlite_path(root, |k| std::env::var(k).ok());
+                format!("sqlite://{}", path.display())
+            }
+        }
+    }
+
+    /// Open the database.
+    pub fn open(&self, clock: Arc<dyn Clock>) -> Result<Database, String> {
+        let url = self.url();
+        let parsed = KvUrl::parse(&url).map_err(|e| e.to_string())?;
+        let durability = if self.relaxed_durability {
+            Durability::Relaxed
+        } else {
+            Durability::Durable
+        };
+        let backend =
+            open_backend(&parsed, durability, clock.clone()).map_err(|e| e.to_string())?;
+        Ok(Database::new(backend, clock, os_seed()))
+    }
+}
+
+/// Jitter seed for the retry loop: real randomness outside the simulator.
+#[allow(clippy::disallowed_methods)] // the binary, not core: OS randomness is right here
+pub fn os_seed() -> u64 {
+    rand::random()
+}
+
+/// Options of a mount.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MountArgs {
+    /// Where to mount (an existing, empty directory).
+    pub mountpoint: PathBuf,
+    /// Mount options, comma-separated: allow_other, ro, default_permissions,
+    /// noatime, strictatime.
+    #[arg(short = 'o', value_delimiter = ',')]
+    pub options: Vec<String>,
+    /// Seconds the kernel may cache attributes. 0 (default): every stat sees
+    /// other mounts' changes at once; more: fewer round trips, staler views.
+    #[arg(long, default_value_t = 0.0)]
+    pub attr_timeout: f64,
+    /// Seconds the kernel may cache name lookups (same trade-off).
+    #[arg(long, default_value_t = 0.0)]
+    pub entry_timeout: f64,
+    /// Format the filesystem first if it does not exist yet.
+    #[arg(long)]
+    pub mkfs: bool,
+    /// Seconds between heartbeats.
+    #[arg(long, default_value_t = 5)]
+    pub heartbeat: u64,
+    /// Seconds without a heartbeat before other clients evict this one.
+    #[arg(long, default_value_t = 30)]
+    pub expiry: u64,
+    /// Free text shown by `hafs list-clients`.
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// Log every FUSE request (very verbose).
+    #[arg(long)]
+    pub debug_fuse: bool,
+}
+
+/// Logs to stderr, `RUST_LOG` to filter (default: info for hafs, warn else).
+pub fn init_logging(debug_fuse: bool) {
+    let default = if debug_fuse {
+        "debug"
+    } else {
+        "warn,fuser=error,hafs_core=info,hafs_fuse=info,hafs_cli=info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn is_mountpoint(path: &Path) -> bool {
+    let Ok(canonical) = path.canonicalize() else {
+        return false;
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .any(|mp| Path::new(&mp.replace("\\040", " ")) == canonical)
+}
+
+/// Turn common mistakes into one clear line before touching FUSE.
+fn preflight(args: &MountArgs) -> Result<(), String> {
+    let mp = &args.mountpoint;
+    match std::fs::metadata(mp) {
+        Err(_) => return Err(format!("mount point {} does not exist", mp.display())),
+        Ok(m) if !m.is_dir() => {
+            return Err(format!("mount point {} is not a directory", mp.display()))
+        }
+        Ok(_) => {}
+    }
+    if is_mountpoint(mp) {
+        return Err(format!(
+            "{} is already a mount point (unmount it first: umount {})",
+            mp.display(),
+            mp.display()
+        ));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err("/dev/fuse is missing: load the fuse module (modprobe fuse) or install the fuse3 package".into());
+    }
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Mount and serve until unmounted or told to stop. Blocks.
+pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
+    preflight(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hafs")
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let clock: Arc<dyn Clock> = runtime.block_on(async { TokioClock::new() });
+    let db = kv.open(clock.clone())?;
+    let mut fs_options = FsOptions::default();
+    for option in &args.options {
+        match option.as_str() {
+            "ro" => fs_options.read_only = true,
+            "noatime" => fs_options.atime = hafs_core::ctx::AtimeMode::Noatime,
+            "strictatime" => fs_options.atime = hafs_core::ctx::AtimeMode::Strictatime,
+            "relatime" | "rw" | "allow_other" | "default_permissions" | "" => {}
+            other => return Err(format!("unknown mount option {other:?} (known: allow_other, ro, default_permissions, noatime, strictatime)")),
+        }
+    }
+    let pid = std::process::id();
+    let info = ClientInfo {
+        id: format!("{}-{pid}-{:08x}", hostname(), os_seed() as u32),
+        hostname: hostname(),
+        pid,
+        exe: std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        description: args.description.clone(),
+        mounted_ns: clock.wall_ns(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let fs_name = kv.fs_name.clone();
+    let fs = runtime.block_on(async {
+        let opened = Fs::open_client(db.clone(), &fs_name, &info, fs_options).await;
+        match opened {
+            Err(FsError::NotFormatted(_)) if args.mkfs => {
+                hafs_core::fs::mkfs(&db, &fs_name, MkfsOptions::default())
+                    .await
+                    .map_err(|e| format!("mkfs failed: {e}"))?;
+                Fs::open_client(db.clone(), &fs_name, &info, fs_options).await
+            }
+            other => other,
+        }
+        .map_err(|e| match e {
+            FsError::NotFormatted(name) => format!(
+                "filesystem {name:?} is not formatted in {}: run `hafs mkfs --fs-name {name}` (or mount with --mkfs)",
+                kv.url()
+            ),
+            other => format!("cannot open filesystem {fs_name:?}: {other}"),
+        })
+    })?;
+    let fs = Arc::new(fs);
+    let session = SessionOptions {
+        heartbeat: Duration::from_secs(args.heartbeat.max(1)),
+        expiry: Duration::from_secs(args.expiry.max(2)),
+    };
+    {
+        let fs = fs.clone();
+        runtime.spawn(async move {
+            fs.maintain_session(session).await;
+        });
+    }
+    let caching = Caching {
+        attr_ttl: Duration::from_secs_f64(args.attr_timeout.max(0.0)),
+        entry_ttl: Duration::from_secs_f64(args.entry_timeout.max(0.0)),
+    };
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(format!("hafs:{}", kv.fs_name)),
+        fuser::MountOption::Subtype("hafs".into()),
+    ];
+    if fs_options.read_only {
+        config.mount_options.push(fuser::MountOption::RO);
+    }
+    if args.options.iter().any(|o| o == "default_permissions") {
+        config
+            .mount_options
+            .push(fuser::MountOption::DefaultPermissions);
+    }
+    if args.options.iter().any(|o| o == "allow_other") {
+        config.acl = fuser::SessionACL::All;
+    }
+    let adapter = HafsFuse::new(fs.clone(), caching, runtime.handle().clone());
+    let session = fuser::Session::new(adapter, &args.mountpoint, &config)
+        .map_err(|e| format!("cannot mount on {}: {e}", args.mountpoint.display()))?;
+    let background = session
+        .spawn()
+        .map_err(|e| format!("cannot serve the mount: {e}"))?;
+    tracing::info!(
+        mountpoint = %args.mountpoint.display(),
+        fs = %kv.fs_name,
+        client = %fs.client(),
+        "mounted"
+    );
+    wait_for_stop(&background).map_err(|e| format!("cannot watch signals: {e}"))?;
+    let ended = if background.guard.is_finished() {
+        background.join()
+    } else {
+        background.umount_and_join()
+    };
+    if let Err(e) = ended {
+        tracing::warn!(error = %e, "the FUSE session ended with an error");
+    }
+    match runtime.block_on(fs.close()) {
+        Ok(_) => tracing::info!("unmounted; client detached"),
+        Err(e) => {
+            tracing::warn!(error = %e, "unmounted; detaching the client failed (it will expire)")
+        }
+    }
+    Ok(())
+}
+
+/// Until SIGINT/SIGTERM, or the mount goes away (umount, fusermount3 -u).
+fn wait_for_stop(background: &fuser::BackgroundSession) -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])?;
+    loop {
+        if signals.pending().next().is_some() {
+            tracing::info!("signal received: unmounting");
+            return Ok(());
+        }
+        if background.guard.is_finished() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
