@@ -154,8 +154,8 @@ pub fn run(cli: Cli) -> Result<(), String> {
             Command::Gc => {
                 let stats = session::gc(&db, &keys).await.map_err(fail)?;
                 println!(
-                    "finished {} evictions: released locks on {} inodes and {} open files ({} freed)",
-                    stats.clients.saturating_sub(0), stats.locked_inodes, stats.open_inodes, stats.freed_inodes
+                    "finished {} evictions: released locks on {} inodes and {} open files ({} freed); freed {} unlinked inodes past their grace",
+                    stats.clients, stats.locked_inodes, stats.open_inodes, stats.freed_inodes, stats.swept_inodes
                 );
             }
         }

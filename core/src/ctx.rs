@@ -48,10 +48,31 @@ pub enum AtimeMode {
 }
 
 /// Mount-wide options that change operation behaviour.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FsOptions {
     pub atime: AtimeMode,
     pub read_only: bool,
+    /// How long an inode whose last link went stays openable (parked in the
+    /// unlinked set) before a sweep frees it. The kernel opens a file in two
+    /// requests — LOOKUP the name, then OPEN the inode — and another client
+    /// can rename over or unlink the name in between; without the grace the
+    /// OPEN finds nothing and `open(2)` fails although the name always
+    /// existed. 0 frees at once (as a local filesystem does).
+    pub unlink_grace_ns: i64,
+}
+
+/// Default [`FsOptions::unlink_grace_ns`]: far longer than a LOOKUP→OPEN
+/// gap, short enough that space comes back within a heartbeat or two.
+pub const DEFAULT_UNLINK_GRACE_NS: i64 = 5_000_000_000;
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions {
+            atime: AtimeMode::default(),
+            read_only: false,
+            unlink_grace_ns: DEFAULT_UNLINK_GRACE_NS,
+        }
+    }
 }
 
 /// Everything an operation may consult besides its transaction.

@@ -41,6 +41,9 @@ pub enum FsError {
     FileTooBig,
     #[error("too many links")]
     TooManyLinks,
+    /// An inode looked up earlier is gone (another client removed it).
+    #[error("stale file handle")]
+    Stale,
     #[error("resource temporarily unavailable (lock held)")]
     WouldBlock,
     #[error("interrupted")]
@@ -95,6 +98,7 @@ impl FsError {
             FsError::CrossDevice => libc::EXDEV,
             FsError::FileTooBig => libc::EFBIG,
             FsError::TooManyLinks => libc::EMLINK,
+            FsError::Stale => libc::ESTALE,
             FsError::WouldBlock => libc::EAGAIN,
             FsError::Interrupted => libc::EINTR,
             FsError::NoDevice => libc::ENODEV,

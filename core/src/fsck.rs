@@ -105,9 +105,12 @@ pub async fn check_invariants(
         &end,
         &mut progress,
         &mut scan,
-        |scan, key, _| match keys.unlinked_ino(key) {
+        |scan, key, value| match keys.unlinked_ino(key) {
             Some(ino) => {
                 scan.unlinked.insert(ino);
+                if crate::ops::parked_until(value).is_none() {
+                    scan.violation(ino, "undecodable unlinked-set value");
+                }
             }
             None => scan.violation(0, "undecodable unlinked-set key"),
         },

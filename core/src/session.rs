@@ -149,6 +149,8 @@ pub struct GcStats {
     pub locked_inodes: u64,
     pub open_inodes: u64,
     pub freed_inodes: u64,
+    /// Unlinked inodes freed by [`sweep_unlinked`] once their grace was over.
+    pub swept_inodes: u64,
 }
 
 /// Evict `client` now: fence it, then release everything it held. Returns
@@ -212,7 +214,10 @@ pub async fn gc_client(db: &Database, keys: &Keys, client: &str) -> FsResult<GcS
     }
     loop {
         let (opened, freed, more) = db
-            .run(|txn, _| async move { release_opens_batch(&txn, keys, client).await })
+            .run(|txn, _| async move {
+                let now_ns = db.clock().wall_ns();
+                release_opens_batch(&txn, keys, client, now_ns).await
+            })
             .await?;
         stats.open_inodes += opened;
         stats.freed_inodes += freed;
@@ -276,13 +281,14 @@ async fn release_opens_batch(
     txn: &Transaction,
     keys: &Keys,
     client: &str,
+    now_ns: i64,
 ) -> FsResult<(u64, u64, bool)> {
     refuse_if_attached(txn, keys, client).await?;
     let (batch, more) = index_batch(txn, keys, client, keys.client_opens(client)).await?;
     let mut freed = 0;
     for (index_key, ino) in &batch {
         txn.clear(index_key);
-        if crate::ops::open::drop_open_record(txn, keys, *ino, client).await? {
+        if crate::ops::open::drop_open_record(txn, keys, *ino, client, now_ns).await? {
             freed += 1;
         }
     }
@@ -317,6 +323,7 @@ pub async fn gc(db: &Database, keys: &Keys) -> FsResult<GcStats> {
             })
             .await?;
         let Some((client, attached)) = found else {
+            total.swept_inodes = sweep_unlinked(db, keys).await?;
             return Ok(total);
         };
         if !attached {
@@ -327,6 +334,66 @@ pub async fn gc(db: &Database, keys: &Keys) -> FsResult<GcStats> {
             total.freed_inodes += stats.freed_inodes;
         }
         begin = keys.client_range(&client).1;
+    }
+}
+
+/// Free every parked unlinked inode whose grace is over and that no client
+/// has open, [`GC_BATCH`] entries per transaction. The page is read as a
+/// snapshot (a concurrent unlink parking another inode does not conflict);
+/// each candidate's own keys are read normally, so a racing open either
+/// lands first and keeps the inode or finds it gone. Stateless, so a sweep
+/// cut short is simply resumed by the next one. Returns how many it freed.
+pub async fn sweep_unlinked(db: &Database, keys: &Keys) -> FsResult<u64> {
+    let (mut begin, end) = keys.unlinked_all();
+    let mut freed = 0;
+    loop {
+        let (n, next) = db
+            .run(|txn, _| {
+                let (begin, end) = (begin.clone(), end.clone());
+                async move {
+                    let now_ns = db.clock().wall_ns();
+                    let options = RangeOptions {
+                        limit: GC_BATCH,
+                        snapshot: true,
+                        ..RangeOptions::default()
+                    };
+                    let page = txn.get_range(&begin, &end, options).await?;
+                    let mut n = 0;
+                    for (key, value) in &page.kvs {
+                        let due = crate::ops::parked_until(value).is_none_or(|t| t <= now_ns);
+                        let Some(ino) = keys.unlinked_ino(key) else {
+                            continue; // fsck reports it
+                        };
+                        if !due {
+                            continue;
+                        }
+                        let Some(bytes) = txn.get(&keys.attr(ino)).await? else {
+                            continue; // fsck reports it
+                        };
+                        let attr = crate::codec::decode_attr(ino, &bytes)?;
+                        if attr.nlink == 0
+                            && crate::ops::open::free_if_unused(&txn, keys, &attr, now_ns).await?
+                        {
+                            n += 1;
+                        }
+                    }
+                    let next = match (page.more, page.kvs.last()) {
+                        (true, Some((key, _))) => {
+                            let mut after = key.clone();
+                            after.push(0);
+                            Some(after)
+                        }
+                        _ => None,
+                    };
+                    Ok::<_, FsError>((n, next))
+                }
+            })
+            .await?;
+        freed += n;
+        match next {
+            Some(after) => begin = after,
+            None => return Ok(freed),
+        }
     }
 }
 
@@ -452,6 +519,9 @@ impl crate::fs::Fs {
                 Err(FsError::Fenced) => return FsError::Fenced,
                 Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying next period"),
                 Ok(()) => {}
+            }
+            if let Err(e) = sweep_unlinked(self.db(), self.keys()).await {
+                tracing::warn!(error = %e, "unlinked-inode sweep failed; retrying next period");
             }
             let swept = tracker
                 .sweep(

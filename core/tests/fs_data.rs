@@ -5,9 +5,10 @@
 //! the end of each test, so chunks left beyond a file's size fail it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use hafs_core::clock::ManualClock;
-use hafs_core::ctx::{Caller, FsOptions};
+use hafs_core::ctx::{Caller, FsOptions, DEFAULT_UNLINK_GRACE_NS};
 use hafs_core::error::FsError;
 use hafs_core::fs::{mkfs, Fs, MkfsOptions};
 use hafs_core::fsck::check_invariants;
@@ -18,19 +19,24 @@ use hafs_core::ops::fallocate::{KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE};
 use hafs_core::ops::setattr::{SetAttr, TimeSet};
 use hafs_core::ops::write::{WriteAt, WRITE_TRANSACTION_BYTES};
 use hafs_core::perm;
+use hafs_core::session::sweep_unlinked;
 
 const CHUNK: u64 = 1024;
 
 async fn new_db() -> Database {
+    new_db_and_clock().await.0
+}
+
+async fn new_db_and_clock() -> (Database, Arc<ManualClock>) {
     let clock = ManualClock::new();
-    let db = Database::new(Arc::new(MemBackend::new(clock.clone())), clock, 7);
+    let db = Database::new(Arc::new(MemBackend::new(clock.clone())), clock.clone(), 7);
     let options = MkfsOptions {
         root_mode: 0o777,
         chunk_size: CHUNK,
         ..MkfsOptions::default()
     };
     mkfs(&db, "fs", options).await.expect("mkfs");
-    db
+    (db, clock)
 }
 
 async fn client(db: &Database, id: &str) -> Fs {
@@ -319,7 +325,7 @@ async fn big_writes_split_into_consistent_transactions() {
 
 #[tokio::test]
 async fn unlinked_file_lives_until_the_last_close_on_every_client() {
-    let db = new_db().await;
+    let (db, clock) = new_db_and_clock().await;
     let a = client(&db, "a").await;
     let b = client(&db, "b").await;
     let root = Caller::root();
@@ -347,8 +353,13 @@ async fn unlinked_file_lives_until_the_last_close_on_every_client() {
     b.release(&root, f.ino).await.unwrap();
     assert!(b.getattr(&root, f.ino).await.is_ok(), "one open remains");
     b.release(&root, f.ino).await.unwrap();
-    assert_eq!(b.getattr(&root, f.ino).await, Err(FsError::NotFound));
     assert!(b.open_table().is_empty());
+    // Closed everywhere, but still parked: the unlink grace is not over.
+    assert_eq!(sweep_unlinked(&db, a.keys()).await.unwrap(), 0);
+    assert_eq!(b.getattr(&root, f.ino).await.unwrap().nlink, 0);
+    clock.advance(Duration::from_nanos(DEFAULT_UNLINK_GRACE_NS as u64 + 1));
+    assert_eq!(sweep_unlinked(&db, a.keys()).await.unwrap(), 1);
+    assert_eq!(b.getattr(&root, f.ino).await, Err(FsError::NotFound));
     assert_clean(&db).await;
     // Open checks permissions; opening a directory for writing is EISDIR.
     let user = Caller::user(1000, 1000);
@@ -366,4 +377,82 @@ async fn unlinked_file_lives_until_the_last_close_on_every_client() {
         libc::EISDIR
     );
     assert!(a.open_table().is_empty());
+}
+
+/// The kernel opens a name in two requests, LOOKUP then OPEN; a rename over
+/// the name from another client may land between them. The replaced inode
+/// stays openable for the unlink grace, so that OPEN succeeds (reading the
+/// old contents, as if it had run just before the rename); once the grace
+/// is over and a sweep freed it, the inode is gone.
+#[tokio::test]
+async fn a_replaced_file_stays_openable_for_the_grace() {
+    let (db, clock) = new_db_and_clock().await;
+    let a = client(&db, "a").await;
+    let b = client(&db, "b").await;
+    let root = Caller::root();
+    let old = a
+        .create(&root, ROOT_INO, b"config", 0o644, true, perm::WRITE)
+        .await
+        .unwrap();
+    a.write(&root, old.ino, WriteAt::Append, b"v1")
+        .await
+        .unwrap();
+    // b looks the name up ...
+    let seen = b.lookup(&root, ROOT_INO, b"config").await.unwrap();
+    // ... a replaces it ...
+    let new = a
+        .create(&root, ROOT_INO, b"config.tmp", 0o644, true, perm::WRITE)
+        .await
+        .unwrap();
+    a.write(&root, new.ino, WriteAt::Append, b"v2")
+        .await
+        .unwrap();
+    a.rename(&root, ROOT_INO, b"config.tmp", ROOT_INO, b"config", 0)
+        .await
+        .unwrap();
+    // ... and b's open of what it looked up still works, on the old contents.
+    b.open_file(&root, seen.ino, libc::O_RDONLY).await.unwrap();
+    assert_eq!(b.read(&root, seen.ino, 0, 10).await.unwrap(), b"v1");
+    assert_clean(&db).await;
+    clock.advance(Duration::from_nanos(DEFAULT_UNLINK_GRACE_NS as u64 + 1));
+    assert_eq!(
+        sweep_unlinked(&db, a.keys()).await.unwrap(),
+        0,
+        "b has it open"
+    );
+    b.release(&root, seen.ino).await.unwrap();
+    assert_eq!(
+        b.getattr(&root, seen.ino).await,
+        Err(FsError::NotFound),
+        "freed at the last close"
+    );
+    // Past the grace, a stale open fails.
+    let gone = a.lookup(&root, ROOT_INO, b"config").await.unwrap();
+    a.unlink(&root, ROOT_INO, b"config").await.unwrap();
+    clock.advance(Duration::from_nanos(DEFAULT_UNLINK_GRACE_NS as u64 + 1));
+    assert_eq!(sweep_unlinked(&db, a.keys()).await.unwrap(), 1);
+    assert_eq!(
+        b.open_file(&root, gone.ino, libc::O_RDONLY).await,
+        Err(FsError::NotFound)
+    );
+    assert_clean(&db).await;
+    // With no grace, the last unlink frees at once, as on a local filesystem.
+    let eager = Fs::open(
+        db.clone(),
+        "fs",
+        "eager",
+        FsOptions {
+            unlink_grace_ns: 0,
+            ..FsOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let f = eager
+        .create(&root, ROOT_INO, b"f", 0o644, true, perm::WRITE)
+        .await
+        .unwrap();
+    eager.unlink(&root, ROOT_INO, b"f").await.unwrap();
+    assert_eq!(eager.getattr(&root, f.ino).await, Err(FsError::NotFound));
+    assert_clean(&db).await;
 }

@@ -283,7 +283,13 @@ async fn mutual_exclusion_across_clients() {
 #[tokio::test]
 async fn eviction_releases_locks_and_opens_and_fences_the_client() {
     let db = db_with(TokioClock::new()).await;
-    let (a, b) = (client(&db, "a").await, client(&db, "b").await);
+    let a = client(&db, "a").await;
+    // No unlink grace on b: g is then freed the moment a's open goes.
+    let no_grace = FsOptions {
+        unlink_grace_ns: 0,
+        ..FsOptions::default()
+    };
+    let b = Fs::open(db.clone(), "fs", "b", no_grace).await.unwrap();
     let root = Caller::root();
     let f = a
         .create(&root, ROOT_INO, b"f", 0o644, true, perm::WRITE)

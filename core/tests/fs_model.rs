@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use hafs_core::clock::ManualClock;
 use hafs_core::codec::{Attr, FileType};
-use hafs_core::ctx::{Caller, FsOptions};
+use hafs_core::ctx::{Caller, FsOptions, DEFAULT_UNLINK_GRACE_NS};
 use hafs_core::error::FsError;
 use hafs_core::fs::{mkfs, Fs, MkfsOptions};
 use hafs_core::fsck::check_invariants;
@@ -268,6 +268,7 @@ struct Handle {
 
 struct World {
     db: Database,
+    clock: Arc<ManualClock>,
     clients: Vec<Fs>,
     model: Model,
     handles: Vec<Handle>,
@@ -277,7 +278,7 @@ struct World {
 impl World {
     async fn new() -> World {
         let clock = ManualClock::new();
-        let db = Database::new(Arc::new(MemBackend::new(clock.clone())), clock, 1);
+        let db = Database::new(Arc::new(MemBackend::new(clock.clone())), clock.clone(), 1);
         let options = MkfsOptions {
             root_mode: ROOT_MODE,
             chunk_size: 512,
@@ -294,6 +295,7 @@ impl World {
         }
         World {
             db,
+            clock,
             clients,
             model: Model::new(ROOT_MODE),
             handles: Vec::new(),
@@ -643,6 +645,14 @@ impl World {
             }
         }
         let live = self.model.nodes.len();
+        // Files unlinked while closed stay parked for the unlink grace; once
+        // it is over a sweep must free exactly those the model dropped.
+        self.clock.advance(std::time::Duration::from_nanos(
+            DEFAULT_UNLINK_GRACE_NS as u64 + 1,
+        ));
+        hafs_core::session::sweep_unlinked(&self.db, self.clients[0].keys())
+            .await
+            .map_err(|e| format!("sweep: {e}"))?;
         let report = check_invariants(&self.db, "fs", |_| {})
             .await
             .map_err(|e| format!("fsck: {e}"))?;

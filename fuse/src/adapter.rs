@@ -134,6 +134,17 @@ fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// For operations on an inode the kernel looked up earlier: a missing
+/// inode means another client removed it since — `ESTALE`, which makes the
+/// kernel redo the lookup once (so an open racing a rename-over opens the
+/// new file instead of failing with ENOENT).
+fn stale(e: FsError) -> FsError {
+    match e {
+        FsError::NotFound => FsError::Stale,
+        other => other,
+    }
+}
+
 fn time(ns: i64) -> SystemTime {
     if ns >= 0 {
         UNIX_EPOCH + Duration::from_nanos(ns as u64)
@@ -343,7 +354,7 @@ impl Filesystem for HafsFuse {
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.spawn(req, move |i, c| async move {
-            let r = i.fs.getattr(&c, ino.0).await;
+            let r = i.fs.getattr(&c, ino.0).await.map_err(stale);
             i.attr(reply, r)
         });
     }
@@ -377,14 +388,14 @@ impl Filesystem for HafsFuse {
             by_handle: fh.is_some(),
         };
         self.spawn(req, move |i, c| async move {
-            let r = i.fs.setattr(&c, ino.0, changes).await;
+            let r = i.fs.setattr(&c, ino.0, changes).await.map_err(stale);
             i.attr(reply, r)
         });
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         self.spawn(req, move |i, c| async move {
-            match i.fs.readlink(&c, ino.0).await {
+            match i.fs.readlink(&c, ino.0).await.map_err(stale) {
                 Ok(target) => reply.data(&target),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -503,7 +514,7 @@ impl Filesystem for HafsFuse {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.spawn(req, move |i, c| async move {
-            match i.fs.open_file(&c, ino.0, flags.0).await {
+            match i.fs.open_file(&c, ino.0, flags.0).await.map_err(stale) {
                 Ok(_) => {
                     let fh = i.add_handle(Handle::File {
                         append: flags.0 & libc::O_APPEND != 0,
@@ -623,7 +634,7 @@ impl Filesystem for HafsFuse {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.spawn(req, move |i, c| async move {
-            match i.fs.getattr(&c, ino.0).await {
+            match i.fs.getattr(&c, ino.0).await.map_err(stale) {
                 Ok(a) if a.is_dir() => {
                     let fh = i.add_handle(Handle::Dir(Mutex::new(DirCursor::default())));
                     reply.opened(FileHandle(fh), FopenFlags::empty());

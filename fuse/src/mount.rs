@@ -99,6 +99,12 @@ pub struct MountArgs {
     /// Seconds without a heartbeat before other clients evict this one.
     #[arg(long, default_value_t = 30)]
     pub expiry: u64,
+    /// Seconds a file whose last name went (unlink, rename over it) stays
+    /// openable by clients that looked the name up just before; space comes
+    /// back after it. 0 frees at once, but then an open racing a rename on
+    /// another mount can fail with ESTALE.
+    #[arg(long, default_value_t = 5.0)]
+    pub unlink_grace: f64,
     /// Free text shown by `hafs list-clients`.
     #[arg(long, default_value = "")]
     pub description: String,
@@ -173,7 +179,16 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let clock: Arc<dyn Clock> = runtime.block_on(async { TokioClock::new() });
     let db = kv.open(clock.clone())?;
-    let mut fs_options = FsOptions::default();
+    if !(args.unlink_grace >= 0.0 && args.unlink_grace <= 3600.0) {
+        return Err(format!(
+            "--unlink-grace {} is not between 0 and 3600 seconds",
+            args.unlink_grace
+        ));
+    }
+    let mut fs_options = FsOptions {
+        unlink_grace_ns: (args.unlink_grace * 1e9) as i64,
+        ..FsOptions::default()
+    };
     for option in &args.options {
         match option.as_str() {
             "ro" => fs_options.read_only = true,

@@ -224,9 +224,11 @@ pub async fn is_open(txn: &Transaction, ctx: &Ctx<'_>, ino: u64) -> FsResult<boo
 }
 
 /// Drop one link of `attr`, whose directory entry the caller has already
-/// removed. When the last link goes, the inode is deleted — unless some
-/// client still has it open: then it is parked in the unlinked set and the
-/// last `release` (or the eviction of the last client holding it) frees it.
+/// removed. When the last link goes, the inode is parked in the unlinked set
+/// with the time after which it may be freed (now + the unlink grace); the
+/// last `release` past that time, or a sweep ([`crate::session::sweep_unlinked`])
+/// once no client has it open, frees it. With no grace and no open record it
+/// is deleted at once.
 pub async fn drop_link(txn: &Transaction, ctx: &Ctx<'_>, attr: &mut Attr) -> FsResult<()> {
     attr.nlink = if attr.is_dir() {
         0
@@ -238,13 +240,29 @@ pub async fn drop_link(txn: &Transaction, ctx: &Ctx<'_>, attr: &mut Attr) -> FsR
         write_attr(txn, ctx, attr);
         return Ok(());
     }
-    if is_open(txn, ctx, attr.ino).await? {
+    let grace = ctx.options.unlink_grace_ns;
+    // Directories are freed at once: nothing opens a directory by inode
+    // after a lookup the way OPEN follows LOOKUP, and a parked directory
+    // would still accept entries through a stale inode number.
+    if (grace > 0 && !attr.is_dir()) || is_open(txn, ctx, attr.ino).await? {
         write_attr(txn, ctx, attr);
-        txn.set(&ctx.keys.unlinked(attr.ino), &[]);
+        let free_after = ctx.now_ns.saturating_add(grace);
+        txn.set(&ctx.keys.unlinked(attr.ino), &free_after.to_le_bytes());
         return Ok(());
     }
     delete_inode(txn, ctx, attr);
     Ok(())
+}
+
+/// The wall time (ns) after which a parked inode may be freed, from its
+/// unlinked-set value; `None` if the value is malformed. An empty value
+/// (written before the grace existed) may be freed at once.
+pub fn parked_until(value: &[u8]) -> Option<i64> {
+    match value.len() {
+        0 => Some(i64::MIN),
+        8 => Some(i64::from_le_bytes(value.try_into().ok()?)),
+        _ => None,
+    }
 }
 
 /// Delete every key of an inode (attributes, data, target, xattrs, open

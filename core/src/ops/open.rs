@@ -85,8 +85,10 @@ pub async fn apply(
     }
     perm::check(&attr, ctx.caller, mask)?;
     if register {
-        if attr.nlink == 0 {
-            // Only an existing open can reach an unlinked inode.
+        // An unlinked inode is still openable while it is parked: the caller
+        // looked its name up before the last link went (see
+        // `FsOptions::unlink_grace_ns`). Once freed, `read_attr` said NotFound.
+        if attr.nlink == 0 && txn.get(&ctx.keys.unlinked(ino)).await?.is_none() {
             return Err(FsError::NotFound);
         }
         txn.set(&ctx.keys.open_handles(ino, ctx.client), &1i64.to_le_bytes());
@@ -96,12 +98,14 @@ pub async fn apply(
 }
 
 /// Drop `client`'s open record of `ino` and free the inode if it was
-/// unlinked and nobody else has it open. Returns whether it was freed.
+/// unlinked, its grace is over at `now_ns` and nobody else has it open.
+/// Returns whether it was freed.
 pub async fn drop_open_record(
     txn: &Transaction,
     keys: &crate::keys::Keys,
     ino: u64,
     client: &str,
+    now_ns: i64,
 ) -> FsResult<bool> {
     txn.clear(&keys.open_handles(ino, client));
     txn.clear(&keys.client_open(client, ino));
@@ -109,14 +113,37 @@ pub async fn drop_open_record(
         return Ok(false);
     };
     let attr = crate::codec::decode_attr(ino, &bytes)?;
+    if attr.nlink != 0 {
+        return Ok(false);
+    }
+    free_if_unused(txn, keys, &attr, now_ns).await
+}
+
+/// Free unlinked inode `attr` if its grace is over at `now_ns` and no client
+/// has it open. Returns whether it was freed.
+pub async fn free_if_unused(
+    txn: &Transaction,
+    keys: &crate::keys::Keys,
+    attr: &Attr,
+    now_ns: i64,
+) -> FsResult<bool> {
+    let ino = attr.ino;
+    let until = match txn.get(&keys.unlinked(ino)).await? {
+        None => i64::MIN,
+        Some(v) => super::parked_until(&v)
+            .ok_or_else(|| FsError::Corrupted(format!("unlinked-set value of inode {ino}")))?,
+    };
+    if until > now_ns {
+        return Ok(false);
+    }
     let (begin, end) = keys.open_handles_all(ino);
     let options = crate::kv::RangeOptions {
         limit: 1,
         ..Default::default()
     };
     let others = !txn.get_range(&begin, &end, options).await?.kvs.is_empty();
-    if attr.nlink == 0 && !others {
-        super::delete_inode_keys(txn, keys, &attr);
+    if !others {
+        super::delete_inode_keys(txn, keys, attr);
         return Ok(true);
     }
     Ok(false)
@@ -125,7 +152,7 @@ pub async fn drop_open_record(
 /// The last close of `ino` on this client: drop the client's record and, if
 /// the inode is unlinked and no other client has it open, free it.
 pub async fn apply_release(txn: &Transaction, ctx: &Ctx<'_>, ino: u64) -> FsResult<()> {
-    drop_open_record(txn, ctx.keys, ino, ctx.client).await?;
+    drop_open_record(txn, ctx.keys, ino, ctx.client, ctx.now_ns).await?;
     Ok(())
 }
 

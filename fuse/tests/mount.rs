@@ -1,0 +1,342 @@
+//! Real mounts: two `hafs-fuse` processes on one SQLite database (two
+//! clients of one filesystem), driven through the kernel with std::fs,
+//! shell tools and worker processes. Needs root and /dev/fuse; skipped with
+//! a message otherwise.
+
+// Real processes on real mounts: the OS clock is the only clock here.
+#![allow(clippy::disallowed_methods)]
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Mount {
+    child: Child,
+    path: PathBuf,
+}
+
+impl Mount {
+    fn start(db: &Path, path: &Path, extra: &[&str]) -> Mount {
+        std::fs::create_dir_all(path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_hafs-fuse"))
+            .arg("--kv")
+            .arg(format!("sqlite://{}", db.display()))
+            .arg("--mkfs")
+            .args(test_flags())
+            .args(extra)
+            .arg(path)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start hafs-fuse");
+        let mount = Mount {
+            child,
+            path: path.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(path) {
+            assert!(
+                Instant::now() < deadline,
+                "mount did not appear at {}",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        mount
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        // SIGTERM: the clean shutdown path (unmount, then detach).
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let status = self.child.wait();
+        if !std::thread::panicking() {
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "hafs-fuse did not exit cleanly"
+            );
+            assert!(!is_mounted(&self.path), "still mounted after SIGTERM");
+        }
+    }
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let canonical = path.canonicalize().unwrap_or(path.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| Path::new(mp) == canonical)
+}
+
+fn fuse_available() -> bool {
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false);
+    if !root || !Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: mount tests need root and /dev/fuse");
+        return false;
+    }
+    true
+}
+
+/// Extra `hafs-fuse` flags for every mount of a test, from
+/// `HAFS_TEST_MOUNT_FLAGS` (e.g. `--unlink-grace 0`, to watch a test fail
+/// without the grace).
+fn test_flags() -> Vec<String> {
+    std::env::var("HAFS_TEST_MOUNT_FLAGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+fn two_mounts(dir: &Path) -> (Mount, Mount) {
+    let db = dir.join("hafs.db");
+    let a = Mount::start(&db, &dir.join("a"), &[]);
+    let b = Mount::start(&db, &dir.join("b"), &[]);
+    (a, b)
+}
+
+fn errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
+    r.unwrap_err().raw_os_error().unwrap_or(0)
+}
+
+#[test]
+fn two_mounts_see_one_filesystem() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = two_mounts(tmp.path());
+    std::fs::write(a.p("hello"), b"written through a").unwrap();
+    assert_eq!(std::fs::read(b.p("hello")).unwrap(), b"written through a");
+    std::fs::create_dir(a.p("dir")).unwrap();
+    std::fs::rename(b.p("hello"), b.p("dir/moved")).unwrap();
+    assert_eq!(
+        std::fs::read(a.p("dir/moved")).unwrap(),
+        b"written through a"
+    );
+    std::os::unix::fs::symlink("moved", a.p("dir/link")).unwrap();
+    assert_eq!(
+        std::fs::read_link(b.p("dir/link")).unwrap(),
+        Path::new("moved")
+    );
+    assert_eq!(
+        std::fs::read(b.p("dir/link")).unwrap(),
+        b"written through a"
+    );
+    std::fs::hard_link(a.p("dir/moved"), a.p("hard")).unwrap();
+    assert_eq!(std::fs::metadata(b.p("hard")).unwrap().nlink(), 2);
+    std::fs::set_permissions(a.p("hard"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        std::fs::metadata(b.p("dir/moved")).unwrap().mode() & 0o7777,
+        0o600
+    );
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(b.p("hard"))
+        .unwrap();
+    f.set_len(7).unwrap();
+    assert_eq!(std::fs::read(a.p("hard")).unwrap(), b"written");
+    // Errors are the errno Linux gives.
+    assert_eq!(errno(std::fs::read(a.p("missing"))), libc::ENOENT);
+    assert_eq!(errno(std::fs::create_dir(b.p("dir"))), libc::EEXIST);
+    assert_eq!(errno(std::fs::remove_dir(a.p("dir"))), libc::ENOTEMPTY);
+    assert_eq!(errno(std::fs::write(a.p("dir"), b"x")), libc::EISDIR);
+    assert_eq!(errno(std::fs::read_dir(a.p("hard/x"))), libc::ENOTDIR);
+    // An unlinked file stays readable through an open handle on the other mount.
+    let mut open = std::fs::File::open(b.p("hard")).unwrap();
+    std::fs::remove_file(a.p("hard")).unwrap();
+    std::fs::remove_file(a.p("dir/moved")).unwrap();
+    let mut text = String::new();
+    open.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "written");
+    drop(open);
+    let names: Vec<_> = std::fs::read_dir(b.p("dir"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["link"]);
+}
+
+/// A reader looping through b during 1,000 write-temp-then-rename updates
+/// through a never sees a missing or partial file.
+#[test]
+fn atomic_updates_are_never_seen_half_done() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = two_mounts(tmp.path());
+    let version = |n: usize| format!("{n:08}\n").repeat(1000);
+    std::fs::write(a.p("config"), version(0)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (path, stop) = (b.p("config"), stop.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let mut file =
+                    std::fs::File::open(&path).expect("config missing during an update (open)");
+                let mut text = String::new();
+                file.read_to_string(&mut text)
+                    .expect("reading an open config failed");
+                let first = &text[..9];
+                assert_eq!(text, first.repeat(1000), "partial or mixed file seen");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for n in 1..=1000 {
+        let tmp_path = a.p("config.tmp");
+        let mut f = std::fs::File::create(&tmp_path).unwrap();
+        f.write_all(version(n).as_bytes()).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        std::fs::rename(&tmp_path, a.p("config")).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reads = reader.join().expect("reader saw a bad file");
+    assert!(reads > 10, "the reader barely ran ({reads} reads)");
+    assert_eq!(
+        std::fs::read_to_string(b.p("config")).unwrap(),
+        version(1000)
+    );
+}
+
+const WORKER_ENV: &str = "HAFS_TEST_LOCK_WORKER";
+
+/// Worker process: increment the counter file N times under a lock.
+#[test]
+fn lock_worker() {
+    let Ok(spec) = std::env::var(WORKER_ENV) else {
+        return;
+    };
+    let mut parts = spec.split('|');
+    let (path, kind, n) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    let n: usize = n.parse().unwrap();
+    for _ in 0..n {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        lock(&f, kind, true);
+        let mut text = String::new();
+        f.read_to_string(&mut text).unwrap();
+        let v: u64 = text.trim().parse().unwrap_or(0);
+        f.set_len(0).unwrap();
+        use std::io::Seek;
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.write_all((v + 1).to_string().as_bytes()).unwrap();
+        lock(&f, kind, false);
+    }
+}
+
+#[allow(unsafe_code)] // flock(2) and fcntl(2) have no safe std wrapper
+fn lock(f: &std::fs::File, kind: &str, take: bool) {
+    use std::os::fd::AsRawFd;
+    let fd = f.as_raw_fd();
+    let rc = if kind == "flock" {
+        // SAFETY: fd is a valid open descriptor for the call's duration.
+        unsafe { libc::flock(fd, if take { libc::LOCK_EX } else { libc::LOCK_UN }) }
+    } else {
+        // SAFETY: zeroed flock is a valid "whole file" lock description.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = if take { libc::F_WRLCK } else { libc::F_UNLCK } as i16;
+        fl.l_whence = libc::SEEK_SET as i16;
+        // SAFETY: fd is valid and fl outlives the call.
+        unsafe { libc::fcntl(fd, libc::F_SETLKW, &fl) }
+    };
+    assert_eq!(rc, 0, "{kind} failed: {}", std::io::Error::last_os_error());
+}
+
+/// 4 processes on 2 mounts each increment a counter 500 times under flock,
+/// then again under fcntl; the count is exact.
+#[test]
+fn locks_exclude_across_mounts() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = two_mounts(tmp.path());
+    for kind in ["flock", "fcntl"] {
+        std::fs::write(a.p(kind), b"0").unwrap();
+        let started = Instant::now();
+        let workers: Vec<Child> = (0..4)
+            .map(|i| {
+                let mount = if i % 2 == 0 { &a } else { &b };
+                let spec = format!("{}|{kind}|500", mount.p(kind).display());
+                Command::new(std::env::current_exe().unwrap())
+                    .args(["lock_worker", "--exact", "--nocapture"])
+                    .env(WORKER_ENV, spec)
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut w in workers {
+            assert!(w.wait().unwrap().success(), "a {kind} worker failed");
+        }
+        let count = std::fs::read_to_string(b.p(kind)).unwrap();
+        assert_eq!(count, "2000", "{kind}: lost increments");
+        eprintln!(
+            "{kind}: 2000 locked increments in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// mkdir -p / rm -rf of a 10,000-entry tree, and tar x of this project's
+/// sources compared with diff -r.
+#[test]
+fn big_trees_and_tar_round_trip() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("hafs.db");
+    let a = Mount::start(&db, &tmp.path().join("a"), &["--relaxed-durability"]);
+    let sh = |script: &str| {
+        let status = Command::new("sh").arg("-c").arg(script).status().unwrap();
+        assert!(status.success(), "failed: {script}");
+    };
+    let root = a.path.display();
+    // 100 directories of 99 files: 10,000 entries.
+    sh(&format!(
+        "cd {root} && for d in $(seq 100); do mkdir -p tree/d$d && (cd tree/d$d && touch $(seq -f f%g 99)); done"
+    ));
+    let count = Command::new("sh")
+        .arg("-c")
+        .arg(format!("find {root}/tree | wc -l"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&count.stdout).trim(), "10001");
+    sh(&format!("rm -rf {root}/tree"));
+    assert!(!a.p("tree").exists());
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    sh(&format!(
+        "cd {} && tar cf {}/src.tar --exclude=./target --exclude=./.git . && mkdir {root}/copy && tar xf {}/src.tar -C {root}/copy && diff -r --no-dereference -x target -x .git {}/copy {}",
+        src.display(),
+        tmp.path().display(),
+        tmp.path().display(),
+        root,
+        src.display()
+    ));
+}
