@@ -8,108 +8,28 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-struct Mount {
-    child: Child,
-    path: PathBuf,
-}
+mod support;
+use support::{errno, fuse_available, Mount};
 
-impl Mount {
-    fn start(db: &Path, path: &Path, extra: &[&str]) -> Mount {
-        std::fs::create_dir_all(path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hafs-fuse"))
-            .arg("--kv")
-            .arg(format!("sqlite://{}", db.display()))
-            .arg("--mkfs")
-            .args(test_flags())
-            .args(extra)
-            .arg(path)
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start hafs-fuse");
-        let mount = Mount {
-            child,
-            path: path.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !is_mounted(path) {
-            assert!(
-                Instant::now() < deadline,
-                "mount did not appear at {}",
-                path.display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        mount
-    }
-
-    fn p(&self, rel: &str) -> PathBuf {
-        self.path.join(rel)
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        // SIGTERM: the clean shutdown path (unmount, then detach).
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let status = self.child.wait();
-        if !std::thread::panicking() {
-            assert!(
-                status.is_ok_and(|s| s.success()),
-                "hafs-fuse did not exit cleanly"
-            );
-            assert!(!is_mounted(&self.path), "still mounted after SIGTERM");
-        }
-    }
-}
-
-fn is_mounted(path: &Path) -> bool {
-    let canonical = path.canonicalize().unwrap_or(path.to_path_buf());
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| Path::new(mp) == canonical)
-}
-
-fn fuse_available() -> bool {
-    let root = std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false);
-    if !root || !Path::new("/dev/fuse").exists() {
-        eprintln!("skipped: mount tests need root and /dev/fuse");
-        return false;
-    }
-    true
-}
-
-/// Extra `hafs-fuse` flags for every mount of a test, from
-/// `HAFS_TEST_MOUNT_FLAGS` (e.g. `--unlink-grace 0`, to watch a test fail
-/// without the grace).
-fn test_flags() -> Vec<String> {
-    std::env::var("HAFS_TEST_MOUNT_FLAGS")
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(String::from)
-        .collect()
+fn mount(db: &Path, path: &Path) -> Mount {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hafs-fuse"));
+    cmd.arg("--kv")
+        .arg(format!("sqlite://{}", db.display()))
+        .arg("--mkfs");
+    Mount::start(cmd, path)
 }
 
 fn two_mounts(dir: &Path) -> (Mount, Mount) {
     let db = dir.join("hafs.db");
-    let a = Mount::start(&db, &dir.join("a"), &[]);
-    let b = Mount::start(&db, &dir.join("b"), &[]);
+    let a = mount(&db, &dir.join("a"));
+    let b = mount(&db, &dir.join("b"));
     (a, b)
-}
-
-fn errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
-    r.unwrap_err().raw_os_error().unwrap_or(0)
 }
 
 #[test]
@@ -312,7 +232,11 @@ fn big_trees_and_tar_round_trip() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("hafs.db");
-    let a = Mount::start(&db, &tmp.path().join("a"), &["--relaxed-durability"]);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hafs-fuse"));
+    cmd.arg("--kv")
+        .arg(format!("sqlite://{}", db.display()))
+        .args(["--mkfs", "--relaxed-durability"]);
+    let a = Mount::start(cmd, &tmp.path().join("a"));
     let sh = |script: &str| {
         let status = Command::new("sh").arg("-c").arg(script).status().unwrap();
         assert!(status.success(), "failed: {script}");

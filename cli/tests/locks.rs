@@ -1,0 +1,481 @@
+//! Locks and sessions on real mounts, driven by real processes: byte-range
+//! locks across two mounts, two `sqlite3` shells sharing one database,
+//! fencing of a SIGSTOPped lock holder (evicted by `hafs evict` and by
+//! expiry), and recovery after `kill -9` of a mount. Mounts are `hafs
+//! mount` processes on one SQLite database; a worker process (this test
+//! binary re-run with `HAFS_TEST_WORKER` set) holds locks and writes on
+//! command. Needs root and /dev/fuse (see `support`).
+
+// Real processes on real mounts: the OS clock is the only clock here.
+#![allow(clippy::disallowed_methods)]
+// flock(2) and fcntl(2) locks have no safe std wrapper.
+#![allow(unsafe_code)]
+
+#[path = "../../fuse/tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::{fuse_available, Mount};
+
+const HAFS: &str = env!("CARGO_BIN_EXE_hafs");
+
+/// One filesystem in one SQLite file, mounted as many times as asked.
+struct Cluster {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    kv: String,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let kv = format!("sqlite://{}", dir.join("hafs.db").display());
+        let cluster = Cluster { _tmp: tmp, dir, kv };
+        cluster.hafs(&["mkfs"]);
+        cluster
+    }
+
+    fn mount(&self, name: &str, flags: &[&str]) -> Mount {
+        let mut cmd = Command::new(HAFS);
+        cmd.args(["--kv", &self.kv, "mount", "--description", name])
+            .args(flags);
+        Mount::start(cmd, &self.dir.join(name))
+    }
+
+    /// Run `hafs ARGS` against this cluster's database; must succeed.
+    fn hafs(&self, args: &[&str]) -> String {
+        let out: Output = Command::new(HAFS)
+            .args(["--kv", &self.kv])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "hafs {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The client id of the mount process `pid`, if it is attached.
+    fn client_of(&self, pid: u32) -> Option<String> {
+        self.hafs(&["list-clients"])
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|cols| cols.get(2) == Some(&pid.to_string().as_str()))
+            .map(|cols| cols[0].to_string())
+    }
+}
+
+// ---- lock calls -------------------------------------------------------
+
+fn flock_struct(typ: i32, start: i64, len: i64) -> libc::flock {
+    // SAFETY: an all-zero flock is a valid value; the fields are set below.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = typ as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = start;
+    fl.l_len = len;
+    fl
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// fcntl F_SETLK / F_SETLKW; Err(errno).
+fn setlk(f: &std::fs::File, typ: i32, start: i64, len: i64, wait: bool) -> Result<(), i32> {
+    let fl = flock_struct(typ, start, len);
+    let cmd = if wait { libc::F_SETLKW } else { libc::F_SETLK };
+    // SAFETY: the fd is open for the call and `fl` outlives it.
+    let rc = unsafe { libc::fcntl(f.as_raw_fd(), cmd, &fl) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(last_errno())
+    }
+}
+
+/// fcntl F_GETLK: the conflicting lock as (type, start, len, pid), if any.
+fn getlk(f: &std::fs::File, typ: i32, start: i64, len: i64) -> Option<(i32, i64, i64, i32)> {
+    let mut fl = flock_struct(typ, start, len);
+    // SAFETY: the fd is open for the call and `fl` outlives it.
+    let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) };
+    assert_eq!(rc, 0, "F_GETLK: {}", std::io::Error::last_os_error());
+    (i32::from(fl.l_type) != libc::F_UNLCK).then_some((
+        i32::from(fl.l_type),
+        fl.l_start,
+        fl.l_len,
+        fl.l_pid,
+    ))
+}
+
+fn flock(f: &std::fs::File, op: i32) -> Result<(), i32> {
+    // SAFETY: the fd is open for the call.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), op) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(last_errno())
+    }
+}
+
+fn open_rw(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
+
+// ---- the worker process -----------------------------------------------
+
+const WORKER_ENV: &str = "HAFS_TEST_WORKER";
+
+/// A process that opens one file and obeys line commands on stdin:
+/// `lock r|w|u START LEN`, `lockw …` (waiting), `flock`, `append TEXT`,
+/// `read`; it answers `ok`, `err ERRNO` or the data read.
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Worker {
+    fn start(path: &Path) -> Worker {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["worker", "--exact", "--nocapture", "--quiet"])
+            .env(WORKER_ENV, path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut w = Worker {
+            child,
+            stdin,
+            stdout,
+        };
+        assert_eq!(w.ask("hello"), "ok");
+        w
+    }
+
+    fn ask(&mut self, command: &str) -> String {
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+        loop {
+            let mut line = String::new();
+            assert!(
+                self.stdout.read_line(&mut line).unwrap() > 0,
+                "the worker died"
+            );
+            // The test harness prints its own lines; answers are tagged.
+            if let Some(answer) = line.trim_end().strip_prefix("@ ") {
+                return answer.to_string();
+            }
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn reply(r: Result<(), i32>) -> String {
+    match r {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("err {e}"),
+    }
+}
+
+fn lock_type(word: &str) -> i32 {
+    match word {
+        "r" => libc::F_RDLCK,
+        "w" => libc::F_WRLCK,
+        _ => libc::F_UNLCK,
+    }
+}
+
+#[test]
+fn worker() {
+    let Some(path) = std::env::var_os(WORKER_ENV) else {
+        return;
+    };
+    let mut file = open_rw(Path::new(&path));
+    let io = |r: std::io::Result<()>| reply(r.map_err(|e| e.raw_os_error().unwrap_or(0)));
+    for line in std::io::stdin().lock().lines() {
+        let line = line.unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let answer = match words.as_slice() {
+            ["hello"] => "ok".to_string(),
+            [cmd @ ("lock" | "lockw"), typ, start, len] => reply(setlk(
+                &file,
+                lock_type(typ),
+                start.parse().unwrap(),
+                len.parse().unwrap(),
+                *cmd == "lockw",
+            )),
+            ["flock"] => reply(flock(&file, libc::LOCK_EX)),
+            ["append", text] => io(file
+                .seek(SeekFrom::End(0))
+                .and_then(|_| file.write_all(format!("{text}\n").as_bytes()))
+                .and_then(|_| file.sync_all())),
+            ["read"] => {
+                let mut text = String::new();
+                match file
+                    .seek(SeekFrom::Start(0))
+                    .and_then(|_| file.read_to_string(&mut text))
+                {
+                    Ok(_) => text.replace('\n', "|"),
+                    Err(e) => format!("err {}", e.raw_os_error().unwrap_or(0)),
+                }
+            }
+            other => panic!("unknown worker command {other:?}"),
+        };
+        println!("@ {answer}");
+    }
+}
+
+// ---- tests ------------------------------------------------------------
+
+/// Two mounts hold disjoint ranges of one file at once; an overlapping
+/// request fails (F_SETLK) or waits (F_SETLKW) until the holder releases;
+/// F_GETLK shows the holder, with its pid when it is on the asking mount.
+#[test]
+fn byte_range_locks_across_mounts() {
+    if !fuse_available() {
+        return;
+    }
+    let cluster = Cluster::new();
+    let (a, b) = (cluster.mount("a", &[]), cluster.mount("b", &[]));
+    std::fs::write(a.p("f"), vec![b'.'; 300]).unwrap();
+    let fa = open_rw(&a.p("f"));
+    let fb = open_rw(&b.p("f"));
+    setlk(&fa, libc::F_WRLCK, 0, 100, false).unwrap();
+    setlk(&fb, libc::F_WRLCK, 100, 100, false).expect("a disjoint range on the other mount");
+    assert_eq!(setlk(&fb, libc::F_WRLCK, 50, 100, false), Err(libc::EAGAIN));
+    assert_eq!(setlk(&fb, libc::F_RDLCK, 99, 1, false), Err(libc::EAGAIN));
+    let (typ, start, len, pid) = getlk(&fb, libc::F_RDLCK, 50, 100).expect("a's lock shows");
+    assert_eq!((typ, start, len), (libc::F_WRLCK, 0, 100));
+    assert_eq!(pid, 0, "the holder is on another client: no pid");
+    assert_eq!(
+        getlk(&fb, libc::F_WRLCK, 200, 0),
+        None,
+        "nothing held past 200"
+    );
+    // A process on mount a holds [200, 300): its pid shows to a's asker.
+    let mut w = Worker::start(&a.p("f"));
+    assert_eq!(w.ask("lock r 200 100"), "ok");
+    let held = getlk(&fa, libc::F_WRLCK, 250, 1).expect("the worker's lock shows");
+    assert_eq!(held, (libc::F_RDLCK, 200, 100, w.pid()));
+    assert_eq!(
+        setlk(&fb, libc::F_RDLCK, 200, 100, false),
+        Ok(()),
+        "read locks share"
+    );
+    // F_SETLKW on b waits for a's [0, 100) to go.
+    let released = Arc::new(AtomicBool::new(false));
+    let waiter = {
+        let (fb, released) = (fb.try_clone().unwrap(), released.clone());
+        std::thread::spawn(move || {
+            setlk(&fb, libc::F_WRLCK, 0, 150, true).unwrap();
+            assert!(
+                released.load(Ordering::SeqCst),
+                "F_SETLKW returned while a held the range"
+            );
+            fb // closing any descriptor would drop all of b's POSIX locks
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!waiter.is_finished(), "F_SETLKW did not wait");
+    released.store(true, Ordering::SeqCst);
+    setlk(&fa, libc::F_UNLCK, 0, 100, false).unwrap();
+    let fb2 = waiter.join().expect("the waiter failed");
+    let (typ, start, len, _) = getlk(&fa, libc::F_RDLCK, 0, 0).expect("b's lock shows");
+    assert_eq!(
+        (typ, start, len),
+        (libc::F_WRLCK, 0, 200),
+        "b's [0,150) and [100,200) merged"
+    );
+    // The worker's exit releases its lock; then b can take the rest.
+    drop(w);
+    setlk(&fb, libc::F_WRLCK, 200, 100, true).unwrap();
+    // Closing any of a process's descriptors of a file drops all its POSIX
+    // locks on it (POSIX's rule, which sqlite works around).
+    drop(fb2);
+    assert_eq!(getlk(&fa, libc::F_WRLCK, 0, 0), None);
+}
+
+/// Two sqlite3 shells, one per mount, each insert 1,000 rows into one
+/// database in the default rollback-journal mode with normal locking.
+#[test]
+fn sqlite_shares_a_database_across_mounts() {
+    if !fuse_available() {
+        return;
+    }
+    assert!(
+        Command::new("sqlite3").arg("-version").output().is_ok(),
+        "the sqlite3 shell is missing: apt-get install sqlite3"
+    );
+    let cluster = Cluster::new();
+    let (a, b) = (cluster.mount("a", &[]), cluster.mount("b", &[]));
+    let sqlite = |db: &Path, script: String| {
+        let mut child = Command::new("sqlite3")
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        std::thread::spawn(move || stdin.write_all(script.as_bytes()).unwrap());
+        child
+    };
+    let finish = |child: Child| {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "sqlite3 failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    finish(sqlite(
+        &a.p("app.db"),
+        "CREATE TABLE t(who TEXT, n INTEGER, UNIQUE(who, n));".into(),
+    ));
+    let started = Instant::now();
+    let inserts = |who: &str| {
+        let mut s = String::from(".bail on\n.timeout 60000\nPRAGMA journal_mode;\n");
+        for n in 0..1000 {
+            s.push_str(&format!("INSERT INTO t VALUES('{who}', {n});\n"));
+        }
+        s
+    };
+    let pa = sqlite(&a.p("app.db"), inserts("a"));
+    let pb = sqlite(&b.p("app.db"), inserts("b"));
+    assert_eq!(finish(pa).trim(), "delete", "rollback-journal mode");
+    assert_eq!(finish(pb).trim(), "delete");
+    eprintln!(
+        "2 x 1,000 autocommit inserts across two mounts: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let check = finish(sqlite(
+        &b.p("app.db"),
+        "PRAGMA integrity_check;\nSELECT who, count(*), sum(n) FROM t GROUP BY who;\n".into(),
+    ));
+    assert_eq!(check, "ok\na|1000|499500\nb|1000|499500\n");
+}
+
+/// A lock holder's mount is SIGSTOPped and evicted; another mount takes the
+/// lock and writes; after SIGCONT the holder's writes and reads fail with
+/// EIO and the file holds nothing it wrote after the eviction.
+fn fencing(by_expiry: bool) {
+    if !fuse_available() {
+        return;
+    }
+    let cluster = Cluster::new();
+    let flags: &[&str] = if by_expiry {
+        &["--heartbeat", "1", "--expiry", "3"]
+    } else {
+        &[]
+    };
+    let (a, b) = (cluster.mount("a", flags), cluster.mount("b", flags));
+    let mut holder = Worker::start(&a.p("f"));
+    assert_eq!(holder.ask("flock"), "ok");
+    assert_eq!(holder.ask("append a-before"), "ok");
+    let client = cluster.client_of(a.pid()).expect("mount a is a client");
+    a.signal("STOP");
+    if by_expiry {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cluster.client_of(a.pid()).is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "b never evicted the stopped mount"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    } else {
+        let out = cluster.hafs(&["evict", &client]);
+        assert!(out.contains("evicted"), "hafs evict said: {out}");
+        assert_eq!(cluster.client_of(a.pid()), None);
+    }
+    let mut fb = open_rw(&b.p("f"));
+    flock(&fb, libc::LOCK_EX).expect("the evicted holder's lock was released");
+    fb.seek(SeekFrom::End(0)).unwrap();
+    fb.write_all(b"b-took-over\n").unwrap();
+    a.signal("CONT");
+    assert_eq!(holder.ask("append a-after"), format!("err {}", libc::EIO));
+    assert_eq!(holder.ask("read"), format!("err {}", libc::EIO));
+    assert_eq!(
+        std::fs::read_to_string(b.p("f")).unwrap(),
+        "a-before\nb-took-over\n"
+    );
+    assert_eq!(
+        support::errno(std::fs::metadata(a.p("f"))),
+        libc::EIO,
+        "every operation on the fenced mount fails"
+    );
+}
+
+#[test]
+fn an_evicted_holder_is_fenced_out() {
+    fencing(false);
+}
+
+#[test]
+fn an_expired_holder_is_fenced_out() {
+    fencing(true);
+}
+
+/// `kill -9` of a mount holding a lock: the lock comes free within the
+/// expiry (plus a heartbeat for the sweep), and fsck finds nothing wrong.
+#[test]
+fn a_killed_mount_loses_its_locks_and_leaves_fsck_clean() {
+    if !fuse_available() {
+        return;
+    }
+    let cluster = Cluster::new();
+    let flags = ["--heartbeat", "1", "--expiry", "3"];
+    let (a, b) = (cluster.mount("a", &flags), cluster.mount("b", &flags));
+    let mut holder = Worker::start(&a.p("f"));
+    assert_eq!(holder.ask("lock w 0 0"), "ok");
+    assert_eq!(holder.ask("append locked"), "ok");
+    let fb = open_rw(&b.p("f"));
+    assert_eq!(setlk(&fb, libc::F_WRLCK, 0, 0, false), Err(libc::EAGAIN));
+    a.signal("KILL");
+    let killed = Instant::now();
+    drop(holder);
+    drop(a); // reaps the process and lazily unmounts, as an admin would
+    setlk(&fb, libc::F_WRLCK, 0, 0, true).unwrap();
+    let waited = killed.elapsed();
+    eprintln!(
+        "lock of a kill -9ed mount free after {:.1}s (expiry 3s)",
+        waited.as_secs_f64()
+    );
+    assert!(waited < Duration::from_secs(10), "took {waited:?}");
+    setlk(&fb, libc::F_UNLCK, 0, 0, false).unwrap();
+    drop(fb);
+    drop(b);
+    let report = cluster.hafs(&["fsck"]);
+    assert!(report.contains("clean"), "fsck: {report}");
+}
