@@ -20,7 +20,8 @@
 //! ("hafs", FS, "ino", INO, "lockq", TICKET)      -> (client, owner, kind, start, end, pid)  a waiter, FIFO
 //! ("hafs", FS, "ino", INO, "lockseq")            -> last waiter ticket (u64 LE)
 //! ("hafs", FS, "ino", INO, "lockver")            -> i64 LE, atomic add on every lock change (waiters watch it)
-//! ("hafs", FS, "unlinked", INO)                  -> ()  unlinked while open
+//! ("hafs", FS, "unlinked", INO)                  -> free-after wall ns (i64 LE): no links left; freed
+//!                                                   once past it and open nowhere
 //! ("hafs", FS, "client", CLIENT, "idem", SEQ)    -> idempotency marker: the reply
 //! ("hafs", FS, "client", CLIENT, "heartbeat")    -> i64 LE, atomic add by the client
 //! ("hafs", FS, "client", CLIENT, "beat_at")      -> wall ns of the last beat (display only)

@@ -456,3 +456,32 @@ async fn a_replaced_file_stays_openable_for_the_grace() {
     assert_eq!(eager.getattr(&root, f.ino).await, Err(FsError::NotFound));
     assert_clean(&db).await;
 }
+
+/// `open(path, O_CREAT|O_RDWR, 0)` by an ordinary user: the file it just
+/// made is opened read-write whatever its mode (one transaction); the same
+/// call on the now existing mode-0 file is refused.
+#[tokio::test]
+async fn create_open_grants_the_creator_its_access() {
+    let db = new_db().await;
+    let fs = client(&db, "a").await;
+    let user = Caller::user(1000, 1000);
+    let flags = libc::O_CREAT | libc::O_RDWR;
+    let f = fs
+        .create_open(&user, ROOT_INO, b"f", 0, flags)
+        .await
+        .unwrap();
+    assert_eq!(f.mode & 0o7777, 0);
+    assert_eq!(fs.open_table().len(), 1, "the open is registered");
+    assert_eq!(
+        fs.create_open(&user, ROOT_INO, b"f", 0, flags).await,
+        Err(FsError::Access)
+    );
+    assert_eq!(
+        fs.create_open(&user, ROOT_INO, b"f", 0, flags | libc::O_EXCL)
+            .await,
+        Err(FsError::Exists)
+    );
+    fs.release(&user, f.ino).await.unwrap();
+    assert!(fs.open_table().is_empty());
+    assert_clean(&db).await;
+}

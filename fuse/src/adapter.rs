@@ -341,6 +341,16 @@ impl Filesystem for HafsFuse {
                 "kernel lacks lock capabilities; locks stay local to this mount"
             );
         }
+        // Files are DIRECT_IO (every read and write goes to the database);
+        // without this (Linux 6.6+) the kernel refuses shared mmap on them.
+        // A mapping is served from this mount's page cache: it sees this
+        // mount's writes, not later writes from other mounts.
+        if config
+            .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_err()
+        {
+            tracing::info!("kernel older than 6.6: shared mmap of hafs files is refused");
+        }
         Ok(())
     }
 
@@ -781,27 +791,9 @@ impl Filesystem for HafsFuse {
     ) {
         let name = name.as_bytes().to_vec();
         self.spawn(req, move |i, c| async move {
-            let exclusive = flags & libc::O_EXCL != 0;
-            let access = hafs_core::ops::open::access_mask(flags);
-            let created =
-                i.fs.create(
-                    &c,
-                    parent.0,
-                    &name,
-                    mode & 0o7777 & !umask,
-                    exclusive,
-                    access,
-                )
-                .await;
-            // Register the open like `open` does (a second, idempotent step).
-            let opened = match created {
-                Ok(a) => {
-                    i.fs.open_file(&c, a.ino, flags & !libc::O_TRUNC)
-                        .await
-                        .map(|_| a)
-                }
-                Err(e) => Err(e),
-            };
+            let opened =
+                i.fs.create_open(&c, parent.0, &name, mode & 0o7777 & !umask, flags)
+                    .await;
             match opened {
                 Ok(a) => {
                     let fh = i.add_handle(Handle::File {

@@ -91,10 +91,15 @@ pub async fn apply(
         if attr.nlink == 0 && txn.get(&ctx.keys.unlinked(ino)).await?.is_none() {
             return Err(FsError::NotFound);
         }
-        txn.set(&ctx.keys.open_handles(ino, ctx.client), &1i64.to_le_bytes());
-        txn.set(&ctx.keys.client_open(ctx.client, ino), &[]);
+        record_open(txn, ctx, ino);
     }
     Ok(attr)
+}
+
+/// Record that this client has `ino` open (and index it under the client).
+fn record_open(txn: &Transaction, ctx: &Ctx<'_>, ino: u64) {
+    txn.set(&ctx.keys.open_handles(ino, ctx.client), &1i64.to_le_bytes());
+    txn.set(&ctx.keys.client_open(ctx.client, ino), &[]);
 }
 
 /// Drop `client`'s open record of `ino` and free the inode if it was
@@ -157,6 +162,59 @@ pub async fn apply_release(txn: &Transaction, ctx: &Ctx<'_>, ino: u64) -> FsResu
 }
 
 impl Fs {
+    /// `open(2)` with `O_CREAT` (and `O_EXCL` if in `flags`). A new file is
+    /// created and opened in one transaction, without an access check — the
+    /// caller gets the access it asked for on a file it just made, whatever
+    /// the mode, as on Linux (`open("f", O_CREAT|O_RDWR, 0)` works). An
+    /// existing file (no `O_EXCL`) is opened with the usual checks.
+    pub async fn create_open(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &[u8],
+        perm_bits: u32,
+        flags: i32,
+    ) -> FsResult<Attr> {
+        let ino = self.allocate_inode().await?;
+        let node = super::create::NewNode {
+            mode: libc::S_IFREG | (perm_bits & 0o7777),
+            rdev: 0,
+        };
+        let exclusive = flags & libc::O_EXCL != 0;
+        let access = access_mask(flags & !libc::O_TRUNC);
+        // The slot of the new inode is ours alone: nothing else knows `ino`.
+        let slot = self.open_table().slot(ino);
+        let mut count = slot.lock().await;
+        let result = self
+            .mutate(caller, |txn, ctx| async move {
+                let attr = if exclusive {
+                    super::create::apply(&txn, &ctx, parent, name, ino, node).await?
+                } else {
+                    super::create::apply_open_or_create(&txn, &ctx, parent, name, ino, node, access)
+                        .await?
+                };
+                if attr.ino == ino {
+                    record_open(&txn, &ctx, ino);
+                }
+                Ok(attr)
+            })
+            .await;
+        if matches!(&result, Ok(attr) if attr.ino == ino) {
+            *count += 1;
+            return result;
+        }
+        drop(count);
+        self.open_table().forget(ino, &slot);
+        match result {
+            // The name held an existing file: open it like `open` would.
+            Ok(existing) => {
+                self.open_file(caller, existing.ino, flags & !libc::O_TRUNC)
+                    .await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Open `ino` with `open(2)` `flags` (access mode, `O_TRUNC`).
     pub async fn open_file(&self, caller: &Caller, ino: u64, flags: i32) -> FsResult<Attr> {
         let slot = self.open_table().slot(ino);
