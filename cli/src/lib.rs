@@ -13,6 +13,8 @@ use hafs_core::keys::Keys;
 use hafs_core::session;
 use hafs_fuse::mount::{KvArgs, MountArgs};
 
+pub mod bench;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "hafs",
@@ -62,6 +64,8 @@ pub enum Command {
     },
     /// Finish evictions that stopped midway (live mounts do this too).
     Gc,
+    /// Benchmarks on real mounts (needs root and /dev/fuse).
+    Bench(bench::BenchArgs),
 }
 
 /// Run `hafs` with `args` (argv without the program name is taken from the
@@ -95,6 +99,9 @@ pub fn run(cli: Cli) -> Result<(), String> {
     if let Command::Mount(args) = &cli.command {
         return hafs_fuse::mount::run(&cli.kv, args);
     }
+    if let Command::Bench(args) = &cli.command {
+        return bench::run(args, cli.kv.relaxed_durability);
+    }
     let rt = runtime()?;
     rt.block_on(async move {
         let clock: Arc<dyn Clock> = TokioClock::new();
@@ -103,7 +110,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         let keys = Keys::new(name);
         let fail = |e: hafs_core::error::FsError| e.to_string();
         match cli.command {
-            Command::Mount(_) => unreachable!("handled above"),
+            Command::Mount(_) | Command::Bench(_) => unreachable!("handled above"),
             Command::Mkfs { overwrite, chunk_size } => {
                 let mut options = MkfsOptions {
                     overwrite,
