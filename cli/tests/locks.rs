@@ -173,8 +173,16 @@ impl Worker {
     }
 
     fn ask(&mut self, command: &str) -> String {
+        self.send(command);
+        self.answer()
+    }
+
+    fn send(&mut self, command: &str) {
         writeln!(self.stdin, "{command}").unwrap();
         self.stdin.flush().unwrap();
+    }
+
+    fn answer(&mut self) -> String {
         loop {
             let mut line = String::new();
             assert!(
@@ -221,12 +229,26 @@ fn worker() {
         return;
     };
     let mut file = open_rw(Path::new(&path));
+    // Catch SIGUSR1 without SA_RESTART, so an interrupted lock wait returns
+    // EINTR (with SA_RESTART the kernel restarts it, as for local files).
+    extern "C" fn caught(_: libc::c_int) {}
+    // SAFETY: an all-zero sigaction is valid; the handler is async-signal-safe.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = caught as *const () as usize;
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()),
+            0
+        );
+    }
     let io = |r: std::io::Result<()>| reply(r.map_err(|e| e.raw_os_error().unwrap_or(0)));
     for line in std::io::stdin().lock().lines() {
         let line = line.unwrap();
         let words: Vec<&str> = line.split_whitespace().collect();
         let answer = match words.as_slice() {
             ["hello"] => "ok".to_string(),
+            // SAFETY: gettid has no arguments and cannot fail.
+            ["tid"] => unsafe { libc::gettid() }.to_string(),
             [cmd @ ("lock" | "lockw"), typ, start, len] => reply(setlk(
                 &file,
                 lock_type(typ),
@@ -323,6 +345,78 @@ fn byte_range_locks_across_mounts() {
     // locks on it (POSIX's rule, which sqlite works around).
     drop(fb2);
     assert_eq!(getlk(&fa, libc::F_WRLCK, 0, 0), None);
+}
+
+/// A process waiting for a lock held on another mount: a caught signal
+/// ends the wait with EINTR, SIGKILL ends the process promptly, and neither
+/// leaves a lock or a queued request behind.
+#[test]
+fn a_signal_ends_a_lock_wait() {
+    if !fuse_available() {
+        return;
+    }
+    let cluster = Cluster::new();
+    let (a, b) = (cluster.mount("a", &[]), cluster.mount("b", &[]));
+    std::fs::write(a.p("f"), b"").unwrap();
+    let fa = open_rw(&a.p("f"));
+    for (kind, take) in [("fcntl", "lockw w 0 0"), ("flock", "flock")] {
+        let hold = |on: bool| {
+            if kind == "flock" {
+                flock(&fa, if on { libc::LOCK_EX } else { libc::LOCK_UN })
+            } else {
+                setlk(
+                    &fa,
+                    if on { libc::F_WRLCK } else { libc::F_UNLCK },
+                    0,
+                    0,
+                    false,
+                )
+            }
+        };
+        hold(true).unwrap();
+        // A caught signal: EINTR.
+        let mut waiter = Worker::start(&b.p("f"));
+        let tid = waiter.ask("tid");
+        waiter.send(take);
+        std::thread::sleep(Duration::from_millis(500));
+        // To the waiting thread itself: a process-wide signal may go to any
+        // thread of the worker (as on a local filesystem, where another
+        // thread taking it leaves the wait alone).
+        let tid: i32 = tid.parse().unwrap();
+        let sent = Instant::now();
+        // SAFETY: tgkill takes plain integers; a wrong id only fails the call.
+        let rc = unsafe { libc::syscall(libc::SYS_tgkill, waiter.pid(), tid, libc::SIGUSR1) };
+        assert_eq!(rc, 0, "tgkill: {}", std::io::Error::last_os_error());
+        assert_eq!(waiter.answer(), format!("err {}", libc::EINTR), "{kind}");
+        assert!(
+            sent.elapsed() < Duration::from_secs(2),
+            "{kind}: EINTR took {:?}",
+            sent.elapsed()
+        );
+        // SIGKILL: the waiter dies (it used to hang, unkillable, until granted).
+        let mut victim = Worker::start(&b.p("f"));
+        victim.send(take);
+        std::thread::sleep(Duration::from_millis(500));
+        let sent = Instant::now();
+        victim.child.kill().unwrap();
+        victim.child.wait().unwrap();
+        assert!(
+            sent.elapsed() < Duration::from_secs(2),
+            "{kind}: kill -9 took {:?}",
+            sent.elapsed()
+        );
+        // Nothing left behind: once a releases, b takes the lock at once.
+        hold(false).unwrap();
+        let fb = open_rw(&b.p("f"));
+        let taken = if kind == "flock" {
+            flock(&fb, libc::LOCK_EX | libc::LOCK_NB)
+        } else {
+            setlk(&fb, libc::F_WRLCK, 0, 0, false)
+        };
+        assert_eq!(taken, Ok(()), "{kind}: the dead waiters left a lock behind");
+        drop(fb);
+        drop(waiter);
+    }
 }
 
 /// Two sqlite3 shells, one per mount, each insert 1,000 rows into one

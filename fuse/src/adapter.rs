@@ -126,6 +126,58 @@ fn supplementary_groups(pid: u32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// Resolves when thread `tid` (a FUSE request's pid) has a signal pending
+/// that would interrupt a lock wait on a local filesystem, or is gone.
+///
+/// fuser 0.18 answers FUSE_INTERRUPT with ENOSYS itself and never tells the
+/// filesystem. The kernel then stops sending interrupts for the whole
+/// connection and waits for replies uninterruptibly: a process blocked in
+/// F_SETLKW or flock() could not even be killed until the lock came. So
+/// the adapter looks for itself, every 100 ms, in /proc: a pending signal
+/// that is not blocked, not ignored, and either caught or fatal by default
+/// (not a stop, continue or ignore-by-default signal) ends the wait with
+/// EINTR, and the cancelled wait leaves nothing queued. The kernel turns a
+/// lock's EINTR into ERESTARTSYS, so callers see what a local filesystem
+/// gives them: a restart under SA_RESTART, EINTR otherwise.
+async fn interrupted(tid: u32) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if signal_pending(tid) {
+            return;
+        }
+    }
+}
+
+fn signal_pending(tid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return true; // the waiter is gone
+    };
+    let mask = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let bit = |sig: i32| 1u64 << (sig - 1);
+    // Signals whose default action is to stop, continue or do nothing: they
+    // interrupt only when the process catches them.
+    let harmless = [
+        libc::SIGCHLD,
+        libc::SIGCONT,
+        libc::SIGURG,
+        libc::SIGWINCH,
+        libc::SIGSTOP,
+        libc::SIGTSTP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+    ]
+    .into_iter()
+    .fold(0, |m, s| m | bit(s));
+    let pending = (mask("SigPnd:") | mask("ShdPnd:")) & !mask("SigBlk:") & !mask("SigIgn:");
+    pending & (mask("SigCgt:") | !harmless) != 0
+}
+
 fn errno(e: &FsError) -> Errno {
     match e {
         FsError::Corrupted(_) | FsError::Kv(_) => tracing::warn!(error = %e, "operation failed"),
@@ -873,18 +925,10 @@ impl Filesystem for HafsFuse {
                 end: lock_end(end),
                 pid,
             };
-            // fuser 0.18 does not deliver FUSE_INTERRUPT, so a wait ends
-            // only when granted (or the mount is evicted).
+            let waiter = c.pid;
             let result =
-                i.fs.setlk(
-                    &c,
-                    ino.0,
-                    lock_owner.0,
-                    request,
-                    sleep,
-                    std::future::pending(),
-                )
-                .await;
+                i.fs.setlk(&c, ino.0, lock_owner.0, request, sleep, interrupted(waiter))
+                    .await;
             match result {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
