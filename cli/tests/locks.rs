@@ -568,8 +568,46 @@ fn a_killed_mount_loses_its_locks_and_leaves_fsck_clean() {
     );
     assert!(waited < Duration::from_secs(10), "took {waited:?}");
     setlk(&fb, libc::F_UNLCK, 0, 0, false).unwrap();
+    // After umount -l, a new mount on the same mount point recovers.
+    let again = cluster.mount("a", &flags);
+    assert_eq!(std::fs::read_to_string(again.p("f")).unwrap(), "locked\n");
+    drop(again);
     drop(fb);
     drop(b);
     let report = cluster.hafs(&["fsck"]);
     assert!(report.contains("clean"), "fsck: {report}");
+}
+
+/// FUSE does not say whether a lock request came from flock(2) or fcntl(2)
+/// (fuser drops `lk_flags`): the kernel sends flock as a whole-file write
+/// or read lock owned by the open file. So on hafs the two kinds share one
+/// lock space — stricter than a local filesystem, where they are
+/// independent. This pins down exactly what users see.
+#[test]
+fn flock_and_fcntl_share_one_lock_space() {
+    if !fuse_available() {
+        return;
+    }
+    let cluster = Cluster::new();
+    let (a, b) = (cluster.mount("a", &[]), cluster.mount("b", &[]));
+    std::fs::write(a.p("f"), b"x").unwrap();
+    let fa = open_rw(&a.p("f"));
+    let fb = open_rw(&b.p("f"));
+    flock(&fa, libc::LOCK_EX).unwrap();
+    assert_eq!(setlk(&fb, libc::F_WRLCK, 0, 0, false), Err(libc::EAGAIN));
+    assert_eq!(
+        setlk(&fb, libc::F_RDLCK, 5, 1, false),
+        Err(libc::EAGAIN),
+        "flock covers every byte"
+    );
+    let (typ, start, len, _) = getlk(&fb, libc::F_RDLCK, 0, 0).expect("the flock shows to F_GETLK");
+    assert_eq!((typ, start, len), (libc::F_WRLCK, 0, 0));
+    flock(&fa, libc::LOCK_UN).unwrap();
+    // A shared flock and fcntl read locks coexist; a write lock does not.
+    flock(&fa, libc::LOCK_SH).unwrap();
+    assert_eq!(setlk(&fb, libc::F_RDLCK, 0, 0, false), Ok(()));
+    assert_eq!(
+        flock(&fb, libc::LOCK_EX | libc::LOCK_NB),
+        Err(libc::EWOULDBLOCK)
+    );
 }
