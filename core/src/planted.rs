@@ -16,15 +16,19 @@ pub enum Bug {
     SkipIdempotency,
     /// Rename does not check the destination's ancestors.
     SkipAncestorCheck,
+    /// Byte ranges conflict only when they start at the same offset (a
+    /// partial overlap is missed).
+    PartialOverlapMissed,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 5] = [
+    pub const ALL: [Bug; 6] = [
         Bug::SkipFence,
         Bug::UnlockInMemoryOnly,
         Bug::RenameInTwoTransactions,
         Bug::SkipIdempotency,
         Bug::SkipAncestorCheck,
+        Bug::PartialOverlapMissed,
     ];
 }
 

@@ -30,6 +30,19 @@ pub enum Op {
         line: String,
         seen: usize,
     },
+    /// Take an exclusive byte-range lock `[start, end)` of `ino` for `owner`.
+    LockRange {
+        ino: u64,
+        owner: u64,
+        start: u64,
+        end: u64,
+    },
+    /// Under a range lock: region `region` of `ino` held `seen`; write `seen + 1`.
+    Increment {
+        ino: u64,
+        region: u64,
+        seen: u64,
+    },
     /// Rename a file between directories.
     Rename {
         from: (u64, String),

@@ -47,6 +47,9 @@ use crate::wgl::{LockOp, LockTable, Operation};
 pub enum Workload {
     /// Exclusive lock, read, append a unique line, unlock.
     LockSet,
+    /// Byte-range variant: exclusive locks on random spans of fixed-size
+    /// counter regions of the lock files; increment each region under it.
+    LockRange,
     /// Renames and exchanges of files and directories, and whole-tree scans.
     Rename,
 }
@@ -230,7 +233,7 @@ async fn setup(admin: &Database, workload: Workload) -> Vec<u64> {
     let root = Caller::root();
     let mut inodes = Vec::new();
     match workload {
-        Workload::LockSet => {
+        Workload::LockSet | Workload::LockRange => {
             for i in 0..LOCK_FILES {
                 let name = format!("lock{i}");
                 let f = fs.create(&root, ROOT_INO, name.as_bytes(), 0o666, true, perm::WRITE);
@@ -294,7 +297,7 @@ async fn client_main(index: usize, shared: Arc<Shared>) {
         let session = madsim::task::spawn(keep_session(fs.clone(), shared.clone()));
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut fenced = work(&fs, &shared, &mut rng).await;
-        if !fenced && shared.config.workload == Workload::LockSet {
+        if !fenced && shared.config.workload != Workload::Rename {
             // Liveness: once healed, every lock must be obtainable. A lock
             // leaked by a live client would block this forever.
             fenced = drain_locks(&fs, &shared).await == Err(FsError::Fenced);
@@ -366,6 +369,7 @@ async fn work(fs: &Fs, shared: &Shared, rng: &mut ChaCha8Rng) -> bool {
         shared.steps.fetch_add(1, Ordering::Relaxed);
         let result = match shared.config.workload {
             Workload::LockSet => lockset_step(fs, shared, rng).await,
+            Workload::LockRange => lockrange_step(fs, shared, rng).await,
             Workload::Rename => rename_step(fs, shared, rng).await,
         };
         if result == Err(FsError::Fenced) || fs.is_fenced() {
@@ -464,6 +468,151 @@ async fn lockset_step(fs: &Fs, shared: &Shared, rng: &mut ChaCha8Rng) -> Result<
             Err(_) => shared.clock.sleep(HEARTBEAT).await,
         }
     }
+}
+
+/// Counter regions per lock file in the byte-range workload, and each
+/// region's size: a right-aligned decimal and a newline.
+const REGIONS: u64 = 6;
+const REGION: u64 = 16;
+
+/// Exclusive lock on a random span of regions, then increment each region
+/// in the span, then release. Overlapping spans must exclude each other;
+/// disjoint ones run at once.
+async fn lockrange_step(fs: &Fs, shared: &Shared, rng: &mut ChaCha8Rng) -> Result<(), FsError> {
+    let root = Caller::root();
+    let history = &shared.history;
+    let id = fs.client().to_string();
+    let ino = shared.inodes.lock()[rng.gen_range(0..LOCK_FILES as usize)];
+    let owner = rng.gen_range(1..=2u64);
+    let first = rng.gen_range(0..REGIONS);
+    let last = rng.gen_range(first..REGIONS);
+    let (start, end) = (first * REGION, (last + 1) * REGION);
+    let request = LockRequest {
+        kind: Some(LockKind::Write),
+        start,
+        end,
+        pid: 1,
+    };
+    let call = history.invoke(
+        &id,
+        Op::LockRange {
+            ino,
+            owner,
+            start,
+            end,
+        },
+    );
+    let give_up = shared
+        .clock
+        .sleep(Duration::from_secs(rng.gen_range(5..40)));
+    let locked = fs.setlk(&root, ino, owner, request, true, give_up).await;
+    history.complete(call, outcome(&locked));
+    let mut worked = locked;
+    if worked.is_ok() {
+        for region in first..=last {
+            worked = increment(fs, shared, ino, region).await;
+            if worked.is_err() {
+                break;
+            }
+        }
+    }
+    loop {
+        let call = history.invoke(&id, Op::Unlock { ino, owner });
+        let unlocked = fs.unlock_owner(&root, ino, owner).await;
+        history.complete(call, outcome(&unlocked));
+        match unlocked {
+            Ok(()) => return worked,
+            Err(FsError::Fenced) => return Err(FsError::Fenced),
+            Err(_) => shared.clock.sleep(HEARTBEAT).await,
+        }
+    }
+}
+
+/// The counter in region `region` of a lock file's contents (0 if unwritten).
+fn region_value(text: &[u8], region: u64) -> Option<u64> {
+    let from = (region * REGION) as usize;
+    let bytes = text
+        .get(from..(from + REGION as usize).min(text.len()))
+        .unwrap_or(&[]);
+    let digits = String::from_utf8_lossy(bytes);
+    let digits = digits.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+    if digits.is_empty() {
+        Some(0)
+    } else {
+        digits.parse().ok()
+    }
+}
+
+/// Under the range lock: read one region's counter, write it plus one.
+async fn increment(fs: &Fs, shared: &Shared, ino: u64, region: u64) -> Result<(), FsError> {
+    let root = Caller::root();
+    let text = fs.read(&root, ino, region * REGION, REGION as u32).await?;
+    let seen = region_value(&text, 0).ok_or(FsError::Invalid)?;
+    let call = shared
+        .history
+        .invoke(fs.client(), Op::Increment { ino, region, seen });
+    let value = format!("{:>15}\n", seen + 1);
+    let written = fs
+        .write(
+            &root,
+            ino,
+            WriteAt::Offset(region * REGION),
+            value.as_bytes(),
+        )
+        .await;
+    shared.history.complete(call, outcome(&written));
+    written.map(|_| ())
+}
+
+/// Each region's final counter against the increments: acknowledged ones
+/// read distinct values (two holders reading the same value means the
+/// range locks did not exclude), and the counter is at least the number
+/// acknowledged and at most the number attempted.
+async fn check_counters(shared: &Shared, admin: &Database, events: &[Event]) -> Vec<String> {
+    let mut out = Vec::new();
+    let fs = Fs::open(admin.clone(), "fs", "checker", FsOptions::default())
+        .await
+        .expect("open");
+    let inodes = shared.inodes.lock().clone();
+    for ino in inodes {
+        let text = fs
+            .read(&Caller::root(), ino, 0, 1 << 20)
+            .await
+            .expect("read");
+        for region in 0..REGIONS {
+            let Some(value) = region_value(&text, region) else {
+                out.push(format!("lock file {ino} region {region}: garbled counter"));
+                continue;
+            };
+            let mut acked = BTreeSet::new();
+            let mut attempted = 0;
+            for e in events {
+                if let Op::Increment {
+                    ino: i,
+                    region: r,
+                    seen,
+                } = &e.op
+                {
+                    if (*i, *r) != (ino, region) {
+                        continue;
+                    }
+                    attempted += 1;
+                    if e.outcome == Outcome::Ok && !acked.insert(*seen) {
+                        out.push(format!(
+                            "lock file {ino} region {region}: two acknowledged increments both read {seen} (range locks did not exclude)"
+                        ));
+                    }
+                }
+            }
+            if value < acked.len() as u64 || value > attempted {
+                out.push(format!(
+                    "lock file {ino} region {region}: counter {value}, but {} increments acknowledged and {attempted} attempted",
+                    acked.len()
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// Under the lock: read the file and append a line saying how many lines
@@ -753,6 +902,10 @@ async fn check(shared: &Shared, admin: &Database) -> Vec<String> {
             violations.extend(check_lock_files(shared, admin, &events).await);
             violations.extend(check_fencing(&events));
             violations.extend(check_linearizable(&events));
+        }
+        Workload::LockRange => {
+            violations.extend(check_counters(shared, admin, &events).await);
+            violations.extend(check_fencing(&events));
         }
         Workload::Rename => {
             let fs = Fs::open(admin.clone(), "fs", "checker", FsOptions::default())

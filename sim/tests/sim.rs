@@ -109,13 +109,18 @@ mod simulated {
     }
 
     #[test]
+    fn lockrange() {
+        assert_clean_and_faulty(&batch(Workload::LockRange), ALL_FAULTS);
+    }
+
+    #[test]
     fn rename() {
         assert_clean_and_faulty(&batch(Workload::Rename), ALL_FAULTS);
     }
 
     #[test]
     fn same_seed_same_history() {
-        for workload in [Workload::LockSet, Workload::Rename] {
+        for workload in [Workload::LockSet, Workload::LockRange, Workload::Rename] {
             for seed in [3, 17] {
                 let a = run(&RunConfig::new(seed, workload));
                 let b = run(&RunConfig::new(seed, workload));
@@ -135,6 +140,9 @@ mod simulated {
             (Bug::SkipFence, Workload::LockSet),
             (Bug::UnlockInMemoryOnly, Workload::LockSet),
             (Bug::SkipIdempotency, Workload::LockSet),
+            (Bug::SkipFence, Workload::LockRange),
+            (Bug::UnlockInMemoryOnly, Workload::LockRange),
+            (Bug::PartialOverlapMissed, Workload::LockRange),
             (Bug::RenameInTwoTransactions, Workload::Rename),
             (Bug::SkipAncestorCheck, Workload::Rename),
         ];

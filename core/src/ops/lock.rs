@@ -67,6 +67,9 @@ struct Held {
 }
 
 fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    if crate::planted::active(crate::planted::Bug::PartialOverlapMissed) {
+        return a.0 == b.0;
+    }
     a.0 < b.1 && b.0 < a.1
 }
 
