@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod world;
+
 use std::collections::BTreeMap;
 
 pub const ROOT: u64 = 1;
