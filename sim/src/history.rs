@@ -43,6 +43,11 @@ pub enum Op {
         region: u64,
         seen: u64,
     },
+    /// One operation of the model workload on filesystem `fs`.
+    Model {
+        fs: String,
+        op: String,
+    },
     /// Rename a file between directories.
     Rename {
         from: (u64, String),

@@ -8,11 +8,16 @@
 //!   and its hash (same seed, same hash);
 //! - [`cut`]: a backend wrapper that cuts one client off from the KV;
 //! - `run` (under `--cfg madsim` only): one seeded run — clients, nemesis,
-//!   workloads and checkers.
+//!   workloads and checkers; `model` is core's reference model and driver
+//!   (`core/tests/model/`), for the model workload.
 
 pub mod cut;
 pub mod history;
 pub mod wgl;
 
+/// The reference model and its driver, shared with core's model proptest.
+#[cfg(madsim)]
+#[path = "../../core/tests/model/mod.rs"]
+mod model;
 #[cfg(madsim)]
 pub mod run;

@@ -50,6 +50,11 @@ pub enum Workload {
     /// Byte-range variant: exclusive locks on random spans of fixed-size
     /// counter regions of the lock files; increment each region under it.
     LockRange,
+    /// Each client runs short random sequences of filesystem operations on
+    /// a filesystem of its own (so the schedule cannot change outcomes)
+    /// against the reference model, under every fault; every result, errno
+    /// and the final tree must agree, and fsck must be clean.
+    Model,
     /// Renames and exchanges of files and directories, and whole-tree scans.
     Rename,
 }
@@ -233,6 +238,7 @@ async fn setup(admin: &Database, workload: Workload) -> Vec<u64> {
     let root = Caller::root();
     let mut inodes = Vec::new();
     match workload {
+        Workload::Model => {}
         Workload::LockSet | Workload::LockRange => {
             for i in 0..LOCK_FILES {
                 let name = format!("lock{i}");
@@ -297,7 +303,12 @@ async fn client_main(index: usize, shared: Arc<Shared>) {
         let session = madsim::task::spawn(keep_session(fs.clone(), shared.clone()));
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut fenced = work(&fs, &shared, &mut rng).await;
-        if !fenced && shared.config.workload != Workload::Rename {
+        if !fenced
+            && matches!(
+                shared.config.workload,
+                Workload::LockSet | Workload::LockRange
+            )
+        {
             // Liveness: once healed, every lock must be obtainable. A lock
             // leaked by a live client would block this forever.
             fenced = drain_locks(&fs, &shared).await == Err(FsError::Fenced);
@@ -370,6 +381,7 @@ async fn work(fs: &Fs, shared: &Shared, rng: &mut ChaCha8Rng) -> bool {
         let result = match shared.config.workload {
             Workload::LockSet => lockset_step(fs, shared, rng).await,
             Workload::LockRange => lockrange_step(fs, shared, rng).await,
+            Workload::Model => model_step(fs, shared, rng).await,
             Workload::Rename => rename_step(fs, shared, rng).await,
         };
         if result == Err(FsError::Fenced) || fs.is_fenced() {
@@ -468,6 +480,87 @@ async fn lockset_step(fs: &Fs, shared: &Shared, rng: &mut ChaCha8Rng) -> Result<
             Err(_) => shared.clock.sleep(HEARTBEAT).await,
         }
     }
+}
+
+/// Operations per model sequence.
+const MODEL_OPS: usize = 25;
+
+/// One sequence of random operations on a fresh filesystem of this client,
+/// compared with the reference model. A KV failure or fencing makes an
+/// outcome unknown: the sequence is abandoned, not judged.
+async fn model_step(fs: &Fs, shared: &Shared, rng: &mut ChaCha8Rng) -> Result<(), FsError> {
+    use proptest::strategy::{Strategy, ValueTree};
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    let n = shared.steps.load(Ordering::Relaxed);
+    let id = fs.client().to_string();
+    let name = format!("model-{id}-{n}");
+    let world = crate::model::world::World::new(
+        fs.db().clone(),
+        None,
+        &name,
+        [&format!("{id}-m{n}a"), &format!("{id}-m{n}b")],
+    )
+    .await;
+    let Ok(mut world) = world else {
+        return Ok(()); // mkfs or attach met a fault: nothing to judge
+    };
+    let mut seed = [0u8; 32];
+    rng.fill(&mut seed);
+    let mut runner = TestRunner::new_with_rng(
+        Config::default(),
+        TestRng::from_seed(RngAlgorithm::ChaCha, &seed),
+    );
+    let strategy = crate::model::world::op();
+    let mut done = Vec::new();
+    for _ in 0..MODEL_OPS {
+        let op = strategy
+            .new_tree(&mut runner)
+            .expect("the model strategies always generate")
+            .current();
+        let call = shared.history.invoke(
+            &id,
+            Op::Model {
+                fs: name.clone(),
+                op: format!("{op:?}"),
+            },
+        );
+        let stepped = world.step(&op).await;
+        let unknown = world.infra.load(Ordering::Relaxed);
+        shared.history.complete(
+            call,
+            if stepped.is_ok() {
+                Outcome::Ok
+            } else {
+                Outcome::Err(libc::EIO)
+            },
+        );
+        done.push(op);
+        match stepped {
+            Ok(()) => {}
+            Err(_) if unknown => {
+                shared.count("model_abandoned");
+                return Ok(());
+            }
+            Err(e) => {
+                shared
+                    .history
+                    .violation(format!("model: {name}: after {:?}: {e}", done));
+                return Ok(());
+            }
+        }
+    }
+    let finished = world.finish().await;
+    if finished.is_ok() {
+        shared.count("model_checked");
+    }
+    if let Err(e) = finished {
+        if !world.infra.load(Ordering::Relaxed) && !e.contains("Kv") && !fs.is_fenced() {
+            shared
+                .history
+                .violation(format!("model: {name}: final check after {done:?}: {e}"));
+        }
+    }
+    Ok(())
 }
 
 /// Counter regions per lock file in the byte-range workload, and each
@@ -903,6 +996,7 @@ async fn check(shared: &Shared, admin: &Database) -> Vec<String> {
             violations.extend(check_fencing(&events));
             violations.extend(check_linearizable(&events));
         }
+        Workload::Model => {}
         Workload::LockRange => {
             violations.extend(check_counters(shared, admin, &events).await);
             violations.extend(check_fencing(&events));

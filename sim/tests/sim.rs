@@ -114,13 +114,37 @@ mod simulated {
     }
 
     #[test]
+    fn model() {
+        let reports = batch(Workload::Model);
+        assert_clean_and_faulty(&reports, ALL_FAULTS);
+        // Sequences cut short by a KV failure are not judged; most must be.
+        let count = |k: &str| {
+            reports
+                .iter()
+                .map(|r| r.faults.get(k).copied().unwrap_or(0))
+                .sum::<u64>()
+        };
+        let (checked, abandoned) = (count("model_checked"), count("model_abandoned"));
+        println!("model sequences: {checked} checked to the end, {abandoned} abandoned");
+        assert!(
+            reports.len() < 20 || checked > abandoned,
+            "too few model sequences judged"
+        );
+    }
+
+    #[test]
     fn rename() {
         assert_clean_and_faulty(&batch(Workload::Rename), ALL_FAULTS);
     }
 
     #[test]
     fn same_seed_same_history() {
-        for workload in [Workload::LockSet, Workload::LockRange, Workload::Rename] {
+        for workload in [
+            Workload::LockSet,
+            Workload::LockRange,
+            Workload::Model,
+            Workload::Rename,
+        ] {
             for seed in [3, 17] {
                 let a = run(&RunConfig::new(seed, workload));
                 let b = run(&RunConfig::new(seed, workload));
@@ -143,6 +167,7 @@ mod simulated {
             (Bug::SkipFence, Workload::LockRange),
             (Bug::UnlockInMemoryOnly, Workload::LockRange),
             (Bug::PartialOverlapMissed, Workload::LockRange),
+            (Bug::SkipIdempotency, Workload::Model),
             (Bug::RenameInTwoTransactions, Workload::Rename),
             (Bug::SkipAncestorCheck, Workload::Rename),
         ];

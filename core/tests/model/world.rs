@@ -358,7 +358,8 @@ impl World {
                 let Some(p) = m.resolve(parent) else {
                     return Ok(());
                 };
-                let core = core_res(infra, 
+                let core = core_res(
+                    infra,
                     self.clients[*c]
                         .mkdir(&caller(&users[*u]), p, name, *perm)
                         .await,
@@ -379,7 +380,8 @@ impl World {
                     return Ok(());
                 };
                 let who = &users[*u];
-                let core = core_res(infra, 
+                let core = core_res(
+                    infra,
                     self.clients[*c]
                         .create(&caller(who), p, name, *perm, *excl, *access)
                         .await,
@@ -398,7 +400,8 @@ impl World {
                     return Ok(());
                 };
                 let mode = libc::S_IFIFO | perm;
-                let core = core_res(infra, 
+                let core = core_res(
+                    infra,
                     self.clients[*c]
                         .mknod(&caller(&users[*u]), p, name, mode, 0)
                         .await,
@@ -410,7 +413,8 @@ impl World {
                 let Some(p) = m.resolve(parent) else {
                     return Ok(());
                 };
-                let core = core_res(infra, 
+                let core = core_res(
+                    infra,
                     self.clients[*c]
                         .symlink(&caller(&users[*u]), p, name, b"target")
                         .await,
@@ -423,7 +427,10 @@ impl World {
                     return Ok(());
                 };
                 same!(
-                    errno(infra, self.clients[*c].unlink(&caller(&users[*u]), p, name).await),
+                    errno(
+                        infra,
+                        self.clients[*c].unlink(&caller(&users[*u]), p, name).await
+                    ),
                     m.unlink(p, name, &users[*u])
                 );
             }
@@ -432,7 +439,10 @@ impl World {
                     return Ok(());
                 };
                 same!(
-                    errno(infra, self.clients[*c].rmdir(&caller(&users[*u]), p, name).await),
+                    errno(
+                        infra,
+                        self.clients[*c].rmdir(&caller(&users[*u]), p, name).await
+                    ),
                     m.rmdir(p, name, &users[*u])
                 );
             }
@@ -446,7 +456,10 @@ impl World {
                 let (Some(s), Some(p)) = (m.resolve(src), m.resolve(parent)) else {
                     return Ok(());
                 };
-                let core = core_res(infra, self.clients[*c].link(&caller(&users[*u]), s, p, name).await);
+                let core = core_res(
+                    infra,
+                    self.clients[*c].link(&caller(&users[*u]), s, p, name).await,
+                );
                 same!(core, m.link(s, p, name, &users[*u]));
             }
             Op::Rename {
@@ -474,7 +487,10 @@ impl World {
                     return Ok(());
                 };
                 same!(
-                    core_res(infra, self.clients[*c].lookup(&caller(&users[*u]), p, name).await),
+                    core_res(
+                        infra,
+                        self.clients[*c].lookup(&caller(&users[*u]), p, name).await
+                    ),
                     m.lookup(p, name, &users[*u])
                 );
             }
@@ -496,7 +512,8 @@ impl World {
                 if !matches!(m.nodes[&ino].kind, Kind::File | Kind::Dir) {
                     return Ok(()); // the kernel never sends these opens
                 }
-                let core = core_res(infra, 
+                let core = core_res(
+                    infra,
                     self.clients[*c]
                         .open_file(&caller(&users[*u]), ino, *flags)
                         .await,
@@ -519,7 +536,8 @@ impl World {
                 let handle = self.handles.swap_remove(h % self.handles.len());
                 let who = &users[handle.user];
                 same!(
-                    errno(infra, 
+                    errno(
+                        infra,
                         self.clients[handle.client]
                             .release(&caller(who), handle.ino)
                             .await
@@ -556,7 +574,10 @@ impl World {
                 let core = self.clients[handle.client]
                     .write(&caller(who), handle.ino, at, &bytes)
                     .await;
-                same!(errno(infra, core), m.write(handle.ino, *offset, &bytes, who));
+                same!(
+                    errno(infra, core),
+                    m.write(handle.ino, *offset, &bytes, who)
+                );
             }
             Op::Truncate { c, u, path, size } => {
                 let Some(ino) = m.resolve(path) else {
@@ -566,7 +587,8 @@ impl World {
                     size: Some(*size),
                     ..SetAttr::default()
                 };
-                let core = core_res(infra, 
+                let core = core_res(
+                    infra,
                     self.clients[*c]
                         .setattr(&caller(&users[*u]), ino, changes)
                         .await,
@@ -581,7 +603,8 @@ impl World {
                     mode: Some(*mode),
                     ..SetAttr::default()
                 };
-                let core = core_res(infra, 
+                let core = core_res(
+                    infra,
                     self.clients[*c]
                         .setattr(&caller(&users[*u]), ino, changes)
                         .await,
@@ -606,7 +629,8 @@ impl World {
                     gid: *gid,
                     ..SetAttr::default()
                 };
-                let core = core_res(infra, 
+                let core = core_res(
+                    infra,
                     self.clients[*c]
                         .setattr(&caller(&users[*u]), ino, changes)
                         .await,
@@ -703,4 +727,3 @@ impl World {
 fn pick(handles: &[Handle], h: usize) -> Option<&Handle> {
     (!handles.is_empty()).then(|| &handles[h % handles.len()])
 }
-
