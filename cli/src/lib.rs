@@ -208,17 +208,26 @@ async fn list_clients(
         .map_err(|e| e.to_string())?;
     let now_ns = clock.wall_ns();
     if json {
-        let rows: Vec<String> = first
+        // serde_json, not format!: ids, hosts and descriptions are free text.
+        let rows: Vec<serde_json::Value> = first
             .iter()
             .map(|c| {
-                format!(
-                    "{{\"id\":{:?},\"hostname\":{:?},\"pid\":{},\"exe\":{:?},\"description\":{:?},\"mounted_ns\":{},\"version\":{:?},\"heartbeat\":{},\"last_heartbeat_ns\":{},\"locked_inodes\":{},\"open_inodes\":{}}}",
-                    c.info.id, c.info.hostname, c.info.pid, c.info.exe, c.info.description,
-                    c.info.mounted_ns, c.info.version, c.heartbeat, c.last_beat_ns, c.locked_inodes, c.open_inodes
-                )
+                serde_json::json!({
+                    "id": c.info.id,
+                    "hostname": c.info.hostname,
+                    "pid": c.info.pid,
+                    "exe": c.info.exe,
+                    "description": c.info.description,
+                    "mounted_ns": c.info.mounted_ns,
+                    "version": c.info.version,
+                    "heartbeat": c.heartbeat,
+                    "last_heartbeat_ns": c.last_beat_ns,
+                    "locked_inodes": c.locked_inodes,
+                    "open_inodes": c.open_inodes,
+                })
             })
             .collect();
-        println!("[{}]", rows.join(","));
+        println!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
     println!(

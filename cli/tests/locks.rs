@@ -498,6 +498,17 @@ fn fencing(by_expiry: bool) {
     assert_eq!(holder.ask("flock"), "ok");
     assert_eq!(holder.ask("append a-before"), "ok");
     let client = cluster.client_of(a.pid()).expect("mount a is a client");
+    let listed: serde_json::Value =
+        serde_json::from_str(&cluster.hafs(&["list-clients", "--json"])).expect("valid JSON");
+    let row = listed
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["id"] == client.as_str()))
+        .expect("a's row in --json");
+    assert_eq!(
+        (row["description"].as_str(), row["pid"].as_u64()),
+        (Some("a"), Some(u64::from(a.pid())))
+    );
+    assert_eq!(row["locked_inodes"], 1, "a holds one lock");
     a.signal("STOP");
     if by_expiry {
         let deadline = Instant::now() + Duration::from_secs(30);
