@@ -26,6 +26,17 @@ pub struct BenchArgs {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchWhat {
+    /// Metadata, config-update, flock, big-directory and I/O workloads on
+    /// any directory (hafs, bindfs, tmpfs, ...).
+    Dir(crate::bench_dir::DirArgs),
+    /// Raw durable SQLite commits per second in a directory.
+    SqliteCommits {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Lock ping-pong between two mounts (flock and fcntl).
     Locks {
         /// Hand-offs measured per side and lock kind.
@@ -41,6 +52,10 @@ pub enum BenchWhat {
 pub fn run(args: &BenchArgs, relaxed: bool) -> Result<(), String> {
     match &args.what {
         BenchWhat::Locks { rounds, dir } => locks(*rounds, dir.as_deref(), relaxed),
+        BenchWhat::Dir(a) => crate::bench_dir::run_dir(a),
+        BenchWhat::SqliteCommits { dir, seconds, json } => {
+            crate::bench_dir::sqlite_commits(dir, *seconds, *json)
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use hafs_core::session;
 use hafs_fuse::mount::{KvArgs, MountArgs};
 
 pub mod bench;
+pub mod bench_dir;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -1,0 +1,469 @@
+//! `hafs bench dir DIR`: the workloads users choose a filesystem by, run on
+//! any directory — a hafs mount, bindfs, tmpfs — so the same numbers can be
+//! set side by side (`cli/bench/compare.sh` does, in one run):
+//!
+//! - mdtest-like metadata phases (create, stat, open/close, rename, unlink)
+//!   by N worker threads in private directories and in one shared one;
+//! - atomic config updates (write temp, fsync, rename over) while a reader
+//!   checks every read sees one whole version;
+//! - flock ping-pong between two open file descriptions;
+//! - a big directory: create rate per tenth, full listing, random lookups;
+//! - throughput: sequential write and read, 4 KiB random reads.
+//!
+//! `hafs bench sqlite-commits DIR` measures raw durable SQLite commits per
+//! second in DIR (the storage ceiling for durable metadata writes).
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+/// Sizes of the `bench dir` workloads.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DirArgs {
+    /// The directory to run in (a `hafs-bench` subdirectory is created and
+    /// removed).
+    pub dir: PathBuf,
+    /// Worker threads for the metadata phases.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Files per worker in each metadata phase.
+    #[arg(long, default_value_t = 500)]
+    pub files: usize,
+    /// Atomic config updates.
+    #[arg(long, default_value_t = 300)]
+    pub updates: usize,
+    /// flock hand-offs.
+    #[arg(long, default_value_t = 300)]
+    pub handoffs: usize,
+    /// Entries in the big directory (the full size is 1000000).
+    #[arg(long, default_value_t = 100_000)]
+    pub big: usize,
+    /// MiB written and read sequentially.
+    #[arg(long, default_value_t = 256)]
+    pub mib: u64,
+    /// 4 KiB random reads.
+    #[arg(long, default_value_t = 5000)]
+    pub random_reads: usize,
+    /// Only these workloads (comma-separated: meta, config, lock, bigdir, io).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Results in order: (metric, value, unit).
+type Results = Vec<(String, f64, &'static str)>;
+
+fn err(what: &str, e: std::io::Error) -> String {
+    format!("{what}: {e}")
+}
+
+#[allow(clippy::disallowed_methods)] // real I/O timing, outside simulation
+fn now() -> Instant {
+    Instant::now()
+}
+
+fn rate(n: usize, took: Duration) -> f64 {
+    n as f64 / took.as_secs_f64().max(1e-9)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len().max(1) as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or_default()
+}
+
+/// Run `phase(worker, file)` for every file of every worker, in threads.
+fn parallel(
+    workers: usize,
+    files: usize,
+    phase: impl Fn(usize, usize) -> std::io::Result<()> + Sync,
+) -> Result<Duration, String> {
+    let started = now();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let phase = &phase;
+                s.spawn(move || (0..files).try_for_each(|f| phase(w, f)))
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .map_err(|_| "a worker panicked".to_string())?
+                .map_err(|e| err("metadata phase", e))
+        })
+    })?;
+    Ok(started.elapsed())
+}
+
+fn meta(root: &Path, a: &DirArgs, out: &mut Results) -> Result<(), String> {
+    for shared in [false, true] {
+        let dir = |w: usize| -> PathBuf {
+            if shared {
+                root.join("meta-shared")
+            } else {
+                root.join(format!("meta-{w}"))
+            }
+        };
+        for w in 0..a.workers {
+            std::fs::create_dir_all(dir(w)).map_err(|e| err("mkdir", e))?;
+        }
+        let name = |w: usize, f: usize| dir(w).join(format!("w{w}-f{f}"));
+        let moved = |w: usize, f: usize| dir(w).join(format!("w{w}-f{f}.moved"));
+        let n = a.workers * a.files;
+        let tag = if shared { "shared" } else { "private" };
+        let t = parallel(a.workers, a.files, |w, f| {
+            File::create(name(w, f)).map(|_| ())
+        })?;
+        out.push((format!("meta.{tag}.create"), rate(n, t), "ops/s"));
+        let t = parallel(a.workers, a.files, |w, f| {
+            std::fs::metadata(name(w, f)).map(|_| ())
+        })?;
+        out.push((format!("meta.{tag}.stat"), rate(n, t), "ops/s"));
+        let t = parallel(a.workers, a.files, |w, f| {
+            File::open(name(w, f)).map(|_| ())
+        })?;
+        out.push((format!("meta.{tag}.open_close"), rate(n, t), "ops/s"));
+        let t = parallel(a.workers, a.files, |w, f| {
+            std::fs::rename(name(w, f), moved(w, f))
+        })?;
+        out.push((format!("meta.{tag}.rename"), rate(n, t), "ops/s"));
+        let t = parallel(a.workers, a.files, |w, f| std::fs::remove_file(moved(w, f)))?;
+        out.push((format!("meta.{tag}.unlink"), rate(n, t), "ops/s"));
+    }
+    Ok(())
+}
+
+fn config(root: &Path, a: &DirArgs, out: &mut Results) -> Result<(), String> {
+    let target = root.join("app.conf");
+    let tmp = root.join("app.conf.tmp");
+    let version = |n: usize| format!("version {n:08}\n").repeat(64);
+    std::fs::write(&target, version(0)).map_err(|e| err("config", e))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    // reads, reads that found no file, reads that saw a partial or mixed one
+    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let reader = {
+        let (target, stop, counts) = (target.clone(), stop.clone(), counts.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let mut text = String::new();
+                let read = File::open(&target).and_then(|mut f| f.read_to_string(&mut text));
+                let first = text.get(..17).unwrap_or_default();
+                let slot = match read {
+                    Err(_) => 1,
+                    Ok(_) if text.is_empty() || text != first.repeat(64) => 2,
+                    Ok(_) => 0,
+                };
+                counts[slot].fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let started = now();
+    for n in 1..=a.updates {
+        let mut f = File::create(&tmp).map_err(|e| err("config tmp", e))?;
+        f.write_all(version(n).as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| err("config write", e))?;
+        std::fs::rename(&tmp, &target).map_err(|e| err("config rename", e))?;
+    }
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    reader
+        .join()
+        .map_err(|_| "config reader panicked".to_string())?;
+    out.push(("config.updates".into(), rate(a.updates, took), "updates/s"));
+    let count = |i: usize| counts[i].load(Ordering::Relaxed);
+    out.push((
+        "config.reads_during".into(),
+        rate(count(0) as usize, took),
+        "reads/s",
+    ));
+    // Not errors of the benchmark: what the target does to a reader racing
+    // rename-over (a passthrough FUSE filesystem can lose the name).
+    out.push(("config.reader_missing".into(), count(1) as f64, "reads"));
+    out.push(("config.reader_partial".into(), count(2) as f64, "reads"));
+    Ok(())
+}
+
+#[allow(unsafe_code)] // flock(2) has no safe std API
+fn flock(file: &File, op: i32) -> std::io::Result<()> {
+    // SAFETY: the descriptor is open for the duration of the call.
+    if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Two open file descriptions pass an exclusive flock back and forth; a
+/// hand-off is one side's release to the other side holding it.
+fn lock(root: &Path, a: &DirArgs, out: &mut Results) -> Result<(), String> {
+    let path = root.join("lock");
+    std::fs::write(&path, [0u8]).map_err(|e| err("lock file", e))?;
+    let released = Arc::new(AtomicU64::new(0));
+    let epoch = now();
+    let side = |me: u8, released: Arc<AtomicU64>, path: PathBuf| {
+        move || -> std::io::Result<Vec<Duration>> {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)?;
+            let mut handoffs = Vec::new();
+            let mut byte = [0u8];
+            let mut spins = 0;
+            while handoffs.len() < a.handoffs && spins < 100 * a.handoffs {
+                flock(&f, libc::LOCK_EX)?;
+                f.read_at(&mut byte, 0)?;
+                if byte[0] != me && byte[0] != 0 {
+                    let at = Duration::from_nanos(released.load(Ordering::SeqCst));
+                    handoffs.push(epoch.elapsed().saturating_sub(at));
+                } else {
+                    spins += 1;
+                }
+                f.write_at(&[me], 0)?;
+                released.store(epoch.elapsed().as_nanos() as u64, Ordering::SeqCst);
+                flock(&f, libc::LOCK_UN)?;
+            }
+            Ok(handoffs)
+        }
+    };
+    let mut all = std::thread::scope(|s| -> Result<Vec<Duration>, String> {
+        let one = s.spawn(side(1, released.clone(), path.clone()));
+        let two = s.spawn(side(2, released.clone(), path.clone()));
+        let mut v = one
+            .join()
+            .map_err(|_| "lock side panicked".to_string())?
+            .map_err(|e| err("flock", e))?;
+        v.extend(
+            two.join()
+                .map_err(|_| "lock side panicked".to_string())?
+                .map_err(|e| err("flock", e))?,
+        );
+        Ok(v)
+    })?;
+    all.sort();
+    out.push((
+        "lock.flock_handoff_median".into(),
+        percentile(&all, 0.5).as_secs_f64() * 1e3,
+        "ms",
+    ));
+    out.push((
+        "lock.flock_handoff_p99".into(),
+        percentile(&all, 0.99).as_secs_f64() * 1e3,
+        "ms",
+    ));
+    Ok(())
+}
+
+fn bigdir(root: &Path, a: &DirArgs, out: &mut Results, quiet: bool) -> Result<(), String> {
+    let dir = root.join("big");
+    std::fs::create_dir_all(&dir).map_err(|e| err("mkdir big", e))?;
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(a.big as u64)
+    };
+    let slices = 10;
+    let per = a.big.div_ceil(slices);
+    let mut rates = Vec::new();
+    for s in 0..slices {
+        let started = now();
+        let range = s * per..((s + 1) * per).min(a.big);
+        let n = range.len();
+        for i in range {
+            File::create(dir.join(format!("entry-{i:08}"))).map_err(|e| err("big create", e))?;
+            bar.inc(1);
+        }
+        rates.push(rate(n, started.elapsed()));
+    }
+    bar.finish_and_clear();
+    out.push(("bigdir.create_first_tenth".into(), rates[0], "creates/s"));
+    out.push((
+        "bigdir.create_last_tenth".into(),
+        *rates.last().unwrap_or(&0.0),
+        "creates/s",
+    ));
+    out.push((
+        "bigdir.last_over_first".into(),
+        rates.last().unwrap_or(&0.0) / rates[0].max(1e-9),
+        "ratio",
+    ));
+    let started = now();
+    let listed = std::fs::read_dir(&dir)
+        .map_err(|e| err("readdir", e))?
+        .count();
+    out.push((
+        "bigdir.readdir".into(),
+        started.elapsed().as_secs_f64(),
+        "s",
+    ));
+    if listed != a.big {
+        return Err(format!("readdir listed {listed} of {} entries", a.big));
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut lat: Vec<Duration> = (0..1000)
+        .map(|_| {
+            let i = rng.gen_range(0..a.big);
+            let started = now();
+            std::fs::metadata(dir.join(format!("entry-{i:08}"))).map(|_| started.elapsed())
+        })
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| err("lookup", e))?;
+    lat.sort();
+    out.push((
+        "bigdir.lookup_median".into(),
+        percentile(&lat, 0.5).as_secs_f64() * 1e6,
+        "us",
+    ));
+    out.push((
+        "bigdir.lookup_p99".into(),
+        percentile(&lat, 0.99).as_secs_f64() * 1e6,
+        "us",
+    ));
+    std::fs::remove_dir_all(&dir).map_err(|e| err("rm big", e))?;
+    Ok(())
+}
+
+fn io(root: &Path, a: &DirArgs, out: &mut Results) -> Result<(), String> {
+    let path = root.join("big-file");
+    let chunk = vec![0x5au8; 1 << 20];
+    let started = now();
+    let mut f = File::create(&path).map_err(|e| err("create", e))?;
+    for _ in 0..a.mib {
+        f.write_all(&chunk).map_err(|e| err("write", e))?;
+    }
+    f.sync_all().map_err(|e| err("fsync", e))?;
+    drop(f);
+    out.push((
+        "io.seq_write".into(),
+        a.mib as f64 / started.elapsed().as_secs_f64(),
+        "MiB/s",
+    ));
+    let started = now();
+    let mut f = File::open(&path).map_err(|e| err("open", e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| err("read", e))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    if total != a.mib << 20 {
+        return Err(format!("read back {total} of {} bytes", a.mib << 20));
+    }
+    out.push((
+        "io.seq_read".into(),
+        a.mib as f64 / started.elapsed().as_secs_f64(),
+        "MiB/s",
+    ));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let blocks = (a.mib << 20) / 4096;
+    let mut page = [0u8; 4096];
+    let started = now();
+    for _ in 0..a.random_reads {
+        let at = rng.gen_range(0..blocks) * 4096;
+        f.read_exact_at(&mut page, at)
+            .map_err(|e| err("random read", e))?;
+    }
+    out.push((
+        "io.rand_read_4k".into(),
+        rate(a.random_reads, started.elapsed()),
+        "IOPS",
+    ));
+    drop(f);
+    std::fs::remove_file(&path).map_err(|e| err("rm", e))?;
+    Ok(())
+}
+
+pub fn run_dir(a: &DirArgs) -> Result<(), String> {
+    let root = a.dir.join("hafs-bench");
+    if root.exists() {
+        return Err(format!("{} exists; remove it first", root.display()));
+    }
+    std::fs::create_dir_all(&root).map_err(|e| err(&root.display().to_string(), e))?;
+    let want = |w: &str| a.only.is_empty() || a.only.iter().any(|o| o == w);
+    let mut out = Results::new();
+    let result = (|| {
+        if want("meta") {
+            meta(&root, a, &mut out)?;
+        }
+        if want("config") {
+            config(&root, a, &mut out)?;
+        }
+        if want("lock") {
+            lock(&root, a, &mut out)?;
+        }
+        if want("bigdir") {
+            bigdir(&root, a, &mut out, a.json)?;
+        }
+        if want("io") {
+            io(&root, a, &mut out)?;
+        }
+        Ok::<_, String>(())
+    })();
+    let _ = std::fs::remove_dir_all(&root);
+    result?;
+    if a.json {
+        let map: serde_json::Map<String, serde_json::Value> = out
+            .iter()
+            .map(|(k, v, _)| (k.clone(), serde_json::json!(v)))
+            .collect();
+        println!("{}", serde_json::Value::Object(map));
+    } else {
+        println!("hafs bench dir {}", a.dir.display());
+        for (k, v, unit) in &out {
+            println!("{k:<32} {v:>14.2} {unit}");
+        }
+    }
+    Ok(())
+}
+
+/// Raw SQLite: one-row durable commits (WAL, synchronous=FULL) per second
+/// in `dir` for `seconds` — what durable metadata writes can reach there.
+pub fn sqlite_commits(dir: &Path, seconds: f64, json: bool) -> Result<(), String> {
+    let path = dir.join(format!("hafs-bench-sqlite-{}.db", std::process::id()));
+    let sql = |e: rusqlite::Error| format!("sqlite: {e}");
+    let conn = rusqlite::Connection::open(&path).map_err(sql)?;
+    let result = (|| {
+        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+            .map_err(sql)?;
+        conn.execute_batch(
+            "PRAGMA synchronous=FULL; CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB);",
+        )
+        .map_err(sql)?;
+        let started = now();
+        let mut n = 0usize;
+        while started.elapsed().as_secs_f64() < seconds {
+            conn.execute("INSERT INTO t(v) VALUES (zeroblob(100))", [])
+                .map_err(sql)?;
+            n += 1;
+        }
+        Ok::<_, String>(rate(n, started.elapsed()))
+    })();
+    drop(conn);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let per_second = result?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "sqlite.durable_commits": per_second })
+        );
+    } else {
+        println!(
+            "{:<32} {per_second:>14.2} commits/s",
+            "sqlite.durable_commits"
+        );
+    }
+    Ok(())
+}
