@@ -622,3 +622,41 @@ fn flock_and_fcntl_share_one_lock_space() {
         Err(libc::EWOULDBLOCK)
     );
 }
+
+/// `umount` from outside (and SIGINT) end the mount process cleanly and
+/// detach its client, so it holds nothing and is not left to expire.
+#[test]
+fn external_umount_and_sigint_detach_the_client() {
+    if !fuse_available() {
+        return;
+    }
+    let cluster = Cluster::new();
+    let mut a = cluster.mount("a", &[]);
+    let b = cluster.mount("b", &[]);
+    std::fs::write(a.p("f"), b"x").unwrap();
+    assert!(cluster.client_of(a.pid()).is_some());
+    let status = Command::new("umount").arg(&a.path).status().unwrap();
+    assert!(status.success(), "umount failed");
+    let exited = a.child.wait().unwrap();
+    assert!(
+        exited.success(),
+        "hafs mount exited with {exited} after umount"
+    );
+    assert_eq!(
+        cluster.client_of(a.pid()),
+        None,
+        "umount left the client attached"
+    );
+    b.signal("INT");
+    let mut b = b;
+    assert!(
+        b.child.wait().unwrap().success(),
+        "hafs mount failed on SIGINT"
+    );
+    assert_eq!(
+        cluster.client_of(b.pid()),
+        None,
+        "SIGINT left the client attached"
+    );
+    assert!(!support::is_mounted(&b.path));
+}
