@@ -105,6 +105,9 @@ pub struct MountArgs {
     /// another mount can fail with ESTALE.
     #[arg(long, default_value_t = 5.0)]
     pub unlink_grace: f64,
+    /// Threads reading kernel requests (each with its own /dev/fuse clone).
+    #[arg(long, default_value_t = 1)]
+    pub fuse_threads: usize,
     /// Free text shown by `hafs list-clients`.
     #[arg(long, default_value = "")]
     pub description: String,
@@ -249,6 +252,10 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
         entry_ttl: Duration::from_secs_f64(args.entry_timeout.max(0.0)),
     };
     let mut config = fuser::Config::default();
+    if args.fuse_threads > 1 {
+        config.n_threads = Some(args.fuse_threads.min(64));
+        config.clone_fd = true;
+    }
     config.mount_options = vec![
         fuser::MountOption::FSName(format!("hafs:{}", kv.fs_name)),
         fuser::MountOption::Subtype("hafs".into()),
