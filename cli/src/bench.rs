@@ -87,7 +87,7 @@ impl MountProcess {
             path: path.to_path_buf(),
         };
         for _ in 0..400 {
-            if is_mounted(path) {
+            if hafs_fuse::mount::is_mountpoint(path) {
                 return Ok(mount);
             }
             if let Ok(Some(status)) = mount.child.try_wait() {
@@ -105,30 +105,21 @@ impl Drop for MountProcess {
             .arg(self.child.id().to_string())
             .status();
         let _ = self.child.wait();
-        if is_mounted(&self.path) {
+        if hafs_fuse::mount::is_mountpoint(&self.path) {
             let _ = Command::new("umount").arg("-l").arg(&self.path).status();
         }
     }
 }
 
-fn is_mounted(path: &Path) -> bool {
-    let canonical = path.canonicalize().unwrap_or(path.to_path_buf());
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| Path::new(mp) == canonical)
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Flock,
     Fcntl,
 }
 
 /// Take (`true`) or drop the exclusive whole-file lock, waiting to take it.
 #[allow(unsafe_code)] // flock(2)/fcntl(2) locks have no safe std API
-fn lock(file: &File, kind: Kind, take: bool) -> std::io::Result<()> {
+pub(crate) fn lock(file: &File, kind: Kind, take: bool) -> std::io::Result<()> {
     let fd = file.as_raw_fd();
     let rc = match kind {
         // SAFETY: `fd` is an open descriptor for the duration of the call.
@@ -184,9 +175,10 @@ fn side(
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+/// The `p` quantile of `sorted` (zero when empty).
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len().max(1) as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or_default()
 }
 
 fn locks(rounds: usize, dir: Option<&Path>, relaxed: bool) -> Result<(), String> {

@@ -15,7 +15,6 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
+
+use crate::bench::{lock as take_lock, percentile, Kind};
 
 /// Sizes of the `bench dir` workloads.
 #[derive(Debug, Clone, clap::Args)]
@@ -73,11 +74,6 @@ fn now() -> Instant {
 
 fn rate(n: usize, took: Duration) -> f64 {
     n as f64 / took.as_secs_f64().max(1e-9)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len().max(1) as f64 - 1.0) * p).round() as usize;
-    sorted.get(i).copied().unwrap_or_default()
 }
 
 /// Run `phase(worker, file)` for every file of every worker, in threads.
@@ -192,16 +188,6 @@ fn config(root: &Path, a: &DirArgs, out: &mut Results) -> Result<(), String> {
     Ok(())
 }
 
-#[allow(unsafe_code)] // flock(2) has no safe std API
-fn flock(file: &File, op: i32) -> std::io::Result<()> {
-    // SAFETY: the descriptor is open for the duration of the call.
-    if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 /// Two open file descriptions pass an exclusive flock back and forth; a
 /// hand-off is one side's release to the other side holding it.
 fn lock(root: &Path, a: &DirArgs, out: &mut Results) -> Result<(), String> {
@@ -219,7 +205,7 @@ fn lock(root: &Path, a: &DirArgs, out: &mut Results) -> Result<(), String> {
             let mut byte = [0u8];
             let mut spins = 0;
             while handoffs.len() < a.handoffs && spins < 100 * a.handoffs {
-                flock(&f, libc::LOCK_EX)?;
+                take_lock(&f, Kind::Flock, true)?;
                 f.read_at(&mut byte, 0)?;
                 if byte[0] != me && byte[0] != 0 {
                     let at = Duration::from_nanos(released.load(Ordering::SeqCst));
@@ -229,7 +215,7 @@ fn lock(root: &Path, a: &DirArgs, out: &mut Results) -> Result<(), String> {
                 }
                 f.write_at(&[me], 0)?;
                 released.store(epoch.elapsed().as_nanos() as u64, Ordering::SeqCst);
-                flock(&f, libc::LOCK_UN)?;
+                take_lock(&f, Kind::Flock, false)?;
             }
             Ok(handoffs)
         }

@@ -134,7 +134,8 @@ pub fn init_logging(debug_fuse: bool) {
         .try_init();
 }
 
-fn is_mountpoint(path: &Path) -> bool {
+/// Whether `path` is a mount point now (per /proc/self/mountinfo).
+pub fn is_mountpoint(path: &Path) -> bool {
     let Ok(canonical) = path.canonicalize() else {
         return false;
     };

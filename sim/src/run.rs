@@ -468,12 +468,24 @@ async fn lockset_step(fs: &Fs, shared: &Shared, rng: &mut ChaCha8Rng) -> Result<
         Ok(()) => append_line(fs, shared, ino).await,
         Err(e) => Err(e),
     };
-    // Release as closing the file would: also after a failed lock (whose
-    // commit may have landed anyway), and until it sticks.
+    release(fs, shared, ino, owner, worked).await
+}
+
+/// Release `owner`'s locks on `ino` as closing the file would: also after a
+/// failed lock (whose commit may have landed anyway), and until it sticks.
+/// Returns `worked`, unless the client turned out fenced.
+async fn release(
+    fs: &Fs,
+    shared: &Shared,
+    ino: u64,
+    owner: u64,
+    worked: Result<(), FsError>,
+) -> Result<(), FsError> {
+    let id = fs.client().to_string();
     loop {
-        let call = history.invoke(&id, Op::Unlock { ino, owner });
-        let unlocked = fs.unlock_owner(&root, ino, owner).await;
-        history.complete(call, outcome(&unlocked));
+        let call = shared.history.invoke(&id, Op::Unlock { ino, owner });
+        let unlocked = fs.unlock_owner(&Caller::root(), ino, owner).await;
+        shared.history.complete(call, outcome(&unlocked));
         match unlocked {
             Ok(()) => return worked,
             Err(FsError::Fenced) => return Err(FsError::Fenced),
@@ -609,16 +621,7 @@ async fn lockrange_step(fs: &Fs, shared: &Shared, rng: &mut ChaCha8Rng) -> Resul
             }
         }
     }
-    loop {
-        let call = history.invoke(&id, Op::Unlock { ino, owner });
-        let unlocked = fs.unlock_owner(&root, ino, owner).await;
-        history.complete(call, outcome(&unlocked));
-        match unlocked {
-            Ok(()) => return worked,
-            Err(FsError::Fenced) => return Err(FsError::Fenced),
-            Err(_) => shared.clock.sleep(HEARTBEAT).await,
-        }
-    }
+    release(fs, shared, ino, owner, worked).await
 }
 
 /// The counter in region `region` of a lock file's contents (0 if unwritten).

@@ -72,6 +72,31 @@ pub async fn apply_open_or_create(
     apply(txn, ctx, parent, name, ino, node).await
 }
 
+/// A regular file by `open(2)` with `O_CREAT`: with `exclusive` (O_EXCL)
+/// create it or fail; without, return an existing file after checking
+/// `access`, or create it.
+#[allow(clippy::too_many_arguments)] // the open(2) arguments, as the kernel passes them
+pub async fn apply_create_file(
+    txn: &Transaction,
+    ctx: &Ctx<'_>,
+    parent: u64,
+    name: &[u8],
+    ino: u64,
+    perm_bits: u32,
+    exclusive: bool,
+    access: u32,
+) -> FsResult<Attr> {
+    let node = NewNode {
+        mode: libc::S_IFREG | (perm_bits & 0o7777),
+        rdev: 0,
+    };
+    if exclusive {
+        apply(txn, ctx, parent, name, ino, node).await
+    } else {
+        apply_open_or_create(txn, ctx, parent, name, ino, node, access).await
+    }
+}
+
 impl Fs {
     pub async fn mknod(
         &self,
@@ -101,16 +126,8 @@ impl Fs {
         access: u32,
     ) -> FsResult<Attr> {
         let ino = self.allocate_inode().await?;
-        let node = NewNode {
-            mode: libc::S_IFREG | (perm_bits & 0o7777),
-            rdev: 0,
-        };
         self.mutate(caller, |txn, ctx| async move {
-            if exclusive {
-                apply(&txn, &ctx, parent, name, ino, node).await
-            } else {
-                apply_open_or_create(&txn, &ctx, parent, name, ino, node, access).await
-            }
+            apply_create_file(&txn, &ctx, parent, name, ino, perm_bits, exclusive, access).await
         })
         .await
     }

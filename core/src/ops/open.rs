@@ -176,10 +176,6 @@ impl Fs {
         flags: i32,
     ) -> FsResult<Attr> {
         let ino = self.allocate_inode().await?;
-        let node = super::create::NewNode {
-            mode: libc::S_IFREG | (perm_bits & 0o7777),
-            rdev: 0,
-        };
         let exclusive = flags & libc::O_EXCL != 0;
         let access = access_mask(flags & !libc::O_TRUNC);
         // The slot of the new inode is ours alone: nothing else knows `ino`.
@@ -187,12 +183,10 @@ impl Fs {
         let mut count = slot.lock().await;
         let result = self
             .mutate(caller, |txn, ctx| async move {
-                let attr = if exclusive {
-                    super::create::apply(&txn, &ctx, parent, name, ino, node).await?
-                } else {
-                    super::create::apply_open_or_create(&txn, &ctx, parent, name, ino, node, access)
-                        .await?
-                };
+                let attr = super::create::apply_create_file(
+                    &txn, &ctx, parent, name, ino, perm_bits, exclusive, access,
+                )
+                .await?;
                 if attr.ino == ino {
                     record_open(&txn, &ctx, ino);
                 }

@@ -98,12 +98,7 @@ pub fn test_flags() -> Vec<String> {
 }
 
 pub fn is_mounted(path: &Path) -> bool {
-    let canonical = path.canonicalize().unwrap_or(path.to_path_buf());
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| Path::new(mp) == canonical)
+    hafs_fuse::mount::is_mountpoint(path)
 }
 
 /// Whether real mounts can run here. Without root or /dev/fuse the tests
