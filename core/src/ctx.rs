@@ -1,6 +1,8 @@
 //! Who is asking and when: the context every operation gets. Operations read
 //! identity, time and configuration only from here, never from the OS.
 
+use std::sync::{Arc, OnceLock};
+
 use crate::codec::Settings;
 use crate::keys::Keys;
 
@@ -10,7 +12,7 @@ pub struct Caller {
     pub uid: u32,
     pub gid: u32,
     /// Supplementary groups.
-    pub groups: Vec<u32>,
+    pub groups: Groups,
     pub pid: u32,
 }
 
@@ -23,7 +25,7 @@ impl Caller {
         Caller {
             uid,
             gid,
-            groups: Vec::new(),
+            groups: Groups::default(),
             pid: 0,
         }
     }
@@ -33,7 +35,68 @@ impl Caller {
     }
 
     pub fn in_group(&self, gid: u32) -> bool {
-        self.gid == gid || self.groups.contains(&gid)
+        self.gid == gid || self.groups.list().contains(&gid)
+    }
+}
+
+/// A caller's supplementary groups: a known list, or one looked up on first
+/// use. FUSE passes only uid, gid and pid, so the mount would read
+/// `/proc/PID/status` for every request — a quarter of the daemon's CPU per
+/// request under `perf` — although most requests (root callers, owners,
+/// members by primary gid) never consult the list.
+#[derive(Clone, Default)]
+pub struct Groups(Arc<GroupsInner>);
+
+/// Reads a process's supplementary groups.
+pub type GroupLookup = fn(u32) -> Vec<u32>;
+
+#[derive(Default)]
+struct GroupsInner {
+    list: OnceLock<Vec<u32>>,
+    /// Where a lazy list comes from: (pid, lookup).
+    lookup: Option<(u32, GroupLookup)>,
+}
+
+impl Groups {
+    /// Groups read by `lookup(pid)` the first time they are needed.
+    pub fn lazy(pid: u32, lookup: GroupLookup) -> Groups {
+        Groups(Arc::new(GroupsInner {
+            list: OnceLock::new(),
+            lookup: Some((pid, lookup)),
+        }))
+    }
+
+    pub fn list(&self) -> &[u32] {
+        self.0.list.get_or_init(|| match self.0.lookup {
+            Some((pid, lookup)) => lookup(pid),
+            None => Vec::new(),
+        })
+    }
+}
+
+impl From<Vec<u32>> for Groups {
+    fn from(list: Vec<u32>) -> Groups {
+        Groups(Arc::new(GroupsInner {
+            list: OnceLock::from(list),
+            lookup: None,
+        }))
+    }
+}
+
+impl PartialEq for Groups {
+    fn eq(&self, other: &Groups) -> bool {
+        self.list() == other.list()
+    }
+}
+
+impl Eq for Groups {}
+
+impl std::fmt::Debug for Groups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.list.get() {
+            Some(list) => list.fmt(f),
+            None => f.write_str("<not looked up>"),
+        }
     }
 }
 
@@ -85,4 +148,33 @@ pub struct Ctx<'a> {
     pub keys: &'a Keys,
     pub settings: &'a Settings,
     pub options: &'a FsOptions,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static LOOKUPS: AtomicUsize = AtomicUsize::new(0);
+
+    fn lookup(pid: u32) -> Vec<u32> {
+        LOOKUPS.fetch_add(1, Ordering::SeqCst);
+        vec![pid + 1]
+    }
+
+    #[test]
+    fn lazy_groups_are_read_once_and_only_when_needed() {
+        let caller = Caller {
+            uid: 1000,
+            gid: 1000,
+            groups: Groups::lazy(41, lookup),
+            pid: 41,
+        };
+        assert!(caller.in_group(1000), "the primary group needs no lookup");
+        assert_eq!(LOOKUPS.load(Ordering::SeqCst), 0);
+        assert!(caller.in_group(42));
+        assert!(!caller.in_group(43));
+        assert_eq!(caller.clone().groups.list(), &[42]);
+        assert_eq!(LOOKUPS.load(Ordering::SeqCst), 1);
+    }
 }

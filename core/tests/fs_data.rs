@@ -226,7 +226,7 @@ async fn setattr_permission_rules() {
     let fs = client(&db, "c1").await;
     let root = Caller::root();
     let owner = Caller {
-        groups: vec![200],
+        groups: vec![200].into(),
         ..Caller::user(1000, 1000)
     };
     let other = Caller::user(2000, 2000);

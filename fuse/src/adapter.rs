@@ -23,7 +23,7 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use hafs_core::codec::{Attr, FileType, LockKind};
-use hafs_core::ctx::Caller;
+use hafs_core::ctx::{Caller, Groups};
 use hafs_core::error::{FsError, FsResult};
 use hafs_core::fs::Fs;
 use hafs_core::ops::lock::{LockRequest, LOCK_END_MAX};
@@ -98,14 +98,15 @@ impl HafsFuse {
     }
 }
 
-/// The caller of a request, with its supplementary groups read from
-/// `/proc/PID/status` (FUSE passes only uid, gid and pid).
+/// The caller of a request; its supplementary groups are read from
+/// `/proc/PID/status` (FUSE passes only uid, gid and pid) only if a
+/// permission check needs them.
 fn caller(req: &Request) -> Caller {
     let pid = req.pid();
     Caller {
         uid: req.uid(),
         gid: req.gid(),
-        groups: supplementary_groups(pid),
+        groups: Groups::lazy(pid, supplementary_groups),
         pid,
     }
 }

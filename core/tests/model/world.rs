@@ -52,7 +52,7 @@ fn caller(who: &Who) -> Caller {
     Caller {
         uid: who.uid,
         gid: who.gid,
-        groups: who.groups.clone(),
+        groups: who.groups.clone().into(),
         pid: 1,
     }
 }
