@@ -30,32 +30,53 @@ fn decode(value: Option<Vec<u8>>) -> u64 {
     })
 }
 
+const DURABILITY_ENV: &str = "HAFS_TEST_DURABILITY";
+
+fn durability() -> Durability {
+    match std::env::var(DURABILITY_ENV).as_deref() {
+        Ok("durable") => Durability::Durable,
+        _ => Durability::Relaxed,
+    }
+}
+
 fn open(path: &Path, seed: u64) -> Database {
     let clock = TokioClock::new();
     let options = SqliteOptions {
-        durability: Durability::Relaxed,
+        durability: durability(),
         ..SqliteOptions::default()
     };
     let backend = SqliteBackend::open(path, options, clock.clone()).expect("open sqlite");
     Database::new(Arc::new(backend), clock, seed)
 }
 
-/// One worker: every increment reads a counter and the total, writes both.
+/// One worker: two tasks (so durable commits also meet in one group
+/// commit); every increment reads a counter and the total, writes both.
 async fn work(path: &Path, seed: u64) -> Result<(), KvError> {
     let db = open(path, seed);
-    for i in 0..INCREMENTS {
-        let key = counter_key((i + seed) % COUNTERS);
-        db.run(|txn, _maybe_committed| {
-            let key = key.clone();
-            async move {
-                let n = decode(txn.get(&key).await?);
-                let total = decode(txn.get(b"total").await?);
-                txn.set(&key, &(n + 1).to_le_bytes());
-                txn.set(b"total", &(total + 1).to_le_bytes());
+    let tasks: Vec<_> = (0..2u64)
+        .map(|task| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                for i in (task..INCREMENTS).step_by(2) {
+                    let key = counter_key((i + seed) % COUNTERS);
+                    db.run(|txn, _maybe_committed| {
+                        let key = key.clone();
+                        async move {
+                            let n = decode(txn.get(&key).await?);
+                            let total = decode(txn.get(b"total").await?);
+                            txn.set(&key, &(n + 1).to_le_bytes());
+                            txn.set(b"total", &(total + 1).to_le_bytes());
+                            Ok::<_, KvError>(())
+                        }
+                    })
+                    .await?;
+                }
                 Ok::<_, KvError>(())
-            }
+            })
         })
-        .await?;
+        .collect();
+    for task in tasks {
+        task.await.map_err(|e| KvError::Backend(e.to_string()))??;
     }
     Ok(())
 }
@@ -74,6 +95,13 @@ fn two_processes_lose_no_increment() {
             .expect("worker transaction failed");
         return;
     }
+    for durability in ["relaxed", "durable"] {
+        two_processes_increment(durability);
+    }
+}
+
+fn two_processes_increment(durability: &str) {
+    std::env::set_var(DURABILITY_ENV, durability);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("hafs.db");
     drop(open(&path, 0)); // create the schema before racing
@@ -83,6 +111,7 @@ fn two_processes_lose_no_increment() {
             Command::new(&exe)
                 .args(["two_processes_lose_no_increment", "--exact", "--nocapture"])
                 .env(WORKER_ENV, &path)
+                .env(DURABILITY_ENV, durability)
                 .env("HAFS_TEST_WORKER_SEED", seed.to_string())
                 .spawn()
                 .expect("spawn worker")
@@ -90,7 +119,7 @@ fn two_processes_lose_no_increment() {
         .collect();
     for mut worker in workers {
         let status = worker.wait().expect("wait worker");
-        assert!(status.success(), "worker failed: {status}");
+        assert!(status.success(), "{durability} worker failed: {status}");
     }
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let (total, sum) = runtime.block_on(async {
@@ -106,8 +135,16 @@ fn two_processes_lose_no_increment() {
         .await
         .expect("read counters")
     });
-    assert_eq!(total, 2 * INCREMENTS, "lost updates on the total");
-    assert_eq!(sum, 2 * INCREMENTS, "lost updates on the counters");
+    assert_eq!(
+        total,
+        2 * INCREMENTS,
+        "{durability}: lost updates on the total"
+    );
+    assert_eq!(
+        sum,
+        2 * INCREMENTS,
+        "{durability}: lost updates on the counters"
+    );
 }
 
 const WATCHER_ENV: &str = "HAFS_TEST_WATCH_DB";

@@ -20,8 +20,11 @@
 //!   faster.
 //! - **Never blocking the executor.** Reads run inline (WAL readers take no
 //!   locks; a rare `SQLITE_BUSY` on starting a snapshot is retried on the
-//!   blocking pool). Commits, which wait for the write lock and fsync, run on
-//!   tokio's blocking pool.
+//!   blocking pool). Commits, which wait for the write lock and fsync, run
+//!   off the executor (`block_in_place` or the blocking pool).
+//! - **Group commit.** Durable commits that arrive while another is being
+//!   fsynced are written together in one SQLite transaction with one fsync,
+//!   each still checked for conflicts on its own ([`GroupCommit`]).
 //! - **Watches** across processes: a watcher thread polls
 //!   `PRAGMA data_version` (it changes when any other connection commits)
 //!   and is woken at once by commits of this process.
@@ -130,7 +133,29 @@ struct Shared {
     checkpoint_wake: Condvar,
     watches: Mutex<WatchTable>,
     watch_wake: Condvar,
+    group: GroupCommit,
 }
+
+/// Durable commits of this process, batched: one SQLite transaction and one
+/// fsync for every commit that arrived while the previous batch was being
+/// written (group commit, as databases do for their logs). Each commit is
+/// still checked against the conflict log on its own and gets its own
+/// version; a conflict fails only that commit.
+///
+/// No thread of its own: a committer queues its work, then takes `leader`.
+/// Whoever holds `leader` writes everything queued; a committer that gets
+/// `leader` and finds its slot filled was committed by a previous leader.
+/// Relaxed commits do not fsync, so they keep the cheaper inline path.
+#[derive(Default)]
+struct GroupCommit {
+    queue: Mutex<Vec<(CommitWork, Arc<Slot>)>>,
+    /// The connection batches are written on (opened on first use).
+    leader: Mutex<Option<Connection>>,
+    batches: AtomicU64,
+    committed: AtomicU64,
+}
+
+type Slot = Mutex<Option<KvResult<Version>>>;
 
 #[derive(Default)]
 struct WatchTable {
@@ -160,6 +185,7 @@ impl SqliteBackend {
             checkpoint_wake: Condvar::new(),
             watches: Mutex::default(),
             watch_wake: Condvar::new(),
+            group: GroupCommit::default(),
         });
         if options.durability == Durability::Relaxed {
             start_checkpointer(&shared)?;
@@ -169,6 +195,16 @@ impl SqliteBackend {
 
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// Durable commits so far and the SQLite transactions (fsyncs) that
+    /// wrote them: `(commits, batches)`.
+    pub fn group_commit_stats(&self) -> (u64, u64) {
+        let group = &self.shared.group;
+        (
+            group.committed.load(Ordering::Relaxed),
+            group.batches.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -533,23 +569,29 @@ impl BackendTxn for SqliteTxn {
                 .then(|| self.shared.prune_mark(at_ms, self.read_version))
                 .flatten(),
         };
-        let (conn, result) = match self.shared.options.durability {
+        let result = match self.shared.options.durability {
             // No fsync at COMMIT (checkpoints run on their own thread), so
             // an uncontended commit runs inline; waiting for the lock does not.
-            Durability::Relaxed => match commit_promoted(&conn, &work) {
-                Attempt::Done(result) => (conn, result),
-                Attempt::Busy => on_blocking_pool(conn, move |c| commit_locked(c, &work)).await?,
-            },
-            // COMMIT fsyncs: always off the executor.
+            Durability::Relaxed => {
+                let (conn, result) = match commit_promoted(&conn, &work) {
+                    Attempt::Done(result) => (conn, result),
+                    Attempt::Busy => {
+                        on_blocking_pool(conn, move |c| commit_locked(c, &work)).await?
+                    }
+                };
+                self.shared.give_back(conn);
+                result
+            }
+            // COMMIT fsyncs: batched with this process's other commits, off
+            // the executor. The snapshot is no longer needed.
             Durability::Durable => {
-                on_blocking_pool(conn, move |c| match commit_promoted(c, &work) {
-                    Attempt::Done(result) => result,
-                    Attempt::Busy => commit_locked(c, &work),
-                })
-                .await?
+                if conn.execute_batch("ROLLBACK").is_ok() {
+                    self.shared.give_back(conn);
+                }
+                let shared = self.shared.clone();
+                off_executor(move || commit_grouped(&shared, work)).await?
             }
         };
-        self.shared.give_back(conn);
         let version = result?;
         nudge_watcher(&self.shared);
         arm_watches(&self.shared, request.watches);
@@ -557,27 +599,107 @@ impl BackendTxn for SqliteTxn {
     }
 }
 
-/// Run blocking `f` with the connection without stalling the executor: on a
-/// multi-threaded runtime `block_in_place` hands this worker's other tasks
-/// to another thread and runs `f` right here (no thread switch, which costs
-/// more than a whole relaxed commit); elsewhere, on the blocking pool.
+/// Run blocking `f` with the connection without stalling the executor.
 async fn on_blocking_pool<T: Send + 'static>(
     conn: Connection,
     f: impl FnOnce(&Connection) -> T + Send + 'static,
 ) -> KvResult<(Connection, T)> {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    let multi_thread =
-        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
-    if multi_thread {
-        let out = tokio::task::block_in_place(|| f(&conn));
-        return Ok((conn, out));
-    }
-    tokio::task::spawn_blocking(move || {
+    off_executor(move || {
         let out = f(&conn);
         (conn, out)
     })
     .await
-    .map_err(|e| KvError::Backend(format!("sqlite worker failed: {e}")))
+}
+
+/// Run blocking `f` without stalling the executor: on a multi-threaded
+/// runtime `block_in_place` hands this worker's other tasks to another
+/// thread and runs `f` right here (no thread switch, which costs more than
+/// a whole relaxed commit); elsewhere, on the blocking pool.
+async fn off_executor<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> KvResult<T> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let multi_thread =
+        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if multi_thread {
+        return Ok(tokio::task::block_in_place(f));
+    }
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| KvError::Backend(format!("sqlite worker failed: {e}")))
+}
+
+/// Commit `work` in a batch (see [`GroupCommit`]). Blocks.
+fn commit_grouped(shared: &Shared, work: CommitWork) -> KvResult<Version> {
+    let slot: Arc<Slot> = Arc::default();
+    shared.group.queue.lock().push((work, slot.clone()));
+    let mut leader = shared.group.leader.lock();
+    if let Some(result) = slot.lock().take() {
+        return result;
+    }
+    let batch = std::mem::take(&mut *shared.group.queue.lock());
+    if leader.is_none() {
+        match connect(&shared.path, shared.options).and_then(|c| {
+            c.busy_timeout(WRITE_LOCK_WAIT)?;
+            Ok(c)
+        }) {
+            Ok(conn) => *leader = Some(conn),
+            Err(e) => {
+                let e = map_error(e);
+                for (_, s) in &batch {
+                    *s.lock() = Some(Err(e.clone()));
+                }
+            }
+        }
+    }
+    if let Some(conn) = leader.as_ref() {
+        let results = commit_batch(conn, &batch);
+        if results.iter().any(Result::is_ok) {
+            let group = &shared.group;
+            group.batches.fetch_add(1, Ordering::Relaxed);
+            let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
+            group.committed.fetch_add(ok, Ordering::Relaxed);
+        }
+        for ((_, s), result) in batch.iter().zip(results) {
+            *s.lock() = Some(result);
+        }
+    }
+    drop(leader);
+    let result = slot.lock().take();
+    result.unwrap_or_else(|| Err(KvError::Backend("sqlite: commit batch lost".into())))
+}
+
+/// Write a batch in one SQLite transaction: each commit checked against the
+/// log (which holds its batch-mates' rows too, so they conflict as if
+/// committed one by one), then applied with the next version; one COMMIT.
+fn commit_batch(conn: &Connection, batch: &[(CommitWork, Arc<Slot>)]) -> Vec<KvResult<Version>> {
+    let all = |e: KvError| batch.iter().map(|_| Err(e.clone())).collect();
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        return all(map_error(e));
+    }
+    let mut results = Vec::with_capacity(batch.len());
+    for (work, _) in batch {
+        let checked = check_conflicts(conn, work.read_version, &work.read_conflicts);
+        let version = match checked {
+            Ok(latest) => latest + 1,
+            Err(e) => {
+                results.push(Err(e));
+                continue;
+            }
+        };
+        if let Err(e) = write_all(conn, work, version) {
+            // Part of this commit may be written: abandon the batch.
+            let _ = conn.execute_batch("ROLLBACK");
+            return all(map_error(e));
+        }
+        results.push(Ok(version));
+    }
+    if results.iter().all(Result::is_err) {
+        let _ = conn.execute_batch("ROLLBACK");
+        return results;
+    }
+    match finish(conn, 0) {
+        Ok(_) => results,
+        Err(e) => all(e),
+    }
 }
 
 fn read_value(conn: &Connection, key: &[u8]) -> rusqlite::Result<Option<Vec<u8>>> {
