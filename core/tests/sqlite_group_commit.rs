@@ -2,7 +2,8 @@
 //! process share SQLite transactions (fsyncs), and still conflict with each
 //! other exactly as if committed one by one — a batch that checked its
 //! commits only against the state before the batch would lose increments
-//! here.
+//! here. Some commits are relaxed (no fsync), so batches also switch
+//! SQLite's synchronous mode back and forth.
 
 use std::sync::Arc;
 
@@ -47,9 +48,15 @@ fn concurrent_durable_commits_share_fsyncs_and_lose_nothing() {
                         // and one of the task's own; then only the own one
                         // (no conflicts, so commits can share a batch).
                         let with_shared = round < INCREMENTS;
+                        // Every third commit needs no fsync: batches switch
+                        // between synchronous modes.
+                        let relaxed = round % 3 == t % 3;
                         db.run(|txn, _| {
                             let own = own.clone();
                             async move {
+                                if relaxed {
+                                    txn.relax_durability();
+                                }
                                 if with_shared {
                                     let shared = decode(txn.get(b"shared").await?);
                                     txn.set(b"shared", &(shared + 1).to_le_bytes());

@@ -94,6 +94,9 @@ pub struct CommitRequest {
     /// ranges plus explicit write conflict ranges).
     pub write_conflicts: Vec<KeyRange>,
     pub watches: Vec<WatchRequest>,
+    /// The caller does not need this commit to survive power loss (see
+    /// [`crate::kv::Transaction::relax_durability`]).
+    pub relaxed: bool,
 }
 
 impl CommitRequest {

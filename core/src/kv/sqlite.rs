@@ -149,8 +149,10 @@ struct Shared {
 #[derive(Default)]
 struct GroupCommit {
     queue: Mutex<Vec<(CommitWork, Arc<Slot>)>>,
-    /// The connection batches are written on (opened on first use).
-    leader: Mutex<Option<Connection>>,
+    /// The connection batches are written on (opened on first use), and
+    /// whether it is set to commit without fsync (a batch of relaxed
+    /// commits only).
+    leader: Mutex<Option<(Connection, bool)>>,
     batches: AtomicU64,
     committed: AtomicU64,
 }
@@ -568,6 +570,7 @@ impl BackendTxn for SqliteTxn {
                 .is_multiple_of(PRUNE_EVERY)
                 .then(|| self.shared.prune_mark(at_ms, self.read_version))
                 .flatten(),
+            relaxed: request.relaxed,
         };
         let result = match self.shared.options.durability {
             // No fsync at COMMIT (checkpoints run on their own thread), so
@@ -636,35 +639,53 @@ fn commit_grouped(shared: &Shared, work: CommitWork) -> KvResult<Version> {
         return result;
     }
     let batch = std::mem::take(&mut *shared.group.queue.lock());
-    if leader.is_none() {
-        match connect(&shared.path, shared.options).and_then(|c| {
-            c.busy_timeout(WRITE_LOCK_WAIT)?;
-            Ok(c)
-        }) {
-            Ok(conn) => *leader = Some(conn),
-            Err(e) => {
-                let e = map_error(e);
-                for (_, s) in &batch {
-                    *s.lock() = Some(Err(e.clone()));
-                }
+    let results = match leader_connection(shared, &mut leader) {
+        Ok((conn, relaxed)) => {
+            // SQLite reads `synchronous` at COMMIT but refuses to change it
+            // inside a transaction: set it for the whole batch first.
+            let want_relaxed = batch.iter().all(|(w, _)| w.relaxed);
+            let set = if *relaxed == want_relaxed {
+                Ok(())
+            } else {
+                let mode = if want_relaxed { "NORMAL" } else { "FULL" };
+                conn.execute_batch(&format!("PRAGMA synchronous={mode}"))
+                    .map(|()| *relaxed = want_relaxed)
+                    .map_err(map_error)
+            };
+            match set {
+                Ok(()) => commit_batch(conn, &batch),
+                Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
             }
         }
+        Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
+    };
+    if results.iter().any(Result::is_ok) {
+        let group = &shared.group;
+        group.batches.fetch_add(1, Ordering::Relaxed);
+        let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
+        group.committed.fetch_add(ok, Ordering::Relaxed);
     }
-    if let Some(conn) = leader.as_ref() {
-        let results = commit_batch(conn, &batch);
-        if results.iter().any(Result::is_ok) {
-            let group = &shared.group;
-            group.batches.fetch_add(1, Ordering::Relaxed);
-            let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
-            group.committed.fetch_add(ok, Ordering::Relaxed);
-        }
-        for ((_, s), result) in batch.iter().zip(results) {
-            *s.lock() = Some(result);
-        }
+    for ((_, s), result) in batch.iter().zip(results) {
+        *s.lock() = Some(result);
     }
     drop(leader);
     let result = slot.lock().take();
     result.unwrap_or_else(|| Err(KvError::Backend("sqlite: commit batch lost".into())))
+}
+
+/// The group committer's connection, opened on first use (durable).
+fn leader_connection<'a>(
+    shared: &Shared,
+    leader: &'a mut Option<(Connection, bool)>,
+) -> KvResult<&'a mut (Connection, bool)> {
+    if leader.is_none() {
+        let conn = connect(&shared.path, shared.options).map_err(map_error)?;
+        conn.busy_timeout(WRITE_LOCK_WAIT).map_err(map_error)?;
+        *leader = Some((conn, false));
+    }
+    leader
+        .as_mut()
+        .ok_or_else(|| KvError::Backend("sqlite: no commit connection".into()))
 }
 
 /// Write a batch in one SQLite transaction: each commit checked against the
@@ -717,6 +738,8 @@ struct CommitWork {
     writes: Vec<KeyRange>,
     /// Delete log rows up to this version (never the newest) in this commit.
     prune_through: Option<Version>,
+    /// Need not survive power loss.
+    relaxed: bool,
 }
 
 enum Attempt {

@@ -63,6 +63,7 @@ struct State {
     /// The first limit a mutation broke; reported by `commit`.
     error: Option<KvError>,
     finished: bool,
+    relaxed: bool,
 }
 
 /// Resolves when the watched key changes after the watching transaction
@@ -281,6 +282,17 @@ impl Transaction {
         Watch { fired: rx }
     }
 
+    /// Say that this transaction's writes need not survive power loss — a
+    /// power loss takes every process using the data with it, as for
+    /// records of which files a client has open. A backend whose commits
+    /// are durable anyway (FoundationDB, memory) ignores it; the SQLite
+    /// backend then commits without an fsync. Commits stay atomic and in
+    /// order either way: a later durable commit makes earlier relaxed ones
+    /// durable too, so a power loss drops only a suffix of relaxed commits.
+    pub fn relax_durability(&self) {
+        self.inner.state.lock().relaxed = true;
+    }
+
     /// Commit. Returns the commit version (the read version for a
     /// transaction that wrote nothing).
     ///
@@ -321,6 +333,7 @@ impl Transaction {
                 read_conflicts: state.read_conflicts.to_ranges(),
                 write_conflicts: write_conflicts.to_ranges(),
                 watches: requests,
+                relaxed: state.relaxed,
             }
         };
         self.inner.backend.commit(request).await

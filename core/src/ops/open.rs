@@ -219,8 +219,10 @@ impl Fs {
             })
             .await
         } else {
-            // Setting the record is idempotent: no marker needed.
+            // Setting the record is idempotent: no marker needed. Nor an
+            // fsync: a power loss ends every open with it.
             self.run_fenced(caller, |txn, ctx| async move {
+                txn.relax_durability();
                 apply(&txn, &ctx, ino, flags, true).await
             })
             .await
@@ -249,9 +251,13 @@ impl Fs {
             *count -= 1;
             return Ok(());
         }
-        // Clearing the record and freeing an unlinked inode are idempotent.
+        // Clearing the record and freeing an unlinked inode are idempotent,
+        // and need no fsync: if a power loss drops them, the record of a
+        // client that no longer exists is cleared and the inode freed when
+        // its session expires (`session::gc_client`), as after a crash.
         let result = self
             .run_fenced(caller, |txn, ctx| async move {
+                txn.relax_durability();
                 apply_release(&txn, &ctx, ino).await
             })
             .await;
