@@ -3,7 +3,10 @@
 # kernel ceiling (tmpfs), in one run: every workload of `hafs bench dir` on
 # each target in alternation, ROUNDS times, then hafs/bindfs and hafs/tmpfs
 # ratios (min/median/max over rounds), raw durable SQLite commits/s on the
-# disk holding hafs's database, and the issue's targets. Root, /dev/fuse.
+# disk holding hafs's database, and the issue's targets. The two-mount
+# variant runs the same workloads across two mounts of one filesystem
+# (`hafs bench dir --other-mount`): two relaxed hafs mounts of one database
+# beside two bindfs mounts of one tmpfs directory. Root, /dev/fuse.
 #
 #   cli/bench/compare.sh [ROUNDS] [-- extra `hafs bench dir` flags]
 set -euo pipefail
@@ -25,22 +28,34 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-mkdir -p "$work/tmpfs" "$work/mnt/durable" "$work/mnt/relaxed" "$work/mnt/bindfs"
+mkdir -p "$work/tmpfs" "$work"/mnt/{durable,relaxed,relaxed-b,bindfs,bindfs-b}
 mount -t tmpfs -o size=8g tmpfs "$work/tmpfs"
 mkdir -p "$work/tmpfs/plain" "$work/tmpfs/under-bindfs"
 bindfs "$work/tmpfs/under-bindfs" "$work/mnt/bindfs"
+bindfs "$work/tmpfs/under-bindfs" "$work/mnt/bindfs-b"
 "$hafs" --kv "sqlite://$work/durable.db" mount --mkfs "$work/mnt/durable" 2>"$work/durable.log" & pids+=($!)
 "$hafs" --kv "sqlite://$work/relaxed.db" --relaxed-durability mount --mkfs "$work/mnt/relaxed" 2>"$work/relaxed.log" & pids+=($!)
 for m in durable relaxed; do
   for _ in $(seq 100); do mountpoint -q "$work/mnt/$m" && break; sleep 0.1; done
 done
-targets=(durable relaxed bindfs tmpfs)
-path_of() { case $1 in tmpfs) echo "$work/tmpfs/plain" ;; *) echo "$work/mnt/$1" ;; esac; }
+"$hafs" --kv "sqlite://$work/relaxed.db" --relaxed-durability mount "$work/mnt/relaxed-b" 2>"$work/relaxed-b.log" & pids+=($!)
+for _ in $(seq 100); do mountpoint -q "$work/mnt/relaxed-b" && break; sleep 0.1; done
+# relaxed2 / bindfs2: the two-mount variant.
+targets=(durable relaxed relaxed2 bindfs bindfs2 tmpfs)
+args_of() {
+  case $1 in
+    tmpfs) echo "$work/tmpfs/plain" ;;
+    relaxed2) echo "$work/mnt/relaxed --other-mount $work/mnt/relaxed-b" ;;
+    bindfs2) echo "$work/mnt/bindfs --other-mount $work/mnt/bindfs-b" ;;
+    *) echo "$work/mnt/$1" ;;
+  esac
+}
 : >"$work/results.jsonl"
 for r in $(seq "$rounds"); do
   for t in "${targets[@]}"; do
     echo "round $r/$rounds: $t" >&2
-    json=$("$hafs" bench dir "$(path_of "$t")" --json "${extra[@]}")
+    read -ra where <<<"$(args_of "$t")"
+    json=$("$hafs" bench dir "${where[@]}" --json "${extra[@]}")
     echo "{\"round\":$r,\"target\":\"$t\",\"m\":$json}" >>"$work/results.jsonl"
   done
   sq=$("$hafs" bench sqlite-commits "$work" --json)
@@ -59,16 +74,21 @@ def med(t, k):
 metrics = sorted({k for (t, k) in by if t != "sqlite"})
 # lower is better for these
 lower = lambda k: k.endswith(("_median", "_p99", ".readdir"))
-print(f"{'metric':<32} {'durable':>12} {'relaxed':>12} {'bindfs':>12} {'tmpfs':>12} {'relaxed/bindfs (min/med/max)':>30} {'relaxed/tmpfs':>14}")
+cols = ("durable", "relaxed", "relaxed2", "bindfs", "bindfs2", "tmpfs")
+def ratios(a, b, k):
+    out = []
+    for x, y in zip(by.get((a, k), []), by.get((b, k), [])):
+        if x and y: out.append(y / x if lower(k) else x / y)
+    return f"{min(out):.2f}/{statistics.median(out):.2f}/{max(out):.2f}" if out else "-"
+print("relaxed2 and bindfs2: two mounts of one filesystem (the two-mount variant)")
+print(f"{'metric':<32} " + " ".join(f"{c:>10}" for c in cols)
+      + f" {'relaxed/bindfs':>16} {'relaxed2/bindfs2':>17} {'relaxed/tmpfs':>14}")
 for k in metrics:
-    vals = [med(t, k) for t in ("durable", "relaxed", "bindfs", "tmpfs")]
-    ratios = []
-    for a, b in zip(by.get(("relaxed", k), []), by.get(("bindfs", k), [])):
-        if a and b: ratios.append(b / a if lower(k) else a / b)
-    rt = (med("tmpfs", k) / med("relaxed", k) if lower(k) else med("relaxed", k) / med("tmpfs", k)) if med("relaxed", k) and med("tmpfs", k) else float("nan")
-    rb = f"{min(ratios):.2f}/{statistics.median(ratios):.2f}/{max(ratios):.2f}" if ratios else "-"
-    fmt = lambda x: f"{x:12.1f}" if x is not None else f"{'-':>12}"
-    print(f"{k:<32} {''.join(fmt(v)+' ' for v in vals)}{rb:>30} {rt:14.3f}")
+    fmt = lambda x: f"{x:10.1f}" if x is not None else f"{'-':>10}"
+    rt = ratios("relaxed", "tmpfs", k).split("/")[1] if ratios("relaxed", "tmpfs", k) != "-" else "-"
+    print(f"{k:<32} " + " ".join(fmt(med(c, k)) for c in cols)
+          + f" {ratios('relaxed', 'bindfs', k):>16} {ratios('relaxed2', 'bindfs2', k):>17} {rt:>14}")
+print("ratios: min/median/max over rounds, higher is better")
 sq = med("sqlite", "sqlite.durable_commits")
 print(f"\nraw SQLite durable commits/s (same disk as hafs's database): {sq:.0f}")
 def check(name, value, bar):

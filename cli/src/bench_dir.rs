@@ -10,6 +10,9 @@
 //! - a big directory: create rate per tenth, full listing, random lookups;
 //! - throughput: sequential write and read, 4 KiB random reads.
 //!
+//! `--other-mount DIR2` is the two-mount variant: the same workloads with a
+//! second mount of the same filesystem on the other side of each one.
+//!
 //! `hafs bench sqlite-commits DIR` measures raw durable SQLite commits per
 //! second in DIR (the storage ceiling for durable metadata writes).
 
@@ -58,6 +61,23 @@ pub struct DirArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// DIR as seen through a second mount of the same filesystem: the
+    /// two-mount variant. Metadata workers alternate between the mounts,
+    /// the config reader, the second flock side, the big directory's
+    /// lookups and the file reads go through this one.
+    #[arg(long, value_name = "DIR2")]
+    pub other_mount: Option<PathBuf>,
+}
+
+/// The benchmark's root through each mount (the same path twice without
+/// `--other-mount`).
+struct Roots([PathBuf; 2]);
+
+impl Roots {
+    /// Where the `i`th worker, side or reader works.
+    fn via(&self, i: usize) -> &Path {
+        &self.0[i % 2]
+    }
 }
 
 /// Results in order: (metric, value, unit).
@@ -99,9 +119,10 @@ fn parallel(
     Ok(started.elapsed())
 }
 
-fn meta(root: &Path, a: &DirArgs, out: &mut Results) -> Result<(), String> {
+fn meta(roots: &Roots, a: &DirArgs, out: &mut Results) -> Result<(), String> {
     for shared in [false, true] {
         let dir = |w: usize| -> PathBuf {
+            let root = roots.via(w);
             if shared {
                 root.join("meta-shared")
             } else {
@@ -137,20 +158,21 @@ fn meta(root: &Path, a: &DirArgs, out: &mut Results) -> Result<(), String> {
     Ok(())
 }
 
-fn config(root: &Path, a: &DirArgs, out: &mut Results) -> Result<(), String> {
-    let target = root.join("app.conf");
-    let tmp = root.join("app.conf.tmp");
+fn config(roots: &Roots, a: &DirArgs, out: &mut Results) -> Result<(), String> {
+    let target = roots.via(0).join("app.conf");
+    let tmp = roots.via(0).join("app.conf.tmp");
+    let seen = roots.via(1).join("app.conf");
     let version = |n: usize| format!("version {n:08}\n").repeat(64);
     std::fs::write(&target, version(0)).map_err(|e| err("config", e))?;
     let stop = Arc::new(AtomicBool::new(false));
     // reads, reads that found no file, reads that saw a partial or mixed one
     let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
     let reader = {
-        let (target, stop, counts) = (target.clone(), stop.clone(), counts.clone());
+        let (stop, counts) = (stop.clone(), counts.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 let mut text = String::new();
-                let read = File::open(&target).and_then(|mut f| f.read_to_string(&mut text));
+                let read = File::open(&seen).and_then(|mut f| f.read_to_string(&mut text));
                 let first = text.get(..17).unwrap_or_default();
                 let slot = match read {
                     Err(_) => 1,
@@ -190,8 +212,9 @@ fn config(root: &Path, a: &DirArgs, out: &mut Results) -> Result<(), String> {
 
 /// Two open file descriptions pass an exclusive flock back and forth; a
 /// hand-off is one side's release to the other side holding it.
-fn lock(root: &Path, a: &DirArgs, out: &mut Results) -> Result<(), String> {
-    let path = root.join("lock");
+fn lock(roots: &Roots, a: &DirArgs, out: &mut Results) -> Result<(), String> {
+    let path = roots.via(0).join("lock");
+    let other = roots.via(1).join("lock");
     std::fs::write(&path, [0u8]).map_err(|e| err("lock file", e))?;
     let released = Arc::new(AtomicU64::new(0));
     let epoch = now();
@@ -222,7 +245,7 @@ fn lock(root: &Path, a: &DirArgs, out: &mut Results) -> Result<(), String> {
     };
     let mut all = std::thread::scope(|s| -> Result<Vec<Duration>, String> {
         let one = s.spawn(side(1, released.clone(), path.clone()));
-        let two = s.spawn(side(2, released.clone(), path.clone()));
+        let two = s.spawn(side(2, released.clone(), other.clone()));
         let mut v = one
             .join()
             .map_err(|_| "lock side panicked".to_string())?
@@ -248,8 +271,9 @@ fn lock(root: &Path, a: &DirArgs, out: &mut Results) -> Result<(), String> {
     Ok(())
 }
 
-fn bigdir(root: &Path, a: &DirArgs, out: &mut Results, quiet: bool) -> Result<(), String> {
-    let dir = root.join("big");
+fn bigdir(roots: &Roots, a: &DirArgs, out: &mut Results, quiet: bool) -> Result<(), String> {
+    let dir = roots.via(0).join("big");
+    let seen = roots.via(1).join("big");
     std::fs::create_dir_all(&dir).map_err(|e| err("mkdir big", e))?;
     let bar = if quiet {
         indicatif::ProgressBar::hidden()
@@ -282,7 +306,7 @@ fn bigdir(root: &Path, a: &DirArgs, out: &mut Results, quiet: bool) -> Result<()
         "ratio",
     ));
     let started = now();
-    let listed = std::fs::read_dir(&dir)
+    let listed = std::fs::read_dir(&seen)
         .map_err(|e| err("readdir", e))?
         .count();
     out.push((
@@ -298,7 +322,7 @@ fn bigdir(root: &Path, a: &DirArgs, out: &mut Results, quiet: bool) -> Result<()
         .map(|_| {
             let i = rng.gen_range(0..a.big);
             let started = now();
-            std::fs::metadata(dir.join(format!("entry-{i:08}"))).map(|_| started.elapsed())
+            std::fs::metadata(seen.join(format!("entry-{i:08}"))).map(|_| started.elapsed())
         })
         .collect::<std::io::Result<_>>()
         .map_err(|e| err("lookup", e))?;
@@ -317,8 +341,9 @@ fn bigdir(root: &Path, a: &DirArgs, out: &mut Results, quiet: bool) -> Result<()
     Ok(())
 }
 
-fn io(root: &Path, a: &DirArgs, out: &mut Results) -> Result<(), String> {
-    let path = root.join("big-file");
+fn io(roots: &Roots, a: &DirArgs, out: &mut Results) -> Result<(), String> {
+    let path = roots.via(0).join("big-file");
+    let seen = roots.via(1).join("big-file");
     let chunk = vec![0x5au8; 1 << 20];
     let started = now();
     let mut f = File::create(&path).map_err(|e| err("create", e))?;
@@ -333,7 +358,7 @@ fn io(root: &Path, a: &DirArgs, out: &mut Results) -> Result<(), String> {
         "MiB/s",
     ));
     let started = now();
-    let mut f = File::open(&path).map_err(|e| err("open", e))?;
+    let mut f = File::open(&seen).map_err(|e| err("open", e))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
@@ -376,23 +401,39 @@ pub fn run_dir(a: &DirArgs) -> Result<(), String> {
         return Err(format!("{} exists; remove it first", root.display()));
     }
     std::fs::create_dir_all(&root).map_err(|e| err(&root.display().to_string(), e))?;
+    let other = match &a.other_mount {
+        Some(dir) => {
+            let other = dir.join("hafs-bench");
+            if !other.is_dir() {
+                let _ = std::fs::remove_dir_all(&root);
+                return Err(format!(
+                    "{} does not show {}: is it a mount of the same filesystem?",
+                    dir.display(),
+                    root.display()
+                ));
+            }
+            other
+        }
+        None => root.clone(),
+    };
+    let roots = Roots([root.clone(), other]);
     let want = |w: &str| a.only.is_empty() || a.only.iter().any(|o| o == w);
     let mut out = Results::new();
     let result = (|| {
         if want("meta") {
-            meta(&root, a, &mut out)?;
+            meta(&roots, a, &mut out)?;
         }
         if want("config") {
-            config(&root, a, &mut out)?;
+            config(&roots, a, &mut out)?;
         }
         if want("lock") {
-            lock(&root, a, &mut out)?;
+            lock(&roots, a, &mut out)?;
         }
         if want("bigdir") {
-            bigdir(&root, a, &mut out, a.json)?;
+            bigdir(&roots, a, &mut out, a.json)?;
         }
         if want("io") {
-            io(&root, a, &mut out)?;
+            io(&roots, a, &mut out)?;
         }
         Ok::<_, String>(())
     })();
@@ -405,7 +446,14 @@ pub fn run_dir(a: &DirArgs) -> Result<(), String> {
             .collect();
         println!("{}", serde_json::Value::Object(map));
     } else {
-        println!("hafs bench dir {}", a.dir.display());
+        match &a.other_mount {
+            Some(other) => println!(
+                "hafs bench dir {} --other-mount {}",
+                a.dir.display(),
+                other.display()
+            ),
+            None => println!("hafs bench dir {}", a.dir.display()),
+        }
         for (k, v, unit) in &out {
             println!("{k:<32} {v:>14.2} {unit}");
         }
