@@ -145,7 +145,8 @@ struct Shared {
 /// No thread of its own: a committer queues its work, then takes `leader`.
 /// Whoever holds `leader` writes everything queued; a committer that gets
 /// `leader` and finds its slot filled was committed by a previous leader.
-/// Relaxed commits do not fsync, so they keep the cheaper inline path.
+/// Relaxed commits do not fsync, so they first try the cheaper inline path
+/// and come here only when another commit holds the lock.
 #[derive(Default)]
 struct GroupCommit {
     queue: Mutex<Vec<(CommitWork, Arc<Slot>)>>,
@@ -459,9 +460,9 @@ impl Backend for SqliteBackend {
 }
 
 /// Start a snapshot on the blocking pool, waiting out a busy database.
-async fn snapshot_blocking(conn: Connection) -> KvResult<(Connection, Version)> {
+async fn snapshot_blocking(mut conn: Connection) -> KvResult<(Connection, Version)> {
     tokio::task::spawn_blocking(move || {
-        conn.busy_timeout(WRITE_LOCK_WAIT).map_err(map_error)?;
+        conn.busy_handler(Some(wait_for_lock)).map_err(map_error)?;
         let version = start_snapshot(&conn);
         conn.busy_timeout(Duration::ZERO).map_err(map_error)?;
         Ok((conn, version.map_err(map_error)?))
@@ -574,17 +575,20 @@ impl BackendTxn for SqliteTxn {
         };
         let result = match self.shared.options.durability {
             // No fsync at COMMIT (checkpoints run on their own thread), so
-            // an uncontended commit runs inline; waiting for the lock does not.
-            Durability::Relaxed => {
-                let (conn, result) = match commit_promoted(&conn, &work) {
-                    Attempt::Done(result) => (conn, result),
-                    Attempt::Busy => {
-                        on_blocking_pool(conn, move |c| commit_locked(c, &work)).await?
-                    }
-                };
-                self.shared.give_back(conn);
-                result
-            }
+            // an uncontended commit runs inline. Otherwise it waits for the
+            // lock in the group committer, off the executor: commits of this
+            // process queue on a mutex rather than in SQLite's busy handler.
+            Durability::Relaxed => match commit_promoted(&conn, &work) {
+                Attempt::Done(result) => {
+                    self.shared.give_back(conn);
+                    result
+                }
+                Attempt::Busy => {
+                    self.shared.give_back(conn);
+                    let shared = self.shared.clone();
+                    off_executor(move || commit_grouped(&shared, work)).await?
+                }
+            },
             // COMMIT fsyncs: batched with this process's other commits, off
             // the executor. The snapshot is no longer needed.
             Durability::Durable => {
@@ -600,18 +604,6 @@ impl BackendTxn for SqliteTxn {
         arm_watches(&self.shared, request.watches);
         Ok(version)
     }
-}
-
-/// Run blocking `f` with the connection without stalling the executor.
-async fn on_blocking_pool<T: Send + 'static>(
-    conn: Connection,
-    f: impl FnOnce(&Connection) -> T + Send + 'static,
-) -> KvResult<(Connection, T)> {
-    off_executor(move || {
-        let out = f(&conn);
-        (conn, out)
-    })
-    .await
 }
 
 /// Run blocking `f` without stalling the executor: on a multi-threaded
@@ -630,6 +622,27 @@ async fn off_executor<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
         .map_err(|e| KvError::Backend(format!("sqlite worker failed: {e}")))
 }
 
+/// SQLite's busy handler for waiting on another process's write lock
+/// (`n`: retries so far). SQLite's own sleeps 1, 2, 5, 10… ms, while a
+/// relaxed commit holds the lock for tens of microseconds: poll at 20 µs,
+/// then 100 µs, then 1 ms, for about `WRITE_LOCK_WAIT` in all.
+fn wait_for_lock(n: i32) -> bool {
+    const FAST: i32 = 50;
+    const MEDIUM: i32 = FAST + 200;
+    let slow_max = i32::try_from(WRITE_LOCK_WAIT.as_millis()).unwrap_or(5_000);
+    let pause = if n < FAST {
+        Duration::from_micros(20)
+    } else if n < MEDIUM {
+        Duration::from_micros(100)
+    } else if n < MEDIUM + slow_max {
+        Duration::from_millis(1)
+    } else {
+        return false;
+    };
+    std::thread::sleep(pause);
+    true
+}
+
 /// Commit `work` in a batch (see [`GroupCommit`]). Blocks.
 fn commit_grouped(shared: &Shared, work: CommitWork) -> KvResult<Version> {
     let slot: Arc<Slot> = Arc::default();
@@ -643,7 +656,8 @@ fn commit_grouped(shared: &Shared, work: CommitWork) -> KvResult<Version> {
         Ok((conn, relaxed)) => {
             // SQLite reads `synchronous` at COMMIT but refuses to change it
             // inside a transaction: set it for the whole batch first.
-            let want_relaxed = batch.iter().all(|(w, _)| w.relaxed);
+            let want_relaxed = shared.options.durability == Durability::Relaxed
+                || batch.iter().all(|(w, _)| w.relaxed);
             let set = if *relaxed == want_relaxed {
                 Ok(())
             } else {
@@ -679,9 +693,10 @@ fn leader_connection<'a>(
     leader: &'a mut Option<(Connection, bool)>,
 ) -> KvResult<&'a mut (Connection, bool)> {
     if leader.is_none() {
-        let conn = connect(&shared.path, shared.options).map_err(map_error)?;
-        conn.busy_timeout(WRITE_LOCK_WAIT).map_err(map_error)?;
-        *leader = Some((conn, false));
+        let mut conn = connect(&shared.path, shared.options).map_err(map_error)?;
+        conn.busy_handler(Some(wait_for_lock)).map_err(map_error)?;
+        let relaxed = shared.options.durability == Durability::Relaxed;
+        *leader = Some((conn, relaxed));
     }
     leader
         .as_mut()
@@ -764,26 +779,6 @@ fn commit_promoted(conn: &Connection, work: &CommitWork) -> Attempt {
             } else {
                 Attempt::Done(Err(map_error(e)))
             }
-        }
-    }
-}
-
-/// Slow path: wait for the write lock, check the conflict log, apply.
-fn commit_locked(conn: &Connection, work: &CommitWork) -> KvResult<Version> {
-    conn.busy_timeout(WRITE_LOCK_WAIT).map_err(map_error)?;
-    let began = conn.execute_batch("BEGIN IMMEDIATE");
-    let _ = conn.busy_timeout(Duration::ZERO);
-    began.map_err(map_error)?;
-    let written =
-        check_conflicts(conn, work.read_version, &work.read_conflicts).and_then(|latest| {
-            write_all(conn, work, latest + 1).map_err(map_error)?;
-            Ok(latest + 1)
-        });
-    match written {
-        Ok(version) => finish(conn, version),
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(e)
         }
     }
 }
