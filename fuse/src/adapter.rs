@@ -3,8 +3,13 @@
 //! errors become errnos through `FsError::errno` (core's one exhaustive
 //! table).
 //!
-//! Every request is served on a tokio task, so a lock wait or a large write
-//! never stalls the others. Consistency first: attribute and entry TTLs
+//! On a local database (SQLite, memory) each of the `--fuse-threads` reader
+//! threads serves its request to the end itself — a request costs a
+//! transaction of tens of microseconds, and handing it to a tokio task
+//! costs thread wake-ups of about the same (stat latency 80 → 48 µs, see
+//! `HafsFuse::serve`). Lock waits, which can last forever, and every
+//! request on a networked database (FoundationDB) run as tokio tasks, so
+//! they never stall the others. Consistency first: attribute and entry TTLs
 //! default to 0 and files are opened with direct I/O, so the kernel caches
 //! nothing and every mount sees every committed change at once.
 
@@ -71,11 +76,15 @@ struct Inner {
 pub struct HafsFuse {
     inner: Arc<Inner>,
     runtime: tokio::runtime::Handle,
+    /// Serve requests on the reader thread (local database).
+    inline: bool,
 }
 
 impl HafsFuse {
     pub fn new(fs: Arc<Fs>, caching: Caching, runtime: tokio::runtime::Handle) -> Self {
+        let inline = fs.db().backend().is_local();
         HafsFuse {
+            inline,
             inner: Arc::new(Inner {
                 fs,
                 caching,
@@ -86,8 +95,28 @@ impl HafsFuse {
         }
     }
 
-    /// Serve a request on its own task.
+    /// Serve a request: on this reader thread for a local database, else on
+    /// its own task. Measured on a relaxed SQLite mount (alternating runs,
+    /// 4 reader threads): single-threaded stat 71–98 → 48–50 µs, open+close
+    /// 206–267 → 142–151 µs, create+unlink 369–418 → 273–280 µs; four
+    /// threads creating, 5,000–6,300 → 6,000–6,700 creates/s.
     fn spawn<F, Fut>(&self, req: &Request, work: F)
+    where
+        F: FnOnce(Arc<Inner>, Caller) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let caller = caller(req);
+        let inner = self.inner.clone();
+        if self.inline {
+            self.runtime.block_on(work(inner, caller));
+        } else {
+            self.runtime.spawn(work(inner, caller));
+        }
+    }
+
+    /// Serve a request that may wait indefinitely (a lock wait) on its own
+    /// task, whatever the database.
+    fn spawn_task<F, Fut>(&self, req: &Request, work: F)
     where
         F: FnOnce(Arc<Inner>, Caller) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -961,7 +990,7 @@ impl Filesystem for HafsFuse {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(req, move |i, c| async move {
+        self.spawn_task(req, move |i, c| async move {
             let kind = match typ {
                 libc::F_RDLCK => Some(LockKind::Read),
                 libc::F_WRLCK => Some(LockKind::Write),

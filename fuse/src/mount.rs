@@ -105,8 +105,9 @@ pub struct MountArgs {
     /// another mount can fail with ESTALE.
     #[arg(long, default_value_t = 5.0)]
     pub unlink_grace: f64,
-    /// Threads reading kernel requests (each with its own /dev/fuse clone).
-    #[arg(long, default_value_t = 1)]
+    /// Threads reading kernel requests (each with its own /dev/fuse clone;
+    /// on SQLite each serves its requests itself).
+    #[arg(long, default_value_t = 4)]
     pub fuse_threads: usize,
     /// Free text shown by `hafs list-clients`.
     #[arg(long, default_value = "")]

@@ -20,6 +20,14 @@ pub trait Backend: Send + Sync + Debug {
     /// Short name for logs and errors: "mem", "sqlite", "fdb".
     fn name(&self) -> &'static str;
 
+    /// Whether every operation completes on this host without a network
+    /// round trip (SQLite, memory): then a caller may run a transaction on
+    /// its own thread to the end rather than as one task among many (the
+    /// FUSE adapter does; for FoundationDB it spawns tasks instead).
+    fn is_local(&self) -> bool {
+        false
+    }
+
     /// Start a transaction: fix its read version. Every read of the returned
     /// snapshot sees exactly the commits with version ≤ that read version.
     async fn begin(&self) -> KvResult<Box<dyn BackendTxn>>;

@@ -211,6 +211,10 @@ impl Backend for FaultyBackend {
         self.inner.name()
     }
 
+    fn is_local(&self) -> bool {
+        self.inner.is_local()
+    }
+
     async fn begin(&self) -> KvResult<Box<dyn BackendTxn>> {
         self.read_fault().await?;
         Ok(Box::new(FaultyTxn {

@@ -83,6 +83,10 @@ impl Backend for MemBackend {
         "mem"
     }
 
+    fn is_local(&self) -> bool {
+        true
+    }
+
     async fn begin(&self) -> KvResult<Box<dyn BackendTxn>> {
         let read_version = self.state.lock().version;
         Ok(Box::new(MemTxn {

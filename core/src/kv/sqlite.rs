@@ -444,6 +444,10 @@ impl Backend for SqliteBackend {
         "sqlite"
     }
 
+    fn is_local(&self) -> bool {
+        true
+    }
+
     async fn begin(&self) -> KvResult<Box<dyn BackendTxn>> {
         let conn = self.shared.take_connection()?;
         let (conn, read_version) = match start_snapshot(&conn) {
