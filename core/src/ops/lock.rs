@@ -462,6 +462,7 @@ impl Fs {
         loop {
             let attempt = self
                 .run_fenced(caller, |txn, ctx| async move {
+                    txn.relax_durability(); // see `Fs::unlock_owner`
                     apply_setlk(&txn, &ctx, ino, owner, request, ticket, wait).await
                 })
                 .await;
@@ -511,6 +512,7 @@ impl Fs {
         loop {
             let left = self
                 .run_fenced(caller, |txn, ctx| async move {
+                    txn.relax_durability(); // see `Fs::unlock_owner`
                     apply_dequeue(&txn, &ctx, ino, ticket).await
                 })
                 .await;
@@ -529,7 +531,14 @@ impl Fs {
         if crate::planted::active(crate::planted::Bug::UnlockInMemoryOnly) {
             return Ok(());
         }
+        // Lock state need not survive power loss: every holder and waiter
+        // is a process, and a power loss ends them all (on FoundationDB,
+        // which is durable anyway, this changes nothing). A lost grant or
+        // unlock leaves at worst a dead client's lock, cleared when its
+        // session expires, as after a crash; a durable commit that follows
+        // (data written under the lock) makes the lock commit durable too.
         self.run_fenced(caller, |txn, ctx| async move {
+            txn.relax_durability();
             apply_unlock_owner(&txn, &ctx, ino, owner).await
         })
         .await
