@@ -579,9 +579,10 @@ impl BackendTxn for SqliteTxn {
         };
         let result = match self.shared.options.durability {
             // No fsync at COMMIT (checkpoints run on their own thread), so
-            // an uncontended commit runs inline. Otherwise it waits for the
-            // lock in the group committer, off the executor: commits of this
-            // process queue on a mutex rather than in SQLite's busy handler.
+            // an uncontended commit runs inline. If another commit holds the
+            // lock or landed since the snapshot, the group committer takes
+            // over, off the executor: it checks the conflict log, and commits
+            // of this process queue on a mutex, not in SQLite's busy handler.
             Durability::Relaxed => match commit_promoted(&conn, &work) {
                 Attempt::Done(result) => {
                     self.shared.give_back(conn);
@@ -686,9 +687,16 @@ fn commit_grouped(shared: &Shared, work: CommitWork) -> KvResult<Version> {
     for ((_, s), result) in batch.iter().zip(results) {
         *s.lock() = Some(result);
     }
+    // A connection left inside a transaction (a ROLLBACK that failed) would
+    // hold SQLite's write lock for good: open a fresh one next time.
+    if leader.as_ref().is_some_and(|(c, _)| !c.is_autocommit()) {
+        *leader = None;
+    }
     drop(leader);
     let result = slot.lock().take();
-    result.unwrap_or_else(|| Err(KvError::Backend("sqlite: commit batch lost".into())))
+    // Only a panic in a leader (after which its batch may or may not have
+    // committed) leaves a slot empty.
+    result.unwrap_or(Err(KvError::CommitUnknownResult))
 }
 
 /// The group committer's connection, opened on first use (durable).
