@@ -85,7 +85,8 @@ print(f"{'metric':<32} " + " ".join(f"{c:>10}" for c in cols)
       + f" {'relaxed/bindfs':>16} {'relaxed2/bindfs2':>17} {'relaxed/tmpfs':>14}")
 for k in metrics:
     fmt = lambda x: f"{x:10.1f}" if x is not None else f"{'-':>10}"
-    rt = ratios("relaxed", "tmpfs", k).split("/")[1] if ratios("relaxed", "tmpfs", k) != "-" else "-"
+    rt = ratios("relaxed", "tmpfs", k)
+    rt = rt.split("/")[1] if rt != "-" else rt
     print(f"{k:<32} " + " ".join(fmt(med(c, k)) for c in cols)
           + f" {ratios('relaxed', 'bindfs', k):>16} {ratios('relaxed2', 'bindfs2', k):>17} {rt:>14}")
 print("ratios: min/median/max over rounds, higher is better")

@@ -92,6 +92,25 @@ fn now() -> Instant {
     Instant::now()
 }
 
+/// Latency units for [`push_latency`].
+enum Unit {
+    Ms,
+    Us,
+}
+
+/// Push `NAME_median` and `NAME_p99` of `samples`.
+fn push_latency(out: &mut Results, name: &str, mut samples: Vec<Duration>, unit: Unit) {
+    samples.sort();
+    let (scale, label) = match unit {
+        Unit::Ms => (1e3, "ms"),
+        Unit::Us => (1e6, "us"),
+    };
+    for (suffix, p) in [("median", 0.5), ("p99", 0.99)] {
+        let value = percentile(&samples, p).as_secs_f64() * scale;
+        out.push((format!("{name}_{suffix}"), value, label));
+    }
+}
+
 fn rate(n: usize, took: Duration) -> f64 {
     n as f64 / took.as_secs_f64().max(1e-9)
 }
@@ -243,7 +262,7 @@ fn lock(roots: &Roots, a: &DirArgs, out: &mut Results) -> Result<(), String> {
             Ok(handoffs)
         }
     };
-    let mut all = std::thread::scope(|s| -> Result<Vec<Duration>, String> {
+    let all = std::thread::scope(|s| -> Result<Vec<Duration>, String> {
         let one = s.spawn(side(1, released.clone(), path.clone()));
         let two = s.spawn(side(2, released.clone(), other.clone()));
         let mut v = one
@@ -257,17 +276,7 @@ fn lock(roots: &Roots, a: &DirArgs, out: &mut Results) -> Result<(), String> {
         );
         Ok(v)
     })?;
-    all.sort();
-    out.push((
-        "lock.flock_handoff_median".into(),
-        percentile(&all, 0.5).as_secs_f64() * 1e3,
-        "ms",
-    ));
-    out.push((
-        "lock.flock_handoff_p99".into(),
-        percentile(&all, 0.99).as_secs_f64() * 1e3,
-        "ms",
-    ));
+    push_latency(out, "lock.flock_handoff", all, Unit::Ms);
     Ok(())
 }
 
@@ -318,7 +327,7 @@ fn bigdir(roots: &Roots, a: &DirArgs, out: &mut Results, quiet: bool) -> Result<
         return Err(format!("readdir listed {listed} of {} entries", a.big));
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let mut lat: Vec<Duration> = (0..1000)
+    let lat: Vec<Duration> = (0..1000)
         .map(|_| {
             let i = rng.gen_range(0..a.big);
             let started = now();
@@ -326,17 +335,7 @@ fn bigdir(roots: &Roots, a: &DirArgs, out: &mut Results, quiet: bool) -> Result<
         })
         .collect::<std::io::Result<_>>()
         .map_err(|e| err("lookup", e))?;
-    lat.sort();
-    out.push((
-        "bigdir.lookup_median".into(),
-        percentile(&lat, 0.5).as_secs_f64() * 1e6,
-        "us",
-    ));
-    out.push((
-        "bigdir.lookup_p99".into(),
-        percentile(&lat, 0.99).as_secs_f64() * 1e6,
-        "us",
-    ));
+    push_latency(out, "bigdir.lookup", lat, Unit::Us);
     std::fs::remove_dir_all(&dir).map_err(|e| err("rm big", e))?;
     Ok(())
 }

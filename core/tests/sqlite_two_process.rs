@@ -32,17 +32,18 @@ fn decode(value: Option<Vec<u8>>) -> u64 {
 
 const DURABILITY_ENV: &str = "HAFS_TEST_DURABILITY";
 
-fn durability() -> Durability {
+/// The durability a worker process was started with.
+fn worker_durability() -> Durability {
     match std::env::var(DURABILITY_ENV).as_deref() {
         Ok("durable") => Durability::Durable,
         _ => Durability::Relaxed,
     }
 }
 
-fn open(path: &Path, seed: u64) -> Database {
+fn open(path: &Path, seed: u64, durability: Durability) -> Database {
     let clock = TokioClock::new();
     let options = SqliteOptions {
-        durability: durability(),
+        durability,
         ..SqliteOptions::default()
     };
     let backend = SqliteBackend::open(path, options, clock.clone()).expect("open sqlite");
@@ -52,7 +53,7 @@ fn open(path: &Path, seed: u64) -> Database {
 /// One worker: two tasks (so durable commits also meet in one group
 /// commit); every increment reads a counter and the total, writes both.
 async fn work(path: &Path, seed: u64) -> Result<(), KvError> {
-    let db = open(path, seed);
+    let db = open(path, seed, worker_durability());
     let tasks: Vec<_> = (0..2u64)
         .map(|task| {
             let db = db.clone();
@@ -95,23 +96,25 @@ fn two_processes_lose_no_increment() {
             .expect("worker transaction failed");
         return;
     }
-    for durability in ["relaxed", "durable"] {
-        two_processes_increment(durability);
+    for (durability, name) in [
+        (Durability::Relaxed, "relaxed"),
+        (Durability::Durable, "durable"),
+    ] {
+        two_processes_increment(durability, name);
     }
 }
 
-fn two_processes_increment(durability: &str) {
-    std::env::set_var(DURABILITY_ENV, durability);
+fn two_processes_increment(durability: Durability, name: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("hafs.db");
-    drop(open(&path, 0)); // create the schema before racing
+    drop(open(&path, 0, durability)); // create the schema before racing
     let exe = std::env::current_exe().expect("current exe");
     let workers: Vec<_> = (1..=2)
         .map(|seed| {
             Command::new(&exe)
                 .args(["two_processes_lose_no_increment", "--exact", "--nocapture"])
                 .env(WORKER_ENV, &path)
-                .env(DURABILITY_ENV, durability)
+                .env(DURABILITY_ENV, name)
                 .env("HAFS_TEST_WORKER_SEED", seed.to_string())
                 .spawn()
                 .expect("spawn worker")
@@ -119,11 +122,11 @@ fn two_processes_increment(durability: &str) {
         .collect();
     for mut worker in workers {
         let status = worker.wait().expect("wait worker");
-        assert!(status.success(), "{durability} worker failed: {status}");
+        assert!(status.success(), "{name} worker failed: {status}");
     }
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let (total, sum) = runtime.block_on(async {
-        let db = open(&path, 9);
+        let db = open(&path, 9, durability);
         db.read(|txn| async move {
             let total = decode(txn.get(b"total").await?);
             let mut sum = 0;
@@ -135,23 +138,15 @@ fn two_processes_increment(durability: &str) {
         .await
         .expect("read counters")
     });
-    assert_eq!(
-        total,
-        2 * INCREMENTS,
-        "{durability}: lost updates on the total"
-    );
-    assert_eq!(
-        sum,
-        2 * INCREMENTS,
-        "{durability}: lost updates on the counters"
-    );
+    assert_eq!(total, 2 * INCREMENTS, "{name}: lost updates on the total");
+    assert_eq!(sum, 2 * INCREMENTS, "{name}: lost updates on the counters");
 }
 
 const WATCHER_ENV: &str = "HAFS_TEST_WATCH_DB";
 
 /// The watcher process: arm a watch on `key`, say so, wait for it to fire.
 async fn watch_once(path: &Path) -> Result<(), KvError> {
-    let db = open(path, 3);
+    let db = open(path, 3, Durability::Relaxed);
     let txn = db.begin().await?;
     let watch = txn.watch(b"key");
     txn.commit().await?;
@@ -179,7 +174,7 @@ fn watch_sees_a_commit_of_another_process() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("hafs.db");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let db = runtime.block_on(async { open(&path, 4) });
+    let db = runtime.block_on(async { open(&path, 4, Durability::Relaxed) });
     let mut child = Command::new(std::env::current_exe().expect("current exe"))
         .args([
             "watch_sees_a_commit_of_another_process",

@@ -105,12 +105,10 @@ impl HafsFuse {
         F: FnOnce(Arc<Inner>, Caller) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let caller = caller(req);
-        let inner = self.inner.clone();
         if self.inline {
-            self.runtime.block_on(work(inner, caller));
+            self.runtime.block_on(work(self.inner.clone(), caller(req)));
         } else {
-            self.runtime.spawn(work(inner, caller));
+            self.spawn_task(req, work);
         }
     }
 
@@ -121,9 +119,7 @@ impl HafsFuse {
         F: FnOnce(Arc<Inner>, Caller) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let caller = caller(req);
-        let inner = self.inner.clone();
-        self.runtime.spawn(work(inner, caller));
+        self.runtime.spawn(work(self.inner.clone(), caller(req)));
     }
 }
 

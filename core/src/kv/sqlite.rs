@@ -150,15 +150,42 @@ struct Shared {
 #[derive(Default)]
 struct GroupCommit {
     queue: Mutex<Vec<(CommitWork, Arc<Slot>)>>,
-    /// The connection batches are written on (opened on first use), and
-    /// whether it is set to commit without fsync (a batch of relaxed
-    /// commits only).
-    leader: Mutex<Option<(Connection, bool)>>,
+    /// The connection batches are written on (opened on first use).
+    leader: Mutex<Option<Leader>>,
     batches: AtomicU64,
     committed: AtomicU64,
 }
 
 type Slot = Mutex<Option<KvResult<Version>>>;
+
+/// The group committer's connection.
+struct Leader {
+    conn: Connection,
+    /// Set to commit without fsync (`synchronous=NORMAL`).
+    relaxed: bool,
+}
+
+impl Leader {
+    fn open(shared: &Shared) -> KvResult<Leader> {
+        let mut conn = connect(&shared.path, shared.options).map_err(map_error)?;
+        conn.busy_handler(Some(wait_for_lock)).map_err(map_error)?;
+        let relaxed = shared.options.durability == Durability::Relaxed;
+        Ok(Leader { conn, relaxed })
+    }
+
+    /// Commit without fsync or with. SQLite reads `synchronous` at COMMIT
+    /// but refuses to change it inside a transaction: set it per batch.
+    fn set_relaxed(&mut self, relaxed: bool) -> KvResult<()> {
+        if self.relaxed != relaxed {
+            let mode = if relaxed { "NORMAL" } else { "FULL" };
+            self.conn
+                .execute_batch(&format!("PRAGMA synchronous={mode}"))
+                .map_err(map_error)?;
+            self.relaxed = relaxed;
+        }
+        Ok(())
+    }
+}
 
 #[derive(Default)]
 struct WatchTable {
@@ -244,7 +271,11 @@ impl Shared {
         connect(&self.path, self.options).map_err(map_error)
     }
 
+    /// Pool `conn` for reuse — never one still inside a transaction.
     fn give_back(&self, conn: Connection) {
+        if !conn.is_autocommit() {
+            return;
+        }
         let mut pool = self.pool.lock();
         if pool.len() < POOL_IDLE_MAX {
             pool.push(conn);
@@ -494,9 +525,8 @@ impl fmt::Debug for SqliteTxn {
 impl Drop for SqliteTxn {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.get_mut().take() {
-            if conn.execute_batch("ROLLBACK").is_ok() || conn.is_autocommit() {
-                self.shared.give_back(conn);
-            }
+            let _ = conn.execute_batch("ROLLBACK");
+            self.shared.give_back(conn);
         }
     }
 }
@@ -577,29 +607,24 @@ impl BackendTxn for SqliteTxn {
                 .flatten(),
             relaxed: request.relaxed,
         };
-        let result = match self.shared.options.durability {
+        let inline = match self.shared.options.durability {
             // No fsync at COMMIT (checkpoints run on their own thread), so
             // an uncontended commit runs inline. If another commit holds the
             // lock or landed since the snapshot, the group committer takes
-            // over, off the executor: it checks the conflict log, and commits
-            // of this process queue on a mutex, not in SQLite's busy handler.
-            Durability::Relaxed => match commit_promoted(&conn, &work) {
-                Attempt::Done(result) => {
-                    self.shared.give_back(conn);
-                    result
-                }
-                Attempt::Busy => {
-                    self.shared.give_back(conn);
-                    let shared = self.shared.clone();
-                    off_executor(move || commit_grouped(&shared, work)).await?
-                }
-            },
-            // COMMIT fsyncs: batched with this process's other commits, off
-            // the executor. The snapshot is no longer needed.
+            // over: it checks the conflict log, and commits of this process
+            // queue on a mutex, not in SQLite's busy handler.
+            Durability::Relaxed => commit_promoted(&conn, &work),
+            // COMMIT fsyncs: always batched with this process's other
+            // commits. The snapshot is no longer needed.
             Durability::Durable => {
-                if conn.execute_batch("ROLLBACK").is_ok() {
-                    self.shared.give_back(conn);
-                }
+                let _ = conn.execute_batch("ROLLBACK");
+                Attempt::Busy
+            }
+        };
+        self.shared.give_back(conn);
+        let result = match inline {
+            Attempt::Done(result) => result,
+            Attempt::Busy => {
                 let shared = self.shared.clone();
                 off_executor(move || commit_grouped(&shared, work)).await?
             }
@@ -657,62 +682,38 @@ fn commit_grouped(shared: &Shared, work: CommitWork) -> KvResult<Version> {
         return result;
     }
     let batch = std::mem::take(&mut *shared.group.queue.lock());
-    let results = match leader_connection(shared, &mut leader) {
-        Ok((conn, relaxed)) => {
-            // SQLite reads `synchronous` at COMMIT but refuses to change it
-            // inside a transaction: set it for the whole batch first.
-            let want_relaxed = shared.options.durability == Durability::Relaxed
-                || batch.iter().all(|(w, _)| w.relaxed);
-            let set = if *relaxed == want_relaxed {
-                Ok(())
-            } else {
-                let mode = if want_relaxed { "NORMAL" } else { "FULL" };
-                conn.execute_batch(&format!("PRAGMA synchronous={mode}"))
-                    .map(|()| *relaxed = want_relaxed)
-                    .map_err(map_error)
+    let relaxed =
+        shared.options.durability == Durability::Relaxed || batch.iter().all(|(w, _)| w.relaxed);
+    let fail = |e: KvError| batch.iter().map(|_| Err(e.clone())).collect();
+    let results = match leader.take().map_or_else(|| Leader::open(shared), Ok) {
+        Ok(mut l) => {
+            let results = match l.set_relaxed(relaxed) {
+                Ok(()) => commit_batch(&l.conn, &batch),
+                Err(e) => fail(e),
             };
-            match set {
-                Ok(()) => commit_batch(conn, &batch),
-                Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
+            // A connection left inside a transaction (a ROLLBACK that
+            // failed) would hold SQLite's write lock for good: keep it only
+            // if it is not.
+            if l.conn.is_autocommit() {
+                *leader = Some(l);
             }
+            results
         }
-        Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
+        Err(e) => fail(e),
     };
-    if results.iter().any(Result::is_ok) {
-        let group = &shared.group;
-        group.batches.fetch_add(1, Ordering::Relaxed);
-        let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
-        group.committed.fetch_add(ok, Ordering::Relaxed);
+    let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
+    if ok > 0 {
+        shared.group.batches.fetch_add(1, Ordering::Relaxed);
+        shared.group.committed.fetch_add(ok, Ordering::Relaxed);
     }
     for ((_, s), result) in batch.iter().zip(results) {
         *s.lock() = Some(result);
-    }
-    // A connection left inside a transaction (a ROLLBACK that failed) would
-    // hold SQLite's write lock for good: open a fresh one next time.
-    if leader.as_ref().is_some_and(|(c, _)| !c.is_autocommit()) {
-        *leader = None;
     }
     drop(leader);
     let result = slot.lock().take();
     // Only a panic in a leader (after which its batch may or may not have
     // committed) leaves a slot empty.
     result.unwrap_or(Err(KvError::CommitUnknownResult))
-}
-
-/// The group committer's connection, opened on first use (durable).
-fn leader_connection<'a>(
-    shared: &Shared,
-    leader: &'a mut Option<(Connection, bool)>,
-) -> KvResult<&'a mut (Connection, bool)> {
-    if leader.is_none() {
-        let mut conn = connect(&shared.path, shared.options).map_err(map_error)?;
-        conn.busy_handler(Some(wait_for_lock)).map_err(map_error)?;
-        let relaxed = shared.options.durability == Durability::Relaxed;
-        *leader = Some((conn, relaxed));
-    }
-    leader
-        .as_mut()
-        .ok_or_else(|| KvError::Backend("sqlite: no commit connection".into()))
 }
 
 /// Write a batch in one SQLite transaction: each commit checked against the

@@ -267,6 +267,17 @@ fn core_res(infra: &AtomicBool, r: Result<Attr, FsError>) -> Result<Summary, i32
     r.map(|a| summary(&a)).map_err(|e| errno_of(infra, e))
 }
 
+/// `setattr` by `who` through `fs`, as the model sees its result.
+async fn setattr(
+    fs: &Fs,
+    infra: &AtomicBool,
+    who: &Who,
+    ino: u64,
+    changes: SetAttr,
+) -> Result<Summary, i32> {
+    core_res(infra, fs.setattr(&caller(who), ino, changes).await)
+}
+
 fn errno<T>(infra: &AtomicBool, r: Result<T, FsError>) -> Result<T, i32> {
     r.map_err(|e| errno_of(infra, e))
 }
@@ -587,12 +598,7 @@ impl World {
                     size: Some(*size),
                     ..SetAttr::default()
                 };
-                let core = core_res(
-                    infra,
-                    self.clients[*c]
-                        .setattr(&caller(&users[*u]), ino, changes)
-                        .await,
-                );
+                let core = setattr(&self.clients[*c], infra, &users[*u], ino, changes).await;
                 same!(core, m.truncate(ino, *size, &users[*u]));
             }
             Op::Chmod { c, u, path, mode } => {
@@ -603,12 +609,7 @@ impl World {
                     mode: Some(*mode),
                     ..SetAttr::default()
                 };
-                let core = core_res(
-                    infra,
-                    self.clients[*c]
-                        .setattr(&caller(&users[*u]), ino, changes)
-                        .await,
-                );
+                let core = setattr(&self.clients[*c], infra, &users[*u], ino, changes).await;
                 same!(core, m.chmod(ino, *mode, &users[*u]));
             }
             Op::Chown {
@@ -629,12 +630,7 @@ impl World {
                     gid: *gid,
                     ..SetAttr::default()
                 };
-                let core = core_res(
-                    infra,
-                    self.clients[*c]
-                        .setattr(&caller(&users[*u]), ino, changes)
-                        .await,
-                );
+                let core = setattr(&self.clients[*c], infra, &users[*u], ino, changes).await;
                 same!(core, m.chown(ino, *uid, *gid, &users[*u]));
             }
         }
