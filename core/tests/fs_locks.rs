@@ -433,3 +433,46 @@ async fn close_detaches_and_list_clients_shows_the_rest() {
     );
     assert_clean(&db).await;
 }
+
+/// A close (FLUSH) of a file this client never locked answers without a
+/// transaction, while a close by a lock's owner still releases it and a
+/// close by another owner leaves it alone. The tracker forgets an inode only
+/// once the client has nothing left on it.
+#[tokio::test]
+async fn closes_skip_the_kv_only_for_inodes_never_locked() {
+    let db = db_with(TokioClock::new()).await;
+    let (a, b) = (client(&db, "a").await, client(&db, "b").await);
+    let root = Caller::root();
+    let mut files = Vec::new();
+    for name in [&b"f"[..], b"g"] {
+        let attr = a.create(&root, ROOT_INO, name, 0o644, true, perm::WRITE);
+        files.push(attr.await.unwrap().ino);
+    }
+    let (f, g) = (files[0], files[1]);
+    for owner in [1, 2] {
+        a.setlk(&root, f, owner, req(R, 0, LOCK_END_MAX), false, never())
+            .await
+            .unwrap();
+    }
+    assert_eq!(a.lock_tracker().len(), 1);
+    a.unlock_owner(&root, f, 1).await.unwrap();
+    assert_eq!(a.lock_tracker().len(), 1, "owner 2 still holds f");
+    assert_eq!(
+        b.setlk(&root, f, 9, req(W, 0, 1), false, never()).await,
+        Err(FsError::WouldBlock)
+    );
+    a.unlock_owner(&root, f, 2).await.unwrap();
+    assert!(a.lock_tracker().is_empty());
+    b.setlk(&root, f, 9, req(W, 0, 1), false, never())
+        .await
+        .unwrap();
+    // Fence a behind its back: a close of g (never locked) still answers
+    // without touching the KV, a close of f after a new lock attempt does
+    // not — it finds the eviction.
+    session::evict(&db, b.keys(), "a").await.unwrap();
+    a.unlock_owner(&root, g, 1).await.unwrap();
+    let attempt = a.setlk(&root, f, 1, req(W, 0, 1), false, never()).await;
+    assert_eq!(attempt, Err(FsError::Fenced));
+    assert_eq!(a.unlock_owner(&root, f, 1).await, Err(FsError::Fenced));
+    assert_eq!(a.unlock_owner(&root, g, 1).await, Err(FsError::Fenced));
+}

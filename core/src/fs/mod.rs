@@ -85,6 +85,7 @@ pub struct Fs {
     next_seq: AtomicU64,
     inodes: alloc::InodeBatch,
     open: crate::ops::open::OpenTable,
+    locks: crate::ops::lock::LockTracker,
     /// Set once a transaction found this client evicted (logged once).
     fenced: AtomicBool,
 }
@@ -121,6 +122,7 @@ impl Fs {
             next_seq: AtomicU64::new(1),
             inodes: alloc::InodeBatch::default(),
             open: Default::default(),
+            locks: Default::default(),
             fenced: AtomicBool::new(false),
         })
     }
@@ -178,6 +180,11 @@ impl Fs {
 
     pub fn options(&self) -> &FsOptions {
         &self.options
+    }
+
+    /// The inodes on which this client may hold locks.
+    pub fn lock_tracker(&self) -> &crate::ops::lock::LockTracker {
+        &self.locks
     }
 
     /// The inodes this client has open.

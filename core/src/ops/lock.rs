@@ -18,6 +18,12 @@
 //! safety net; they never poll in a tight loop. A cancelled wait removes
 //! its ticket before returning `EINTR`.
 //!
+//! A client remembers in memory which inodes it may hold locks or queue
+//! tickets on ([`LockTracker`]): only its own `setlk` creates them, so a
+//! close of any other inode (every `close(2)` sends FLUSH, and the kernel
+//! cannot tell whether the process ever locked) answers without a
+//! transaction.
+//!
 //! Not done: deadlock detection (`EDEADLK`) — waits that form a cycle
 //! across owners wait until one is interrupted.
 
@@ -32,6 +38,74 @@ use crate::keys::Keys;
 use crate::kv::{RangeOptions, Transaction, Watch};
 
 use super::read_attr;
+
+/// The inodes on which this client may hold a lock or a queue ticket.
+///
+/// Exact in the direction that matters: lock records of a client are
+/// created only by its own `setlk` transactions, each of which runs between
+/// [`LockTracker::enter`] and its guard's drop, so an inode absent here has
+/// none of this client's records. An inode is forgotten only when an unlock
+/// found the client with nothing left on it *and* no `setlk` ran since that
+/// unlock's transaction began (the generation did not move) or is running.
+#[derive(Debug, Default)]
+pub struct LockTracker {
+    inodes: parking_lot::Mutex<std::collections::HashMap<u64, Tracked>>,
+}
+
+#[derive(Debug, Default)]
+struct Tracked {
+    /// `setlk` calls in progress on the inode.
+    active: u32,
+    /// Bumped when a `setlk` ends (whatever its outcome).
+    generation: u64,
+}
+
+/// A `setlk` in progress; its drop (also on cancellation) ends it.
+struct Entered<'a> {
+    tracker: &'a LockTracker,
+    ino: u64,
+}
+
+impl LockTracker {
+    fn enter(&self, ino: u64) -> Entered<'_> {
+        self.inodes.lock().entry(ino).or_default().active += 1;
+        Entered { tracker: self, ino }
+    }
+
+    /// `None`: this client holds and awaits nothing on `ino`.
+    fn generation(&self, ino: u64) -> Option<u64> {
+        self.inodes.lock().get(&ino).map(|t| t.generation)
+    }
+
+    fn forget(&self, ino: u64, seen: u64) {
+        let mut inodes = self.inodes.lock();
+        if inodes
+            .get(&ino)
+            .is_some_and(|t| t.active == 0 && t.generation == seen)
+        {
+            inodes.remove(&ino);
+        }
+    }
+
+    /// Inodes currently tracked.
+    pub fn len(&self) -> usize {
+        self.inodes.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        let mut inodes = self.tracker.inodes.lock();
+        if let Some(t) = inodes.get_mut(&self.ino) {
+            t.active -= 1;
+            t.generation += 1;
+        }
+    }
+}
 
 /// The end of a lock that reaches past any end of file.
 pub const LOCK_END_MAX: u64 = u64::MAX;
@@ -379,19 +453,27 @@ pub async fn apply_dequeue(
 }
 
 /// Release every lock and waiter of `owner` on `ino` (close, flush).
+/// Returns whether this client still holds or awaits a lock on `ino`
+/// through another owner.
 pub async fn apply_unlock_owner(
     txn: &Transaction,
     ctx: &Ctx<'_>,
     ino: u64,
     owner: u64,
-) -> FsResult<()> {
+) -> FsResult<bool> {
     let held = held_locks(txn, ctx.keys, ino).await?;
     let queue = waiters(txn, ctx.keys, ino).await?;
     let mine = |client: &str, o: u64| client == ctx.client && o == owner;
+    let involved = held
+        .iter()
+        .any(|h| h.client == ctx.client && h.owner != owner)
+        || queue
+            .iter()
+            .any(|(_, w)| w.client == ctx.client && w.owner != owner);
     if !held.iter().any(|h| mine(&h.client, h.owner))
         && !queue.iter().any(|(_, w)| mine(&w.client, w.owner))
     {
-        return Ok(());
+        return Ok(involved);
     }
     write_own(txn, ctx, ino, owner, &[]);
     for (t, w) in &queue {
@@ -399,14 +481,8 @@ pub async fn apply_unlock_owner(
             txn.clear(&ctx.keys.lock_waiter(ino, *t));
         }
     }
-    let involved = held
-        .iter()
-        .any(|h| h.client == ctx.client && h.owner != owner)
-        || queue
-            .iter()
-            .any(|(_, w)| w.client == ctx.client && w.owner != owner);
     update_index(txn, ctx, ino, involved);
-    Ok(())
+    Ok(involved)
 }
 
 /// Drop every lock and waiter of an evicted `client` on `ino`.
@@ -457,6 +533,7 @@ impl Fs {
         cancel: impl Future<Output = ()>,
     ) -> FsResult<()> {
         let request = &request;
+        let _entered = self.lock_tracker().enter(ino);
         let mut ticket: Option<u64> = None;
         let mut cancel = std::pin::pin!(cancel);
         loop {
@@ -527,20 +604,34 @@ impl Fs {
     }
 
     /// Release every lock `owner` holds on `ino` (`flush`, `flock` release).
+    /// Without a transaction when this client never locked `ino` (see
+    /// [`LockTracker`]).
     pub async fn unlock_owner(&self, caller: &Caller, ino: u64, owner: u64) -> FsResult<()> {
         if crate::planted::active(crate::planted::Bug::UnlockInMemoryOnly) {
             return Ok(());
         }
+        let Some(seen) = self.lock_tracker().generation(ino) else {
+            return if self.is_fenced() {
+                Err(FsError::Fenced)
+            } else {
+                Ok(())
+            };
+        };
         // Lock state need not survive power loss: every holder and waiter
         // is a process, and a power loss ends them all (on FoundationDB,
         // which is durable anyway, this changes nothing). A lost grant or
         // unlock leaves at worst a dead client's lock, cleared when its
         // session expires, as after a crash; a durable commit that follows
         // (data written under the lock) makes the lock commit durable too.
-        self.run_fenced(caller, |txn, ctx| async move {
-            txn.relax_durability();
-            apply_unlock_owner(&txn, &ctx, ino, owner).await
-        })
-        .await
+        let involved = self
+            .run_fenced(caller, |txn, ctx| async move {
+                txn.relax_durability();
+                apply_unlock_owner(&txn, &ctx, ino, owner).await
+            })
+            .await?;
+        if !involved {
+            self.lock_tracker().forget(ino, seen);
+        }
+        Ok(())
     }
 }
