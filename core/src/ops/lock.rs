@@ -49,14 +49,31 @@ use super::read_attr;
 /// unlock's transaction began (the generation did not move) or is running.
 #[derive(Debug, Default)]
 pub struct LockTracker {
-    inodes: parking_lot::Mutex<std::collections::HashMap<u64, Tracked>>,
+    state: parking_lot::Mutex<TrackerState>,
 }
 
 #[derive(Debug, Default)]
+struct TrackerState {
+    inodes: std::collections::HashMap<u64, Tracked>,
+    /// Source of generations for every inode. One counter for all, never
+    /// reset: an inode forgotten and tracked again must not repeat a
+    /// generation an unlock in flight saw before (a review found that ABA
+    /// when each inode counted from zero).
+    clock: u64,
+}
+
+impl TrackerState {
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+}
+
+#[derive(Debug)]
 struct Tracked {
     /// `setlk` calls in progress on the inode.
     active: u32,
-    /// Bumped when a `setlk` ends (whatever its outcome).
+    /// Changed whenever a `setlk` starts tracking the inode or ends.
     generation: u64,
 }
 
@@ -68,28 +85,36 @@ struct Entered<'a> {
 
 impl LockTracker {
     fn enter(&self, ino: u64) -> Entered<'_> {
-        self.inodes.lock().entry(ino).or_default().active += 1;
+        let mut state = self.state.lock();
+        let generation = state.tick();
+        let tracked = state.inodes.entry(ino).or_insert(Tracked {
+            active: 0,
+            generation,
+        });
+        tracked.active += 1;
         Entered { tracker: self, ino }
     }
 
     /// `None`: this client holds and awaits nothing on `ino`.
     fn generation(&self, ino: u64) -> Option<u64> {
-        self.inodes.lock().get(&ino).map(|t| t.generation)
+        self.state.lock().inodes.get(&ino).map(|t| t.generation)
     }
 
+    /// Forget `ino` if no `setlk` ran on it since `seen` was read.
     fn forget(&self, ino: u64, seen: u64) {
-        let mut inodes = self.inodes.lock();
-        if inodes
+        let mut state = self.state.lock();
+        if state
+            .inodes
             .get(&ino)
             .is_some_and(|t| t.active == 0 && t.generation == seen)
         {
-            inodes.remove(&ino);
+            state.inodes.remove(&ino);
         }
     }
 
     /// Inodes currently tracked.
     pub fn len(&self) -> usize {
-        self.inodes.lock().len()
+        self.state.lock().inodes.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -99,10 +124,11 @@ impl LockTracker {
 
 impl Drop for Entered<'_> {
     fn drop(&mut self) {
-        let mut inodes = self.tracker.inodes.lock();
-        if let Some(t) = inodes.get_mut(&self.ino) {
+        let mut state = self.tracker.state.lock();
+        let generation = state.tick();
+        if let Some(t) = state.inodes.get_mut(&self.ino) {
             t.active -= 1;
-            t.generation += 1;
+            t.generation = generation;
         }
     }
 }
@@ -633,5 +659,44 @@ impl Fs {
             self.lock_tracker().forget(ino, seen);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LockTracker;
+
+    /// An unlock may forget an inode only if no `setlk` started, ran or
+    /// ended on it since the unlock read its generation.
+    #[test]
+    fn the_tracker_forgets_only_what_no_setlk_touched() {
+        let tracker = LockTracker::default();
+        drop(tracker.enter(7));
+        let seen = tracker.generation(7).expect("tracked");
+        let running = tracker.enter(7);
+        tracker.forget(7, seen);
+        assert_eq!(tracker.len(), 1, "a setlk in flight");
+        drop(running);
+        tracker.forget(7, seen);
+        assert_eq!(tracker.len(), 1, "a setlk ended after the unlock began");
+        let seen = tracker.generation(7).expect("tracked");
+        tracker.forget(7, seen);
+        assert!(tracker.is_empty());
+    }
+
+    /// Two unlocks in flight: the first forgets the inode, a new `setlk`
+    /// tracks it again and ends; the second unlock's stale generation must
+    /// not match the new entry's.
+    #[test]
+    fn a_forgotten_inode_tracked_again_never_repeats_a_generation() {
+        let tracker = LockTracker::default();
+        drop(tracker.enter(7));
+        let first = tracker.generation(7).expect("tracked");
+        let second = tracker.generation(7).expect("tracked");
+        tracker.forget(7, first);
+        assert!(tracker.is_empty());
+        drop(tracker.enter(7));
+        tracker.forget(7, second);
+        assert_eq!(tracker.len(), 1, "the new setlk's lock was forgotten");
     }
 }
