@@ -235,6 +235,15 @@ impl Keys {
         self.fs.pack(&("client", client, "idem", seq))
     }
 
+    /// `[begin, end)` of a client's markers with `first <= seq < end` (the
+    /// tuple encoding of integers sorts like the integers).
+    pub fn idempotency_markers(&self, client: &str, first: u64, end: u64) -> (Vec<u8>, Vec<u8>) {
+        (
+            self.idempotency_marker(client, first),
+            self.idempotency_marker(client, end),
+        )
+    }
+
     /// `[begin, end)` of every key of one client.
     pub fn client_range(&self, client: &str) -> (Vec<u8>, Vec<u8>) {
         self.fs.subspace(&("client", client)).range()

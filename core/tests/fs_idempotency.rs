@@ -121,3 +121,55 @@ async fn run(seed: u64) {
         "seed {seed}: {faults:?}"
     );
 }
+
+/// Markers do not pile up: after many operations a client keeps about the
+/// window's worth (old ones are cleared a batch at a time), and the marker
+/// of every recent operation is still there for its retry to find.
+#[tokio::test]
+async fn old_markers_are_cleared_and_recent_ones_kept() {
+    use hafs_core::fs::{IDEMPOTENCY_CLEAR_EVERY, IDEMPOTENCY_WINDOW};
+    use hafs_core::kv::RangeOptions;
+
+    let clock = ManualClock::new();
+    let db = Database::new(Arc::new(MemBackend::new(clock.clone())), clock, 1);
+    mkfs(&db, "fs", MkfsOptions::default()).await.unwrap();
+    let fs = Fs::open(db.clone(), "fs", "c1", FsOptions::default())
+        .await
+        .unwrap();
+    let root = Caller::root();
+    let f = fs
+        .create(&root, ROOT_INO, b"f", 0o644, true, perm::WRITE)
+        .await
+        .unwrap();
+    let ops = 2 * IDEMPOTENCY_WINDOW + 100;
+    for _ in 1..ops {
+        fs.write(&root, f.ino, WriteAt::Offset(0), b"x")
+            .await
+            .unwrap();
+    }
+    let (begin, end) = fs.keys().idempotency_markers("c1", 0, u64::MAX);
+    let seq_of: std::collections::HashMap<Vec<u8>, u64> = (0..=ops)
+        .map(|s| (fs.keys().idempotency_marker("c1", s), s))
+        .collect();
+    let seqs: Vec<u64> = db
+        .read(|txn| {
+            let (begin, end) = (begin.clone(), end.clone());
+            async move {
+                let page = txn.get_range(&begin, &end, RangeOptions::default()).await?;
+                Ok::<_, hafs_core::kv::KvError>(page.kvs)
+            }
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|(key, _)| *seq_of.get(key).expect("a marker key"))
+        .collect();
+    let kept = seqs.len() as u64;
+    assert!(
+        (IDEMPOTENCY_WINDOW..=IDEMPOTENCY_WINDOW + IDEMPOTENCY_CLEAR_EVERY).contains(&kept),
+        "{kept} markers kept after {ops} operations"
+    );
+    // Exactly the newest `kept` operations: no stray old marker below them.
+    let expected: Vec<u64> = (ops + 1 - kept..=ops).collect();
+    assert_eq!(seqs, expected);
+}

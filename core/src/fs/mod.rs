@@ -9,7 +9,9 @@
 //! earlier attempt committed, the stored reply is returned and nothing is
 //! applied twice (a create does not turn into `EEXIST`, an append is not
 //! written twice). Markers older than [`IDEMPOTENCY_WINDOW`] operations of
-//! the same client are cleared by later operations.
+//! the same client are cleared by later operations, [`IDEMPOTENCY_CLEAR_EVERY`]
+//! at a time: clearing one old marker per operation dirtied a second B-tree
+//! page (far from the new marker's) in every mutating transaction.
 
 pub mod alloc;
 pub mod format;
@@ -28,6 +30,10 @@ pub use format::{list_filesystems, mkfs, rmfs, MkfsOptions};
 
 /// How many recent operations of a client keep their idempotency marker.
 pub const IDEMPOTENCY_WINDOW: u64 = 4096;
+/// Every this many operations, one clears the markers that have left the
+/// window since (so a marker lives at most this many operations longer).
+pub const IDEMPOTENCY_CLEAR_EVERY: u64 = 256;
+const _: () = assert!(IDEMPOTENCY_CLEAR_EVERY <= IDEMPOTENCY_WINDOW);
 /// Timed-out commits settled (waited out) before giving up.
 const SETTLE_ATTEMPTS: u32 = 5;
 /// Extra wait past the age limit, for clock granularity.
@@ -262,9 +268,16 @@ impl Fs {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let ctx = self.ctx(caller);
         let marker = self.keys.idempotency_marker(&self.client, seq);
+        // At seq = k * CLEAR_EVERY: the markers (old - CLEAR_EVERY, old],
+        // old = seq - WINDOW; consecutive clears tile the sequence.
         let expired = seq
-            .checked_sub(IDEMPOTENCY_WINDOW)
-            .map(|old| self.keys.idempotency_marker(&self.client, old));
+            .is_multiple_of(IDEMPOTENCY_CLEAR_EVERY)
+            .then(|| seq.checked_sub(IDEMPOTENCY_WINDOW))
+            .flatten()
+            .map(|old| {
+                let first = old.saturating_sub(IDEMPOTENCY_CLEAR_EVERY - 1);
+                self.keys.idempotency_markers(&self.client, first, old + 1)
+            });
         let (op, marker, expired) = (&op, &marker, &expired);
         self.settled(|settling| async move {
             self.db
@@ -286,8 +299,8 @@ impl Fs {
                             .await;
                     }
                     txn.set(marker, &reply.to_marker());
-                    if let Some(expired) = expired {
-                        txn.clear(expired);
+                    if let Some((begin, end)) = expired {
+                        txn.clear_range(begin, end);
                     }
                     Ok(reply)
                 })
