@@ -225,6 +225,7 @@ async fn list_clients(
                     "last_heartbeat_ns": c.last_beat_ns,
                     "locked_inodes": c.locked_inodes,
                     "open_inodes": c.open_inodes,
+                    "cache_lease": c.cache_lease,
                 })
             })
             .collect();
@@ -232,13 +233,13 @@ async fn list_clients(
         return Ok(());
     }
     println!(
-        "{:<36} {:<16} {:>8} {:>10} {:>10} {:>7} {:>6}  DESCRIPTION",
-        "CLIENT", "HOST", "PID", "MOUNTED", "HEARTBEAT", "LOCKED", "OPEN"
+        "{:<36} {:<16} {:>8} {:>10} {:>10} {:>7} {:>6} {:>6}  DESCRIPTION",
+        "CLIENT", "HOST", "PID", "MOUNTED", "HEARTBEAT", "LOCKED", "OPEN", "CACHES"
     );
     let age = |ns: i64| Duration::from_nanos((now_ns - ns).max(0) as u64).as_secs();
     for c in first {
         println!(
-            "{:<36} {:<16} {:>8} {:>8}s {:>8}s {:>7} {:>6}  {}",
+            "{:<36} {:<16} {:>8} {:>8}s {:>8}s {:>7} {:>6} {:>6}  {}",
             c.info.id,
             c.info.hostname,
             c.info.pid,
@@ -246,6 +247,7 @@ async fn list_clients(
             age(c.last_beat_ns),
             c.locked_inodes,
             c.open_inodes,
+            if c.cache_lease { "yes" } else { "no" },
             c.info.description
         );
     }

@@ -1,7 +1,8 @@
 //! Locks and sessions on real mounts, driven by real processes: byte-range
 //! locks across two mounts, two `sqlite3` shells sharing one database,
 //! fencing of a SIGSTOPped lock holder (evicted by `hafs evict` and by
-//! expiry), and recovery after `kill -9` of a mount. Mounts are `hafs
+//! expiry), recovery after `kill -9` of a mount, and the cache lease of a
+//! mount that was alone when a second one arrives. Mounts are `hafs
 //! mount` processes on one SQLite database; a worker process (this test
 //! binary re-run with `HAFS_TEST_WORKER` set) holds locks and writes on
 //! command. Needs root and /dev/fuse (see `support`).
@@ -16,6 +17,7 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -659,4 +661,62 @@ fn external_umount_and_sigint_detach_the_client() {
         "SIGINT left the client attached"
     );
     assert!(!support::is_mounted(&b.path));
+}
+
+/// Whether the mount process `pid` holds the cache lease, by `list-clients`.
+fn caches(cluster: &Cluster, pid: u32) -> bool {
+    let out = cluster.hafs(&["list-clients", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["pid"] == pid)
+        .map(|r| r["cache_lease"] == true)
+        .unwrap_or(false)
+}
+
+fn until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The cache lease on real mounts: a mount alone holds it (its kernel
+/// caches attributes and, with default_permissions, names — positive and
+/// negative); a second mount appears only once those caches expired, so
+/// every change made through the second mount is seen through the first at
+/// once — a chmod, an unlink, a create of a name the first just found
+/// absent. Without the wait, the first mount would show the old mode, the
+/// unlinked file and no new file for up to the 1 s TTL. When the second
+/// mount leaves, the first takes the lease back.
+#[test]
+fn a_second_mount_sees_changes_at_once_after_the_first_cached() {
+    if !fuse_available() {
+        return;
+    }
+    let cluster = Cluster::new();
+    let a = cluster.mount("a", &["-o", "default_permissions"]);
+    until("a to take the lease", || caches(&cluster, a.pid()));
+    std::fs::write(a.p("f"), b"x").unwrap();
+    std::fs::write(a.p("gone"), b"x").unwrap();
+    // Fill a's kernel caches: attributes, names, and an absent name.
+    let before = std::fs::metadata(a.p("f")).unwrap();
+    assert_eq!(before.mode() & 0o777, 0o644);
+    assert!(a.p("gone").exists());
+    assert!(!a.p("new").exists());
+    let b = cluster.mount("b", &[]);
+    assert!(!caches(&cluster, a.pid()), "a still holds the lease");
+    std::fs::set_permissions(b.p("f"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::remove_file(b.p("gone")).unwrap();
+    std::fs::write(b.p("new"), b"y").unwrap();
+    assert_eq!(std::fs::metadata(a.p("f")).unwrap().mode() & 0o777, 0o600);
+    assert!(!a.p("gone").exists(), "a still sees the unlinked file");
+    assert_eq!(std::fs::read(a.p("new")).unwrap(), b"y");
+    // Neither caches while both are mounted.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!caches(&cluster, a.pid()) && !caches(&cluster, b.pid()));
+    drop(b);
+    until("a to take the lease back", || caches(&cluster, a.pid()));
 }

@@ -29,6 +29,9 @@
 //! ("hafs", FS, "client", CLIENT, "lock", INO)    -> ()  index: the client has locks or waiters on INO
 //! ("hafs", FS, "clients", CLIENT)                -> ClientInfo; present = attached. Every
 //!                                                   transaction of CLIENT reads it (fencing)
+//! ("hafs", FS, "cachelease", CLIENT)            -> expiry ns (u64 LE): CLIENT, the only client
+//!                                                   when it wrote this, lets the kernel cache
+//!                                                   (crate::cache)
 //! ("hafs-registry", FS)                          -> ()  one key per filesystem, for listing
 //! ```
 //!
@@ -368,6 +371,25 @@ impl Keys {
     /// `[begin, end)` of every registered client.
     pub fn sessions(&self) -> (Vec<u8>, Vec<u8>) {
         self.fs.subspace(&("clients",)).range()
+    }
+
+    /// The cache lease of `client` (see `crate::cache`).
+    pub fn cache_lease(&self, client: &str) -> Vec<u8> {
+        self.fs.pack(&("cachelease", client))
+    }
+
+    /// `[begin, end)` of every cache lease.
+    pub fn cache_leases(&self) -> (Vec<u8>, Vec<u8>) {
+        self.fs.subspace(&("cachelease",)).range()
+    }
+
+    /// The client of a key in [`Keys::cache_leases`].
+    pub fn cache_lease_client(&self, key: &[u8]) -> Option<String> {
+        self.fs
+            .subspace(&("cachelease",))
+            .unpack::<(String,)>(key)
+            .ok()
+            .map(|(id,)| id)
     }
 
     /// The registry key of filesystem `fs_name`.

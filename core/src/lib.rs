@@ -11,6 +11,7 @@
 //! - [`error`]: [`error::FsError`] and its errno mapping.
 
 pub mod buggify;
+pub mod cache;
 pub mod clock;
 pub mod codec;
 pub mod ctx;

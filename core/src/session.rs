@@ -100,6 +100,9 @@ pub struct ClientStatus {
     pub locked_inodes: u64,
     /// Inodes it has open.
     pub open_inodes: u64,
+    /// Whether it holds the cache lease (`crate::cache`): it was the only
+    /// client, and its kernel caches attributes.
+    pub cache_lease: bool,
 }
 
 /// Every attached client of the filesystem.
@@ -128,7 +131,9 @@ pub async fn list_clients(db: &Database, keys: &Keys) -> FsResult<Vec<ClientStat
                 .await?
                 .kvs
                 .len();
+            let cache_lease = txn.get(&keys.cache_lease(&id)).await?.is_some();
             out.push(ClientStatus {
+                cache_lease,
                 info,
                 heartbeat,
                 last_beat_ns,
@@ -232,6 +237,7 @@ pub async fn gc_client(db: &Database, keys: &Keys, client: &str) -> FsResult<GcS
         refuse_if_attached(&txn, keys, client).await?;
         let (begin, end) = keys.client_range(client);
         txn.clear_range(&begin, &end);
+        txn.clear(&keys.cache_lease(client));
         Ok::<_, FsError>(())
     })
     .await?;

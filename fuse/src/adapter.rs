@@ -9,9 +9,11 @@
 //! costs thread wake-ups of about the same (stat latency 80 → 48 µs, see
 //! `HafsFuse::serve`). Lock waits, which can last forever, and every
 //! request on a networked database (FoundationDB) run as tokio tasks, so
-//! they never stall the others. Consistency first: attribute and entry TTLs
-//! default to 0 and files are opened with direct I/O, so the kernel caches
-//! nothing and every mount sees every committed change at once.
+//! they never stall the others. Consistency first: files are opened with
+//! direct I/O, and replies carry nonzero attribute and entry TTLs only
+//! while the mount holds the cache lease (it is the filesystem's only
+//! client, `hafs_core::cache`), so every mount sees every committed change
+//! at once.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -27,6 +29,7 @@ use fuser::{
     ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use hafs_core::cache::CacheGate;
 use hafs_core::codec::{Attr, FileType, LockKind};
 use hafs_core::ctx::{Caller, Groups};
 use hafs_core::error::{FsError, FsResult};
@@ -38,13 +41,6 @@ use parking_lot::Mutex;
 
 /// Entries fetched per readdir page from the KV.
 const DIR_PAGE: usize = 512;
-
-/// Caching the kernel may do.
-#[derive(Debug, Clone, Copy)]
-pub struct Caching {
-    pub attr_ttl: Duration,
-    pub entry_ttl: Duration,
-}
 
 /// An open file or directory.
 #[derive(Debug)]
@@ -66,7 +62,8 @@ struct DirCursor {
 #[derive(Debug)]
 struct Inner {
     fs: Arc<Fs>,
-    caching: Caching,
+    /// The TTLs replies may carry now.
+    cache: Arc<CacheGate>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_handle: AtomicU64,
 }
@@ -81,13 +78,13 @@ pub struct HafsFuse {
 }
 
 impl HafsFuse {
-    pub fn new(fs: Arc<Fs>, caching: Caching, runtime: tokio::runtime::Handle) -> Self {
+    pub fn new(fs: Arc<Fs>, cache: Arc<CacheGate>, runtime: tokio::runtime::Handle) -> Self {
         let inline = fs.db().backend().is_local();
         HafsFuse {
             inline,
             inner: Arc::new(Inner {
                 fs,
-                caching,
+                cache,
                 handles: Mutex::new(HashMap::new()),
                 next_handle: AtomicU64::new(1),
             }),
@@ -300,9 +297,11 @@ fn file_attr(a: &Attr) -> FileAttr {
 
 impl Inner {
     fn entry(&self, reply: ReplyEntry, result: FsResult<Attr>) {
+        let ttl = self.cache.enter();
         match result {
-            Ok(a) => reply.entry(
-                &self.caching.entry_ttl,
+            Ok(a) => reply.entry_with_ttls(
+                &ttl.attr_ttl(),
+                &ttl.entry_ttl(),
                 &file_attr(&a),
                 Generation(a.generation),
             ),
@@ -310,9 +309,41 @@ impl Inner {
         }
     }
 
+    /// A LOOKUP's reply. An absent name becomes a negative entry (node id
+    /// 0) while caching: the kernel remembers the name is absent, so an
+    /// `O_CREAT` open skips its LOOKUP.
+    fn lookup_entry(&self, reply: ReplyEntry, result: FsResult<Attr>) {
+        if let Err(FsError::NotFound) = result {
+            let ttl = self.cache.enter();
+            if ttl.entry_ttl() > Duration::ZERO {
+                let absent = FileAttr {
+                    ino: INodeNo(0),
+                    size: 0,
+                    blocks: 0,
+                    atime: UNIX_EPOCH,
+                    mtime: UNIX_EPOCH,
+                    ctime: UNIX_EPOCH,
+                    crtime: UNIX_EPOCH,
+                    kind: FuseType::RegularFile,
+                    perm: 0,
+                    nlink: 0,
+                    uid: 0,
+                    gid: 0,
+                    rdev: 0,
+                    blksize: 4096,
+                    flags: 0,
+                };
+                reply.entry_with_ttls(&Duration::ZERO, &ttl.entry_ttl(), &absent, Generation(0));
+                return;
+            }
+        }
+        self.entry(reply, result)
+    }
+
     fn attr(&self, reply: ReplyAttr, result: FsResult<Attr>) {
+        let ttl = self.cache.enter();
         match result {
-            Ok(a) => reply.attr(&self.caching.attr_ttl, &file_attr(&a)),
+            Ok(a) => reply.attr(&ttl.attr_ttl(), &file_attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -464,7 +495,7 @@ impl Filesystem for HafsFuse {
         let name = name.as_bytes().to_vec();
         self.spawn(req, move |i, c| async move {
             let r = i.fs.lookup(&c, hafs_ino(parent), &name).await;
-            i.entry(reply, r)
+            i.lookup_entry(reply, r)
         });
     }
 
@@ -924,8 +955,9 @@ impl Filesystem for HafsFuse {
                     let fh = i.add_handle(Handle::File {
                         append: flags & libc::O_APPEND != 0,
                     });
+                    let ttl = i.cache.enter();
                     reply.created(
-                        &i.caching.entry_ttl,
+                        &ttl.entry_ttl(),
                         &file_attr(&a),
                         Generation(a.generation),
                         FileHandle(fh),

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hafs_core::cache::{CacheGate, CacheTtls};
 use hafs_core::clock::{Clock, TokioClock};
 use hafs_core::codec::ClientInfo;
 use hafs_core::ctx::FsOptions;
@@ -15,7 +16,7 @@ use hafs_core::kv::url::{default_sqlite_path, open_backend, KvUrl};
 use hafs_core::kv::Database;
 use hafs_core::session::SessionOptions;
 
-use crate::adapter::{Caching, HafsFuse};
+use crate::adapter::HafsFuse;
 
 /// Where the filesystem lives (shared by every hafs command).
 #[derive(Debug, Clone, clap::Args)]
@@ -83,12 +84,16 @@ pub struct MountArgs {
     /// noatime, strictatime.
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
-    /// Seconds the kernel may cache attributes. 0 (default): every stat sees
-    /// other mounts' changes at once; more: fewer round trips, staler views.
-    #[arg(long, default_value_t = 0.0)]
+    /// Seconds the kernel may cache attributes while this mount is the
+    /// filesystem's only client (it holds the cache lease; a client that
+    /// attaches waits until the caches expired). 0: never cache.
+    #[arg(long, default_value_t = 1.0)]
     pub attr_timeout: f64,
-    /// Seconds the kernel may cache name lookups (same trade-off).
-    #[arg(long, default_value_t = 0.0)]
+    /// Seconds the kernel may cache name lookups, positive and negative,
+    /// under the same lease. Only with `-o default_permissions`: without it
+    /// the kernel would walk cached names without checking search
+    /// permission. 0: never cache.
+    #[arg(long, default_value_t = 1.0)]
     pub entry_timeout: f64,
     /// Format the filesystem first if it does not exist yet.
     #[arg(long)]
@@ -187,6 +192,14 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let clock: Arc<dyn Clock> = runtime.block_on(async { TokioClock::new() });
     let db = kv.open(clock.clone())?;
+    for (flag, value) in [
+        ("--attr-timeout", args.attr_timeout),
+        ("--entry-timeout", args.entry_timeout),
+    ] {
+        if !(0.0..=3600.0).contains(&value) {
+            return Err(format!("{flag} {value} is not between 0 and 3600 seconds"));
+        }
+    }
     if !(args.unlink_grace >= 0.0 && args.unlink_grace <= 3600.0) {
         return Err(format!(
             "--unlink-grace {} is not between 0 and 3600 seconds",
@@ -249,10 +262,24 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
             fs.maintain_session(session).await;
         });
     }
-    let caching = Caching {
-        attr_ttl: Duration::from_secs_f64(args.attr_timeout.max(0.0)),
-        entry_ttl: Duration::from_secs_f64(args.entry_timeout.max(0.0)),
+    let default_permissions = args.options.iter().any(|o| o == "default_permissions");
+    let ttls = CacheTtls {
+        attr: Duration::from_secs_f64(args.attr_timeout),
+        // The kernel checks search permission on a cached name only when it
+        // checks permissions itself; otherwise only our LOOKUP checks it.
+        entry: if default_permissions {
+            Duration::from_secs_f64(args.entry_timeout)
+        } else {
+            Duration::ZERO
+        },
     };
+    let gate = CacheGate::new(ttls, clock.clone());
+    if gate.enabled() {
+        let (fs, gate) = (fs.clone(), gate.clone());
+        runtime.spawn(async move {
+            fs.keep_cache_lease(gate, session.expiry).await;
+        });
+    }
     let mut config = fuser::Config::default();
     if args.fuse_threads > 1 {
         config.n_threads = Some(args.fuse_threads.min(64));
@@ -265,7 +292,7 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
     if fs_options.read_only {
         config.mount_options.push(fuser::MountOption::RO);
     }
-    if args.options.iter().any(|o| o == "default_permissions") {
+    if default_permissions {
         config
             .mount_options
             .push(fuser::MountOption::DefaultPermissions);
@@ -273,7 +300,7 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
     if args.options.iter().any(|o| o == "allow_other") {
         config.acl = fuser::SessionACL::All;
     }
-    let adapter = HafsFuse::new(fs.clone(), caching, runtime.handle().clone());
+    let adapter = HafsFuse::new(fs.clone(), gate, runtime.handle().clone());
     let session = fuser::Session::new(adapter, &args.mountpoint, &config)
         .map_err(|e| format!("cannot mount on {}: {e}", args.mountpoint.display()))?;
     let background = session

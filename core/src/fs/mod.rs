@@ -118,6 +118,12 @@ impl Fs {
         let keys = Keys::new(name);
         let settings = format::read_settings(&db, &keys, name).await?;
         crate::session::attach(&db, &keys, info).await?;
+        // Before this client changes anything, no other mount may still be
+        // caching on the belief that it is alone.
+        if let Err(e) = crate::cache::wait_for_holders(&db, &keys, &info.id).await {
+            let _ = crate::session::evict(&db, &keys, &info.id).await;
+            return Err(e);
+        }
         Ok(Fs {
             db,
             name: name.to_string(),

@@ -1,0 +1,164 @@
+//! The cache lease (`hafs_core::cache`): a sole client opens its gate; a
+//! client that attaches returns from `Fs::open` only once the holder's
+//! gate is closed, its cached replies in flight are done and their TTL has
+//! passed; the holder does not take the lease back while the other client
+//! is attached, and does once it left; a holder whose heartbeat stopped is
+//! evicted after its own expiry. Real time (the gate's waits are what is
+//! tested), with short TTLs.
+
+// The assertions compare against the OS clock the TokioClock reads.
+#![allow(clippy::disallowed_methods)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hafs_core::cache::{CacheGate, CacheTtls, LEASE_POLL, REVOKE_MARGIN};
+use hafs_core::clock::{Clock, TokioClock};
+use hafs_core::ctx::{Caller, FsOptions};
+use hafs_core::error::FsError;
+use hafs_core::fs::{mkfs, Fs, MkfsOptions};
+use hafs_core::keys::{Keys, ROOT_INO};
+use hafs_core::kv::mem::MemBackend;
+use hafs_core::kv::Database;
+
+const TTL: Duration = Duration::from_millis(400);
+
+async fn db() -> Database {
+    let clock: Arc<dyn Clock> = TokioClock::new();
+    let db = Database::new(Arc::new(MemBackend::new(clock.clone())), clock, 5);
+    mkfs(&db, "fs", MkfsOptions::default()).await.unwrap();
+    db
+}
+
+async fn client(db: &Database, id: &str) -> Arc<Fs> {
+    Arc::new(
+        Fs::open(db.clone(), "fs", id, FsOptions::default())
+            .await
+            .unwrap(),
+    )
+}
+
+/// `fs` keeping the lease with a fresh gate.
+fn keep(fs: &Arc<Fs>, expiry: Duration) -> (Arc<CacheGate>, tokio::task::JoinHandle<FsError>) {
+    let ttls = CacheTtls {
+        attr: TTL,
+        entry: TTL,
+    };
+    let gate = CacheGate::new(ttls, fs.db().clock().clone());
+    let task = {
+        let (fs, gate) = (fs.clone(), gate.clone());
+        tokio::spawn(async move { fs.keep_cache_lease(gate, expiry).await })
+    };
+    (gate, task)
+}
+
+async fn lease_held(db: &Database, client: &str) -> bool {
+    let key = Keys::new("fs").cache_lease(client);
+    db.read(|txn| {
+        let key = key.clone();
+        async move { txn.get(&key).await }
+    })
+    .await
+    .unwrap()
+    .is_some()
+}
+
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_waits_until_the_holders_caches_expired() {
+    let db = db().await;
+    let a = client(&db, "a").await;
+    let (gate, _task) = keep(&a, Duration::from_secs(30));
+    until("a to take the lease", || gate.is_open()).await;
+    assert!(lease_held(&db, "a").await);
+    assert_eq!(gate.enter().attr_ttl(), TTL);
+
+    // A cached reply still on its way to the kernel when b attaches.
+    let in_flight = gate.enter();
+    assert_eq!(in_flight.entry_ttl(), TTL);
+    let started = Instant::now();
+    let opening = {
+        let db = db.clone();
+        tokio::spawn(async move { client(&db, "b").await })
+    };
+    until("a to close its gate", || !gate.is_open()).await;
+    assert_eq!(gate.enter().attr_ttl(), Duration::ZERO, "closed: TTL 0");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        !opening.is_finished(),
+        "b attached while a reply was in flight"
+    );
+    let sent = Instant::now();
+    drop(in_flight);
+    let b = opening.await.unwrap();
+    let waited = sent.elapsed();
+    assert!(
+        waited >= TTL + REVOKE_MARGIN,
+        "b attached {waited:?} after a's last cached reply (TTL {TTL:?})"
+    );
+    assert!(!lease_held(&db, "a").await);
+    eprintln!("b attached after {:?}", started.elapsed());
+
+    // b sees its own change and a the change at once (a's gate is closed).
+    b.mkdir(&Caller::root(), ROOT_INO, b"from-b", 0o755)
+        .await
+        .unwrap();
+    a.lookup(&Caller::root(), ROOT_INO, b"from-b")
+        .await
+        .unwrap();
+
+    // No lease while two clients are attached ...
+    tokio::time::sleep(LEASE_POLL * 5).await;
+    assert!(!gate.is_open());
+    assert!(!lease_held(&db, "a").await && !lease_held(&db, "b").await);
+    // ... and a takes it back once b has left.
+    b.close().await.unwrap();
+    until("a to take the lease back", || gate.is_open()).await;
+    assert!(lease_held(&db, "a").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_stopped_is_evicted_after_its_own_expiry() {
+    let db = db().await;
+    let a = client(&db, "a").await;
+    let expiry = Duration::from_secs(2);
+    let (gate, task) = keep(&a, expiry);
+    until("a to take the lease", || gate.is_open()).await;
+    // a's mount stops (SIGSTOP, a hung host): no heartbeats, no lease loop.
+    task.abort();
+    let started = Instant::now();
+    let b = client(&db, "b").await;
+    assert!(
+        started.elapsed() >= expiry,
+        "b attached after {:?}, before a's expiry",
+        started.elapsed()
+    );
+    assert!(!lease_held(&db, "a").await, "eviction clears the lease");
+    assert!(matches!(
+        a.getattr(&Caller::root(), ROOT_INO).await,
+        Err(FsError::Fenced)
+    ));
+    b.getattr(&Caller::root(), ROOT_INO).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_from_the_start_never_cache() {
+    let db = db().await;
+    let a = client(&db, "a").await;
+    let b = client(&db, "b").await;
+    let (gate_a, _ta) = keep(&a, Duration::from_secs(30));
+    let (gate_b, _tb) = keep(&b, Duration::from_secs(30));
+    tokio::time::sleep(LEASE_POLL * 5).await;
+    assert!(!gate_a.is_open() && !gate_b.is_open());
+    // One leaves: the other becomes the only client and caches.
+    a.close().await.unwrap();
+    until("b to take the lease", || gate_b.is_open()).await;
+    assert!(!gate_a.is_open());
+}
