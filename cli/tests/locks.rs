@@ -676,7 +676,8 @@ fn caches(cluster: &Cluster, pid: u32) -> bool {
 }
 
 fn until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Taking the lease back waits out two transaction age limits (cache.rs).
+    let deadline = Instant::now() + Duration::from_secs(20);
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));

@@ -80,9 +80,20 @@ pub struct CacheGate {
 #[derive(Debug, Default)]
 struct GateState {
     open: bool,
+    /// Bumped at each opening: a ticket from an earlier opening is void.
+    generation: u64,
     in_flight: u64,
     /// Monotonic time the last cached reply was handed to the kernel.
     last_end: Duration,
+}
+
+/// Taken before an operation reads the database. Its reply may carry TTLs
+/// only if the gate was already open then (and has stayed open): a read
+/// that began before the lease was taken may predate another client's last
+/// change.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheTicket {
+    generation: Option<u64>,
 }
 
 /// The TTLs for one reply; hold it until the reply is sent.
@@ -133,10 +144,19 @@ impl CacheGate {
         self.state.lock().open
     }
 
-    /// The TTLs for a reply about to be sent: zero unless the gate is open.
-    pub fn enter(&self) -> CacheGuard<'_> {
+    /// Take before the operation whose reply may be cached starts.
+    pub fn ticket(&self) -> CacheTicket {
+        let state = self.state.lock();
+        CacheTicket {
+            generation: state.open.then_some(state.generation),
+        }
+    }
+
+    /// The TTLs for a reply about to be sent: zero unless the gate is open
+    /// and was open, in the same generation, when `ticket` was taken.
+    pub fn enter(&self, ticket: CacheTicket) -> CacheGuard<'_> {
         let mut state = self.state.lock();
-        if state.open {
+        if state.open && ticket.generation == Some(state.generation) {
             state.in_flight += 1;
             CacheGuard {
                 gate: self,
@@ -153,12 +173,14 @@ impl CacheGate {
     }
 
     fn open(&self) {
-        self.state.lock().open = true;
+        let mut state = self.state.lock();
+        state.open = true;
+        state.generation += 1;
     }
 
     /// Close the gate and return once nothing the kernel was told to cache
     /// is still believed.
-    async fn close(&self) {
+    pub async fn close(&self) {
         self.state.lock().open = false;
         while self.state.lock().in_flight > 0 {
             self.clock.sleep(Duration::from_millis(1)).await;
@@ -194,16 +216,41 @@ async fn not_alone(txn: &Transaction, keys: &Keys, me: &str) -> FsResult<bool> {
     Ok(txn.get_range(&begin, &end, options).await?.kvs.len() > 1)
 }
 
-/// Take the lease if `me` is the only attached client; `expiry` is how
-/// long a waiter lets this client's heartbeat stand still before evicting
-/// it. Returns whether the lease is held.
-async fn try_take(db: &Database, keys: &Keys, me: &str, expiry: Duration) -> FsResult<bool> {
-    db.run(|txn, _| async move {
+/// Wait this long after a lease write whose outcome was unknown before
+/// relying on its outcome: until then it may still land (the age limit).
+const SETTLE: Duration = Duration::from_millis(5_100);
+const _: () = assert!(SETTLE.as_millis() > crate::limits::TRANSACTION_AGE_MAX.as_millis());
+
+/// The lease value: the holder's session expiry and longest TTL.
+fn encode_lease(expiry: Duration, ttl: Duration) -> Vec<u8> {
+    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let mut out = ns(expiry).to_le_bytes().to_vec();
+    out.extend(ns(ttl).to_le_bytes());
+    out
+}
+
+fn decode_lease(value: &[u8]) -> FsResult<(Duration, Duration)> {
+    let bad = || FsError::Corrupted("cache lease value".into());
+    let (expiry, ttl) = value.split_first_chunk::<8>().ok_or_else(bad)?;
+    let ttl = <[u8; 8]>::try_from(ttl).map_err(|_| bad())?;
+    Ok((
+        Duration::from_nanos(u64::from_le_bytes(*expiry)),
+        Duration::from_nanos(u64::from_le_bytes(ttl)),
+    ))
+}
+
+/// Take the lease if `me` is the only attached client. Returns whether
+/// the lease is held; `false` also means no earlier attempt of this call
+/// left it written.
+async fn try_take(db: &Database, keys: &Keys, me: &str, value: &[u8]) -> FsResult<bool> {
+    db.run(|txn, maybe_committed| async move {
         if not_alone(&txn, keys, me).await? {
+            if maybe_committed {
+                txn.clear(&keys.cache_lease(me));
+            }
             return Ok(false);
         }
-        let expiry_ns = u64::try_from(expiry.as_nanos()).unwrap_or(u64::MAX);
-        txn.set(&keys.cache_lease(me), &expiry_ns.to_le_bytes());
+        txn.set(&keys.cache_lease(me), value);
         Ok(true)
     })
     .await
@@ -217,16 +264,18 @@ async fn give_up(db: &Database, keys: &Keys, me: &str) -> FsResult<()> {
     .await
 }
 
-/// A lease held by another client: its id and its expiry.
+/// A lease held by another client.
 #[derive(Debug)]
 struct Holder {
     client: String,
     attached: bool,
     expiry: Duration,
+    ttl: Duration,
 }
 
 async fn holders(db: &Database, keys: &Keys, me: &str) -> FsResult<Vec<Holder>> {
     db.read(|txn| async move {
+        ensure_attached(&txn, keys, me).await?;
         let (begin, end) = keys.cache_leases();
         let all = txn.get_range(&begin, &end, RangeOptions::default()).await?;
         let mut out = Vec::new();
@@ -237,14 +286,13 @@ async fn holders(db: &Database, keys: &Keys, me: &str) -> FsResult<Vec<Holder>> 
             if client == me {
                 continue;
             }
-            let expiry_ns = <[u8; 8]>::try_from(value.as_slice())
-                .map(u64::from_le_bytes)
-                .map_err(|_| FsError::Corrupted("cache lease value".into()))?;
+            let (expiry, ttl) = decode_lease(value)?;
             let attached = txn.get(&keys.session(&client)).await?.is_some();
             out.push(Holder {
                 client,
                 attached,
-                expiry: Duration::from_nanos(expiry_ns),
+                expiry,
+                ttl,
             });
         }
         Ok(out)
@@ -255,11 +303,14 @@ async fn holders(db: &Database, keys: &Keys, me: &str) -> FsResult<Vec<Holder>> 
 /// Wait until no attached client other than `me` holds a cache lease, so
 /// that `me`'s changes are seen at once by every mount. Holders revoke
 /// within a poll plus their TTL; a holder whose heartbeat stands still for
-/// its expiry is evicted. Leases left by detached clients are cleared.
+/// its expiry is evicted, and its TTL then waited out (its kernel may have
+/// cached a reply sent just before). `me` heartbeats while it waits.
+/// Leases left by detached clients are cleared.
 pub async fn wait_for_holders(db: &Database, keys: &Keys, me: &str) -> FsResult<()> {
     let clock = db.clock().clone();
     let mut tracker = ExpiryTracker::default();
     let mut announced = false;
+    let mut last_beat = clock.monotonic();
     loop {
         let found = holders(db, keys, me).await?;
         let (live, left): (Vec<_>, Vec<_>) = found.into_iter().partition(|h| h.attached);
@@ -295,8 +346,13 @@ pub async fn wait_for_holders(db: &Database, keys: &Keys, me: &str) -> FsResult<
             if let Some((_, beat)) = stale.into_iter().find(|(c, _)| *c == holder.client) {
                 if evict_if_stale(db, keys, &holder.client, beat).await? {
                     tracing::warn!(client = %holder.client, "evicted a cache lease holder whose heartbeat stopped");
+                    clock.sleep(holder.ttl + REVOKE_MARGIN).await;
                 }
             }
+        }
+        if clock.monotonic().saturating_sub(last_beat) >= Duration::from_secs(1) {
+            crate::session::heartbeat(db, keys, me).await?;
+            last_beat = clock.monotonic();
         }
         clock.sleep(LEASE_POLL).await;
     }
@@ -307,12 +363,25 @@ impl crate::fs::Fs {
     /// opening `gate` while it is held and closing it (and waiting out the
     /// TTLs) before giving it up. `expiry` is this client's session expiry.
     /// Returns only when this client is fenced.
+    ///
+    /// A lease write whose outcome is unknown may still land until the
+    /// transaction age limit has passed ([`SETTLE`]), so: the gate opens
+    /// only after a take that committed and began at least `SETTLE` after
+    /// the last give-up began (a late give-up must not remove the lease
+    /// from under an open gate), and the lease counts as gone only after a
+    /// give-up that began at least `SETTLE` after the last take began (a
+    /// late take would leave a lease that new clients wait on forever).
     pub async fn keep_cache_lease(&self, gate: Arc<CacheGate>, expiry: Duration) -> FsError {
         let clock = self.db().clock().clone();
         let (db, keys, me) = (self.db(), self.keys(), self.client());
-        let mut held = false;
+        let value = encode_lease(expiry, gate.ttls.longest());
+        let settled =
+            |since: Option<Duration>| since.is_none_or(|t| clock.monotonic() >= t + SETTLE);
+        // The lease key may exist / surely exists (the gate may open).
+        let (mut maybe_held, mut surely_held) = (false, false);
+        let (mut last_take, mut last_give_up) = (None, None);
         loop {
-            match others_attached(db, keys, me).await {
+            let alone = match others_attached(db, keys, me).await {
                 Err(FsError::Fenced) => {
                     gate.close().await;
                     return FsError::Fenced;
@@ -320,36 +389,48 @@ impl crate::fs::Fs {
                 Err(e) => {
                     // Unsure who is attached: stop caching until sure.
                     tracing::warn!(error = %e, "cache lease check failed; caching off until it works");
+                    false
+                }
+                Ok(others) => !others,
+            };
+            if !alone {
+                if gate.is_open() {
                     gate.close().await;
+                    tracing::info!("kernel caching off: this mount is no longer the only client");
                 }
-                Ok(true) => {
-                    if gate.is_open() {
-                        gate.close().await;
-                        tracing::info!("another client attached: kernel caching off");
-                    }
-                    if held {
-                        match give_up(db, keys, me).await {
-                            Ok(()) => held = false,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "giving up the cache lease failed; retrying")
+                surely_held = false;
+                if maybe_held {
+                    let began = clock.monotonic();
+                    last_give_up = Some(began);
+                    match give_up(db, keys, me).await {
+                        Ok(()) => {
+                            if last_take.is_none_or(|t| began >= t + SETTLE) {
+                                maybe_held = false;
                             }
+                        }
+                        Err(FsError::Fenced) => return FsError::Fenced,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "giving up the cache lease failed; retrying")
                         }
                     }
                 }
-                Ok(false) => {
-                    if !held {
-                        match try_take(db, keys, me, expiry).await {
-                            Ok(taken) => held = taken,
-                            Err(FsError::Fenced) => return FsError::Fenced,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "taking the cache lease failed; retrying")
-                            }
+            } else {
+                if !surely_held && settled(last_give_up) {
+                    last_take = Some(clock.monotonic());
+                    let before = maybe_held;
+                    maybe_held = true;
+                    match try_take(db, keys, me, &value).await {
+                        Ok(true) => surely_held = true,
+                        Ok(false) => maybe_held = before,
+                        Err(FsError::Fenced) => return FsError::Fenced,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "taking the cache lease failed; retrying")
                         }
                     }
-                    if held && !gate.is_open() {
-                        gate.open();
-                        tracing::info!("the only client of the filesystem: kernel caching on");
-                    }
+                }
+                if surely_held && !gate.is_open() {
+                    gate.open();
+                    tracing::info!("kernel caching on: this mount is the only client");
                 }
             }
             clock.sleep(LEASE_POLL).await;

@@ -38,17 +38,29 @@ async fn client(db: &Database, id: &str) -> Arc<Fs> {
     )
 }
 
-/// `fs` keeping the lease with a fresh gate.
-fn keep(fs: &Arc<Fs>, expiry: Duration) -> (Arc<CacheGate>, tokio::task::JoinHandle<FsError>) {
+/// A closed gate for `fs`.
+fn gate(fs: &Arc<Fs>) -> Arc<CacheGate> {
     let ttls = CacheTtls {
         attr: TTL,
         entry: TTL,
     };
-    let gate = CacheGate::new(ttls, fs.db().clock().clone());
-    let task = {
-        let (fs, gate) = (fs.clone(), gate.clone());
-        tokio::spawn(async move { fs.keep_cache_lease(gate, expiry).await })
-    };
+    CacheGate::new(ttls, fs.db().clock().clone())
+}
+
+/// `fs` keeping the lease with `gate`.
+fn keep_with(
+    fs: &Arc<Fs>,
+    gate: &Arc<CacheGate>,
+    expiry: Duration,
+) -> tokio::task::JoinHandle<FsError> {
+    let (fs, gate) = (fs.clone(), gate.clone());
+    tokio::spawn(async move { fs.keep_cache_lease(gate, expiry).await })
+}
+
+/// `fs` keeping the lease with a fresh gate.
+fn keep(fs: &Arc<Fs>, expiry: Duration) -> (Arc<CacheGate>, tokio::task::JoinHandle<FsError>) {
+    let gate = gate(fs);
+    let task = keep_with(fs, &gate, expiry);
     (gate, task)
 }
 
@@ -64,7 +76,8 @@ async fn lease_held(db: &Database, client: &str) -> bool {
 }
 
 async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Taking the lease back waits out two transaction age limits (cache.rs).
+    let deadline = Instant::now() + Duration::from_secs(20);
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -75,13 +88,18 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
 async fn a_newcomer_waits_until_the_holders_caches_expired() {
     let db = db().await;
     let a = client(&db, "a").await;
-    let (gate, _task) = keep(&a, Duration::from_secs(30));
+    let gate = gate(&a);
+    // An operation that began before the lease was taken: its read may
+    // predate another client's last change, so its reply is not cached.
+    let early = gate.ticket();
+    let _task = keep_with(&a, &gate, Duration::from_secs(30));
     until("a to take the lease", || gate.is_open()).await;
     assert!(lease_held(&db, "a").await);
-    assert_eq!(gate.enter().attr_ttl(), TTL);
+    assert_eq!(gate.enter(early).attr_ttl(), Duration::ZERO);
+    assert_eq!(gate.enter(gate.ticket()).attr_ttl(), TTL);
 
     // A cached reply still on its way to the kernel when b attaches.
-    let in_flight = gate.enter();
+    let in_flight = gate.enter(gate.ticket());
     assert_eq!(in_flight.entry_ttl(), TTL);
     let started = Instant::now();
     let opening = {
@@ -89,7 +107,11 @@ async fn a_newcomer_waits_until_the_holders_caches_expired() {
         tokio::spawn(async move { client(&db, "b").await })
     };
     until("a to close its gate", || !gate.is_open()).await;
-    assert_eq!(gate.enter().attr_ttl(), Duration::ZERO, "closed: TTL 0");
+    assert_eq!(
+        gate.enter(gate.ticket()).attr_ttl(),
+        Duration::ZERO,
+        "closed: TTL 0"
+    );
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(
         !opening.is_finished(),

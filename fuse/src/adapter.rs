@@ -29,7 +29,7 @@ use fuser::{
     ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use hafs_core::cache::CacheGate;
+use hafs_core::cache::{CacheGate, CacheGuard, CacheTicket};
 use hafs_core::codec::{Attr, FileType, LockKind};
 use hafs_core::ctx::{Caller, Groups};
 use hafs_core::error::{FsError, FsResult};
@@ -295,12 +295,27 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// The attribute TTL for `a` under `ttl`. None for a set-user-ID or
+/// set-group-ID file, whose bits a write by another user clears: Linux
+/// 6.18 clears them first with a SETATTR of its own (so its cache follows;
+/// checked by hand with `setpriv`), and our write transaction clears them
+/// too, but a kernel that left that to us would keep exec'ing the file
+/// set-ID for a TTL. A stale set-ID mode is not worth the round trip.
+fn attr_ttl(ttl: &CacheGuard<'_>, a: &Attr) -> Duration {
+    let set_id = libc::S_ISUID | libc::S_ISGID;
+    if a.mode & set_id != 0 && !a.is_dir() {
+        Duration::ZERO
+    } else {
+        ttl.attr_ttl()
+    }
+}
+
 impl Inner {
-    fn entry(&self, reply: ReplyEntry, result: FsResult<Attr>) {
-        let ttl = self.cache.enter();
+    fn entry(&self, ticket: CacheTicket, reply: ReplyEntry, result: FsResult<Attr>) {
+        let ttl = self.cache.enter(ticket);
         match result {
             Ok(a) => reply.entry_with_ttls(
-                &ttl.attr_ttl(),
+                &attr_ttl(&ttl, &a),
                 &ttl.entry_ttl(),
                 &file_attr(&a),
                 Generation(a.generation),
@@ -312,9 +327,9 @@ impl Inner {
     /// A LOOKUP's reply. An absent name becomes a negative entry (node id
     /// 0) while caching: the kernel remembers the name is absent, so an
     /// `O_CREAT` open skips its LOOKUP.
-    fn lookup_entry(&self, reply: ReplyEntry, result: FsResult<Attr>) {
+    fn lookup_entry(&self, ticket: CacheTicket, reply: ReplyEntry, result: FsResult<Attr>) {
         if let Err(FsError::NotFound) = result {
-            let ttl = self.cache.enter();
+            let ttl = self.cache.enter(ticket);
             if ttl.entry_ttl() > Duration::ZERO {
                 let absent = FileAttr {
                     ino: INodeNo(0),
@@ -337,13 +352,13 @@ impl Inner {
                 return;
             }
         }
-        self.entry(reply, result)
+        self.entry(ticket, reply, result)
     }
 
-    fn attr(&self, reply: ReplyAttr, result: FsResult<Attr>) {
-        let ttl = self.cache.enter();
+    fn attr(&self, ticket: CacheTicket, reply: ReplyAttr, result: FsResult<Attr>) {
+        let ttl = self.cache.enter(ticket);
         match result {
-            Ok(a) => reply.attr(&ttl.attr_ttl(), &file_attr(&a)),
+            Ok(a) => reply.attr(&attr_ttl(&ttl, &a), &file_attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -494,15 +509,17 @@ impl Filesystem for HafsFuse {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.as_bytes().to_vec();
         self.spawn(req, move |i, c| async move {
+            let ticket = i.cache.ticket();
             let r = i.fs.lookup(&c, hafs_ino(parent), &name).await;
-            i.lookup_entry(reply, r)
+            i.lookup_entry(ticket, reply, r)
         });
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.spawn(req, move |i, c| async move {
+            let ticket = i.cache.ticket();
             let r = i.fs.getattr(&c, hafs_ino(ino)).await.map_err(stale);
-            i.attr(reply, r)
+            i.attr(ticket, reply, r)
         });
     }
 
@@ -535,11 +552,12 @@ impl Filesystem for HafsFuse {
             by_handle: fh.is_some(),
         };
         self.spawn(req, move |i, c| async move {
+            let ticket = i.cache.ticket();
             let r =
                 i.fs.setattr(&c, hafs_ino(ino), changes)
                     .await
                     .map_err(stale);
-            i.attr(reply, r)
+            i.attr(ticket, reply, r)
         });
     }
 
@@ -564,11 +582,12 @@ impl Filesystem for HafsFuse {
     ) {
         let name = name.as_bytes().to_vec();
         self.spawn(req, move |i, c| async move {
+            let ticket = i.cache.ticket();
             let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
             let r =
                 i.fs.mknod(&c, hafs_ino(parent), &name, mode, u64::from(rdev))
                     .await;
-            i.entry(reply, r)
+            i.entry(ticket, reply, r)
         });
     }
 
@@ -583,10 +602,11 @@ impl Filesystem for HafsFuse {
     ) {
         let name = name.as_bytes().to_vec();
         self.spawn(req, move |i, c| async move {
+            let ticket = i.cache.ticket();
             let r =
                 i.fs.mkdir(&c, hafs_ino(parent), &name, mode & 0o7777 & !umask)
                     .await;
-            i.entry(reply, r)
+            i.entry(ticket, reply, r)
         });
     }
 
@@ -621,8 +641,9 @@ impl Filesystem for HafsFuse {
         let name = link_name.as_bytes().to_vec();
         let target = target.as_os_str().as_bytes().to_vec();
         self.spawn(req, move |i, c| async move {
+            let ticket = i.cache.ticket();
             let r = i.fs.symlink(&c, hafs_ino(parent), &name, &target).await;
-            i.entry(reply, r)
+            i.entry(ticket, reply, r)
         });
     }
 
@@ -666,10 +687,11 @@ impl Filesystem for HafsFuse {
     ) {
         let newname = newname.as_bytes().to_vec();
         self.spawn(req, move |i, c| async move {
+            let ticket = i.cache.ticket();
             let r =
                 i.fs.link(&c, hafs_ino(ino), hafs_ino(newparent), &newname)
                     .await;
-            i.entry(reply, r)
+            i.entry(ticket, reply, r)
         });
     }
 
@@ -947,6 +969,7 @@ impl Filesystem for HafsFuse {
     ) {
         let name = name.as_bytes().to_vec();
         self.spawn(req, move |i, c| async move {
+            let ticket = i.cache.ticket();
             let opened =
                 i.fs.create_open(&c, hafs_ino(parent), &name, mode & 0o7777 & !umask, flags)
                     .await;
@@ -955,9 +978,10 @@ impl Filesystem for HafsFuse {
                     let fh = i.add_handle(Handle::File {
                         append: flags & libc::O_APPEND != 0,
                     });
-                    let ttl = i.cache.enter();
+                    let ttl = i.cache.enter(ticket);
+                    // One TTL for the name and the attributes here.
                     reply.created(
-                        &ttl.entry_ttl(),
+                        &ttl.entry_ttl().min(attr_ttl(&ttl, &a)),
                         &file_attr(&a),
                         Generation(a.generation),
                         FileHandle(fh),

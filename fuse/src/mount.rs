@@ -200,6 +200,16 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
             return Err(format!("{flag} {value} is not between 0 and 3600 seconds"));
         }
     }
+    let expiry = args.expiry.max(2) as f64;
+    let longest = args.attr_timeout.max(args.entry_timeout);
+    if longest > 0.0 && longest + hafs_core::cache::REVOKE_MARGIN.as_secs_f64() >= expiry {
+        // A mount that froze while caching is evicted after its expiry; its
+        // kernel must have stopped believing its caches by then.
+        return Err(format!(
+            "--attr-timeout/--entry-timeout {longest} must be shorter than --expiry {expiry} (by {} s)",
+            hafs_core::cache::REVOKE_MARGIN.as_secs_f64()
+        ));
+    }
     if !(args.unlink_grace >= 0.0 && args.unlink_grace <= 3600.0) {
         return Err(format!(
             "--unlink-grace {} is not between 0 and 3600 seconds",
@@ -274,6 +284,7 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
         },
     };
     let gate = CacheGate::new(ttls, clock.clone());
+    let shutdown_gate = gate.clone();
     if gate.enabled() {
         let (fs, gate) = (fs.clone(), gate.clone());
         runtime.spawn(async move {
@@ -320,6 +331,9 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
     };
     if let Err(e) = ended {
         tracing::warn!(error = %e, "the FUSE session ended with an error");
+        // The kernel mount may live on (a busy unmount): stop it believing
+        // our caches before detaching lets another client in.
+        runtime.block_on(shutdown_gate.close());
     }
     match runtime.block_on(fs.close()) {
         Ok(_) => tracing::info!("unmounted; client detached"),
