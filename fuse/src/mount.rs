@@ -283,6 +283,12 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
             Duration::ZERO
         },
     };
+    {
+        let fs = fs.clone();
+        runtime.spawn(async move {
+            fs.run_deferred_releases().await;
+        });
+    }
     let gate = CacheGate::new(ttls, clock.clone());
     let shutdown_gate = gate.clone();
     if gate.enabled() {

@@ -10,6 +10,15 @@
 //! set instead of deleted, and the last release frees it. Each transition
 //! is serialized per inode on this client, so a close racing a reopen can
 //! never clear a record the reopen needs.
+//!
+//! A mount defers last closes ([`Fs::run_deferred_releases`]): the close
+//! returns at once, the record stays ("pending"), and a background task
+//! clears the pending records of many inodes in one transaction a couple
+//! of milliseconds later. A reopen in between finds the record still there
+//! and writes nothing. Nobody can tell the difference but `statfs`: an
+//! unlinked inode's space comes back those milliseconds later, as if the
+//! close had come later. (Measured on a relaxed SQLite mount: a release
+//! was a quarter of a create's daemon time.)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,19 +32,40 @@ use crate::perm;
 
 use super::read_attr;
 
+/// One inode's opens on this client.
+#[derive(Debug, Default)]
+struct Slot {
+    count: u32,
+    /// The last open was closed but the record is still stored: its clear
+    /// is queued in [`OpenTable::deferred`].
+    pending: bool,
+}
+
+type SlotRef = Arc<tokio::sync::Mutex<Slot>>;
+
 /// Opens of each inode on this client.
 #[derive(Debug, Default)]
 pub struct OpenTable {
-    inodes: parking_lot::Mutex<BTreeMap<u64, Arc<tokio::sync::Mutex<u32>>>>,
+    inodes: parking_lot::Mutex<BTreeMap<u64, SlotRef>>,
+    /// Whether last closes are deferred, and the inodes whose are.
+    defer: std::sync::atomic::AtomicBool,
+    deferred: parking_lot::Mutex<Vec<u64>>,
+    wake: tokio::sync::Notify,
 }
 
+/// Pending records cleared per transaction.
+const RELEASE_BATCH: usize = 64;
+/// How long the release task lets closes gather before clearing them.
+const RELEASE_GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+
 impl OpenTable {
-    fn slot(&self, ino: u64) -> Arc<tokio::sync::Mutex<u32>> {
+    fn slot(&self, ino: u64) -> SlotRef {
         self.inodes.lock().entry(ino).or_default().clone()
     }
 
-    /// Forget `ino`'s slot if nobody else holds it (called with count 0).
-    fn forget(&self, ino: u64, slot: &Arc<tokio::sync::Mutex<u32>>) {
+    /// Forget `ino`'s slot if nobody else holds it (called with count 0
+    /// and nothing pending).
+    fn forget(&self, ino: u64, slot: &SlotRef) {
         let mut inodes = self.inodes.lock();
         // Ours and the map's: no other open or release is waiting on it.
         if Arc::strong_count(slot) == 2 {
@@ -43,7 +73,7 @@ impl OpenTable {
         }
     }
 
-    /// How many inodes this client has open.
+    /// How many inodes this client has open or has a pending clear for.
     pub fn len(&self) -> usize {
         self.inodes.lock().len()
     }
@@ -180,7 +210,7 @@ impl Fs {
         let access = access_mask(flags & !libc::O_TRUNC);
         // The slot of the new inode is ours alone: nothing else knows `ino`.
         let slot = self.open_table().slot(ino);
-        let mut count = slot.lock().await;
+        let mut state = slot.lock().await;
         let result = self
             .mutate(caller, |txn, ctx| async move {
                 let attr = super::create::apply_create_file(
@@ -194,10 +224,10 @@ impl Fs {
             })
             .await;
         if matches!(&result, Ok(attr) if attr.ino == ino) {
-            *count += 1;
+            state.count += 1;
             return result;
         }
-        drop(count);
+        drop(state);
         self.open_table().forget(ino, &slot);
         match result {
             // The name held an existing file: open it like `open` would.
@@ -212,8 +242,9 @@ impl Fs {
     /// Open `ino` with `open(2)` `flags` (access mode, `O_TRUNC`).
     pub async fn open_file(&self, caller: &Caller, ino: u64, flags: i32) -> FsResult<Attr> {
         let slot = self.open_table().slot(ino);
-        let mut count = slot.lock().await;
-        let result = if *count > 0 {
+        let mut state = slot.lock().await;
+        // A pending record is still stored: reopening needs no write.
+        let result = if state.count > 0 || state.pending {
             self.query(caller, |txn, ctx| async move {
                 apply(&txn, &ctx, ino, flags, false).await
             })
@@ -228,10 +259,12 @@ impl Fs {
             .await
         };
         if result.is_ok() {
-            *count += 1;
+            state.count += 1;
+            // The queued clear now skips this inode.
+            state.pending = false;
         }
-        let idle = *count == 0;
-        drop(count);
+        let idle = state.count == 0 && !state.pending;
+        drop(state);
         if idle {
             self.open_table().forget(ino, &slot);
         }
@@ -240,15 +273,26 @@ impl Fs {
 
     /// Close one open of `ino` made by [`Fs::open_file`].
     pub async fn release(&self, caller: &Caller, ino: u64) -> FsResult<()> {
-        let slot = self.open_table().slot(ino);
-        let mut count = slot.lock().await;
-        if *count == 0 {
-            drop(count);
-            self.open_table().forget(ino, &slot);
+        let table = self.open_table();
+        let slot = table.slot(ino);
+        let mut state = slot.lock().await;
+        if state.count == 0 {
+            let idle = !state.pending;
+            drop(state);
+            if idle {
+                table.forget(ino, &slot);
+            }
             return Err(FsError::Invalid);
         }
-        if *count > 1 {
-            *count -= 1;
+        if state.count > 1 {
+            state.count -= 1;
+            return Ok(());
+        }
+        if table.defer.load(std::sync::atomic::Ordering::Relaxed) {
+            state.count = 0;
+            state.pending = true;
+            table.deferred.lock().push(ino);
+            table.wake.notify_one();
             return Ok(());
         }
         // Clearing the record and freeing an unlinked inode are idempotent,
@@ -262,10 +306,98 @@ impl Fs {
             })
             .await;
         if result.is_ok() {
-            *count = 0;
-            drop(count);
-            self.open_table().forget(ino, &slot);
+            state.count = 0;
+            drop(state);
+            table.forget(ino, &slot);
         }
         result
+    }
+
+    /// Defer this client's last closes from now on, and clear their records
+    /// in batches (see the module doc). Returns only when this client is
+    /// fenced, which also clears every record it left.
+    pub async fn run_deferred_releases(&self) -> FsError {
+        self.defer_releases();
+        let table = self.open_table();
+        let clock = self.db().clock().clone();
+        loop {
+            table.wake.notified().await;
+            clock.sleep(RELEASE_GATHER).await;
+            loop {
+                match self.clear_deferred_releases().await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(FsError::Fenced) => return FsError::Fenced,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "clearing open records failed; retrying");
+                        clock.sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// From now on, leave the record of a last close for
+    /// [`Fs::clear_deferred_releases`].
+    pub fn defer_releases(&self) {
+        let defer = &self.open_table().defer;
+        defer.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Clear up to a batch of pending records in one transaction. Returns
+    /// whether more may be queued.
+    pub async fn clear_deferred_releases(&self) -> FsResult<bool> {
+        let table = self.open_table();
+        let mut inos = {
+            let mut queue = table.deferred.lock();
+            let take = queue.len().min(RELEASE_BATCH);
+            queue.drain(..take).collect::<Vec<_>>()
+        };
+        if inos.is_empty() {
+            return Ok(false);
+        }
+        // Ascending, like every other holder of several slots (none).
+        inos.sort_unstable();
+        inos.dedup();
+        let mut held = Vec::with_capacity(inos.len());
+        for ino in inos {
+            let slot = table.slot(ino);
+            let state = slot.clone().lock_owned().await;
+            if state.pending && state.count == 0 {
+                held.push((ino, slot, state));
+            } else {
+                let idle = state.count == 0 && !state.pending;
+                drop(state);
+                if idle {
+                    table.forget(ino, &slot);
+                }
+            }
+        }
+        let inos: Vec<u64> = held.iter().map(|(ino, _, _)| *ino).collect();
+        let caller = Caller::root();
+        let result = self
+            .run_fenced(&caller, |txn, ctx| {
+                let inos = inos.clone();
+                async move {
+                    txn.relax_durability(); // see `Fs::release`
+                    for ino in inos {
+                        apply_release(&txn, &ctx, ino).await?;
+                    }
+                    Ok(())
+                }
+            })
+            .await;
+        match &result {
+            // Fenced: the eviction cleared the records.
+            Ok(()) | Err(FsError::Fenced) => {
+                for (ino, slot, mut state) in held {
+                    state.pending = false;
+                    drop(state);
+                    table.forget(ino, &slot);
+                }
+            }
+            Err(_) => table.deferred.lock().extend(inos),
+        }
+        result.map(|()| !table.deferred.lock().is_empty())
     }
 }
