@@ -39,6 +39,9 @@ struct Slot {
     /// The last open was closed but the record is still stored: its clear
     /// is queued in [`OpenTable::deferred`].
     pending: bool,
+    /// A clear of the record failed in a way that may yet land: a reopen
+    /// must write the record again.
+    unsure: bool,
 }
 
 type SlotRef = Arc<tokio::sync::Mutex<Slot>>;
@@ -50,11 +53,16 @@ pub struct OpenTable {
     /// Whether last closes are deferred, and the inodes whose are.
     defer: std::sync::atomic::AtomicBool,
     deferred: parking_lot::Mutex<Vec<u64>>,
+    /// After a failed batch: clear one inode per transaction until the
+    /// queue is empty, so one bad inode cannot hold back the others.
+    solo: std::sync::atomic::AtomicBool,
     wake: tokio::sync::Notify,
 }
 
 /// Pending records cleared per transaction.
 const RELEASE_BATCH: usize = 64;
+/// Waited past the age limit after a failed batch.
+const RELEASE_SETTLE_MARGIN: std::time::Duration = std::time::Duration::from_millis(100);
 /// How long the release task lets closes gather before clearing them.
 const RELEASE_GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 
@@ -244,7 +252,7 @@ impl Fs {
         let slot = self.open_table().slot(ino);
         let mut state = slot.lock().await;
         // A pending record is still stored: reopening needs no write.
-        let result = if state.count > 0 || state.pending {
+        let result = if state.count > 0 || (state.pending && !state.unsure) {
             self.query(caller, |txn, ctx| async move {
                 apply(&txn, &ctx, ino, flags, false).await
             })
@@ -262,6 +270,7 @@ impl Fs {
             state.count += 1;
             // The queued clear now skips this inode.
             state.pending = false;
+            state.unsure = false;
         }
         let idle = state.count == 0 && !state.pending;
         drop(state);
@@ -320,21 +329,29 @@ impl Fs {
         self.defer_releases();
         let table = self.open_table();
         let clock = self.db().clock().clone();
-        loop {
+        let fenced = loop {
             table.wake.notified().await;
             clock.sleep(RELEASE_GATHER).await;
             loop {
                 match self.clear_deferred_releases().await {
                     Ok(true) => {}
                     Ok(false) => break,
-                    Err(FsError::Fenced) => return FsError::Fenced,
+                    Err(FsError::Fenced) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "clearing open records failed; retrying");
                         clock.sleep(std::time::Duration::from_millis(100)).await;
                     }
                 }
             }
-        }
+            if self.is_fenced() {
+                break FsError::Fenced;
+            }
+        };
+        // Later closes fail as fenced, instead of queueing forever.
+        table
+            .defer
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        fenced
     }
 
     /// From now on, leave the record of a last close for
@@ -350,10 +367,18 @@ impl Fs {
         let table = self.open_table();
         let mut inos = {
             let mut queue = table.deferred.lock();
-            let take = queue.len().min(RELEASE_BATCH);
+            let batch = if table.solo.load(std::sync::atomic::Ordering::Relaxed) {
+                1
+            } else {
+                RELEASE_BATCH
+            };
+            let take = queue.len().min(batch);
             queue.drain(..take).collect::<Vec<_>>()
         };
         if inos.is_empty() {
+            table
+                .solo
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             return Ok(false);
         }
         // Ascending, like every other holder of several slots (none).
@@ -396,7 +421,32 @@ impl Fs {
                     table.forget(ino, &slot);
                 }
             }
-            Err(_) => table.deferred.lock().extend(inos),
+            Err(e) => {
+                // The commit may have landed, or may still land until the
+                // age limit: wait that out holding the slots, and make a
+                // reopen write its record again.
+                let clock = self.db().clock().clone();
+                clock
+                    .sleep(crate::limits::TRANSACTION_AGE_MAX + RELEASE_SETTLE_MARGIN)
+                    .await;
+                // Alone in its batch and not the database's fault: this
+                // inode is bad; its record stays until this client detaches.
+                let give_up = held.len() == 1 && !matches!(e, FsError::Kv(_));
+                if give_up {
+                    tracing::error!(ino = held[0].0, error = %e, "cannot clear an open record; it stays until this client detaches");
+                }
+                for (ino, slot, mut state) in held {
+                    state.unsure = true;
+                    if give_up {
+                        state.pending = false;
+                        drop(state);
+                        table.forget(ino, &slot);
+                    } else {
+                        table.deferred.lock().push(ino);
+                    }
+                }
+                table.solo.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         result.map(|()| !table.deferred.lock().is_empty())
     }
