@@ -69,6 +69,8 @@ const WAL_SIZE_LIMIT_BYTES: u64 = 64 << 20;
 /// How long a commit waits for SQLite's write lock before reporting
 /// `Unavailable` (which the runner retries).
 const WRITE_LOCK_WAIT: Duration = Duration::from_secs(5);
+/// Opens retried while the database is busy (20 ms apart).
+const OPEN_BUSY_ATTEMPTS: u32 = 250;
 /// Prepared statements kept per connection: every statement this backend
 /// runs (about 16), with room to spare, so none is ever parsed twice.
 const STATEMENT_CACHE: usize = 64;
@@ -205,8 +207,22 @@ impl SqliteBackend {
         options: SqliteOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<SqliteBackend, OpenError> {
-        let conn = connect(path, options).map_err(|e| open_error(path, e))?;
-        init_schema(&conn, path)?;
+        // Two processes opening one new database at once can find it busy
+        // in ways SQLite's busy handler does not cover (seen once in CI:
+        // "database is locked" while the other set up WAL mode): retry.
+        let mut attempts = 0;
+        let conn = loop {
+            let opened = connect(path, options)
+                .map_err(|e| open_error(path, e))
+                .and_then(|conn| init_schema(&conn, path).map(|()| conn));
+            match opened {
+                Err(OpenError::Busy { .. }) if attempts < OPEN_BUSY_ATTEMPTS => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
             options,
@@ -291,7 +307,8 @@ fn connect(path: &Path, options: SqliteOptions) -> rusqlite::Result<Connection> 
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(Duration::ZERO)?;
+    // Wait out a lock while setting up; transactions then use no timeout.
+    conn.busy_timeout(WRITE_LOCK_WAIT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     // Relaxed commits run inline on the executor, so their checkpoints (which
     // fsync) belong to the checkpoint thread; durable commits already run on
@@ -310,6 +327,7 @@ fn connect(path: &Path, options: SqliteOptions) -> rusqlite::Result<Connection> 
         Durability::Relaxed => "NORMAL",
     };
     conn.execute_batch(&format!("PRAGMA synchronous={synchronous};"))?;
+    conn.busy_timeout(Duration::ZERO)?;
     Ok(conn)
 }
 
@@ -325,6 +343,7 @@ fn open_error(path: &Path, e: rusqlite::Error) -> OpenError {
     match e.sqlite_error_code() {
         Some(ErrorCode::NotADatabase) => OpenError::NotHafs { path },
         Some(ErrorCode::ReadOnly) => OpenError::ReadOnly { path },
+        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => OpenError::Busy { path },
         Some(ErrorCode::CannotOpen) | Some(ErrorCode::PermissionDenied) => {
             diagnose_cannot_open(Path::new(&path))
         }

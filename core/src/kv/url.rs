@@ -34,6 +34,8 @@ pub enum OpenError {
     ReadOnly { path: String },
     #[error("cannot open {path}: {message}")]
     Io { path: String, message: String },
+    #[error("cannot open {path}: another process kept it locked")]
+    Busy { path: String },
     #[error("hafs was built without FoundationDB support; rebuild with `--features fdb`")]
     FdbNotBuilt,
     #[error("cannot open FoundationDB: {0}")]
