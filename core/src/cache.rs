@@ -44,6 +44,7 @@ use crate::clock::Clock;
 use crate::error::{FsError, FsResult};
 use crate::keys::Keys;
 use crate::kv::{Database, RangeOptions, Transaction};
+use crate::limits::SETTLE_AFTER;
 use crate::session::{ensure_attached, evict_if_stale, ExpiryTracker};
 
 /// How often a holder looks for other clients, and a waiter for holders.
@@ -216,11 +217,6 @@ async fn not_alone(txn: &Transaction, keys: &Keys, me: &str) -> FsResult<bool> {
     Ok(txn.get_range(&begin, &end, options).await?.kvs.len() > 1)
 }
 
-/// Wait this long after a lease write whose outcome was unknown before
-/// relying on its outcome: until then it may still land (the age limit).
-const SETTLE: Duration = Duration::from_millis(5_100);
-const _: () = assert!(SETTLE.as_millis() > crate::limits::TRANSACTION_AGE_MAX.as_millis());
-
 /// The lease value: the holder's session expiry and longest TTL.
 fn encode_lease(expiry: Duration, ttl: Duration) -> Vec<u8> {
     let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
@@ -305,28 +301,19 @@ async fn holders(db: &Database, keys: &Keys, me: &str) -> FsResult<Vec<Holder>> 
 /// within a poll plus their TTL; a holder whose heartbeat stands still for
 /// its expiry is evicted, and its TTL then waited out (its kernel may have
 /// cached a reply sent just before). `me` heartbeats while it waits.
-/// Leases left by detached clients are cleared.
 pub async fn wait_for_holders(db: &Database, keys: &Keys, me: &str) -> FsResult<()> {
     let clock = db.clock().clone();
     let mut tracker = ExpiryTracker::default();
     let mut announced = false;
     let mut last_beat = clock.monotonic();
     loop {
-        let found = holders(db, keys, me).await?;
-        let (live, left): (Vec<_>, Vec<_>) = found.into_iter().partition(|h| h.attached);
-        for holder in left {
-            // Eviction clears the lease too; this is for a crash between.
-            db.run(|txn, _| {
-                let client = holder.client.clone();
-                async move {
-                    if txn.get(&keys.session(&client)).await?.is_none() {
-                        txn.clear(&keys.cache_lease(&client));
-                    }
-                    Ok::<_, FsError>(())
-                }
-            })
-            .await?;
-        }
+        // Only attached holders can still be caching; a detached one's
+        // lease goes with its other keys (`session::gc_client`).
+        let live: Vec<_> = holders(db, keys, me)
+            .await?
+            .into_iter()
+            .filter(|h| h.attached)
+            .collect();
         if live.is_empty() {
             return Ok(());
         }
@@ -365,18 +352,18 @@ impl crate::fs::Fs {
     /// Returns only when this client is fenced.
     ///
     /// A lease write whose outcome is unknown may still land until the
-    /// transaction age limit has passed ([`SETTLE`]), so: the gate opens
-    /// only after a take that committed and began at least `SETTLE` after
+    /// transaction age limit has passed ([`SETTLE_AFTER`]), so: the gate opens
+    /// only after a take that committed and began at least `SETTLE_AFTER` after
     /// the last give-up began (a late give-up must not remove the lease
     /// from under an open gate), and the lease counts as gone only after a
-    /// give-up that began at least `SETTLE` after the last take began (a
+    /// give-up that began at least `SETTLE_AFTER` after the last take began (a
     /// late take would leave a lease that new clients wait on forever).
     pub async fn keep_cache_lease(&self, gate: Arc<CacheGate>, expiry: Duration) -> FsError {
         let clock = self.db().clock().clone();
         let (db, keys, me) = (self.db(), self.keys(), self.client());
         let value = encode_lease(expiry, gate.ttls.longest());
         let settled =
-            |since: Option<Duration>| since.is_none_or(|t| clock.monotonic() >= t + SETTLE);
+            |since: Option<Duration>| since.is_none_or(|t| clock.monotonic() >= t + SETTLE_AFTER);
         // The lease key may exist / surely exists (the gate may open).
         let (mut maybe_held, mut surely_held) = (false, false);
         let (mut last_take, mut last_give_up) = (None, None);
@@ -404,7 +391,7 @@ impl crate::fs::Fs {
                     last_give_up = Some(began);
                     match give_up(db, keys, me).await {
                         Ok(()) => {
-                            if last_take.is_none_or(|t| began >= t + SETTLE) {
+                            if last_take.is_none_or(|t| began >= t + SETTLE_AFTER) {
                                 maybe_held = false;
                             }
                         }

@@ -17,6 +17,11 @@ pub const TRANSACTION_BYTES_MAX: usize = 10_000_000;
 /// A transaction may read for this long after it got its read version;
 /// afterwards every operation fails with `transaction_too_old`.
 pub const TRANSACTION_AGE_MAX: Duration = Duration::from_secs(5);
+/// After a commit whose outcome is unknown, wait this long before relying
+/// on it having landed or not: past the age limit it can no longer land
+/// (the margin is for clock granularity).
+pub const SETTLE_AFTER: Duration = Duration::from_millis(5_100);
+const _: () = assert!(SETTLE_AFTER.as_millis() > TRANSACTION_AGE_MAX.as_millis());
 
 /// Default retry budget of the runner: attempts and total elapsed time.
 pub const RETRY_ATTEMPTS_MAX: u32 = 100;

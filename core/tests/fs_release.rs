@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use hafs_core::clock::{Clock, TokioClock};
+use hafs_core::codec::Attr;
 use hafs_core::ctx::{Caller, FsOptions};
 use hafs_core::error::FsError;
 use hafs_core::fs::{mkfs, Fs, MkfsOptions};
@@ -27,28 +28,35 @@ async fn stored(db: &Database, key: Vec<u8>) -> bool {
     .is_some()
 }
 
+/// A fresh filesystem in `db`, opened as client "c" deferring its closes.
+async fn deferring(db: &Database, options: FsOptions) -> Fs {
+    mkfs(db, "fs", MkfsOptions::default()).await.unwrap();
+    let fs = Fs::open(db.clone(), "fs", "c", options).await.unwrap();
+    fs.defer_releases();
+    fs
+}
+
+async fn create(fs: &Fs, name: &[u8]) -> Attr {
+    let root = Caller::root();
+    fs.create_open(&root, ROOT_INO, name, 0o644, libc::O_RDWR)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn deferred_closes_keep_the_record_until_a_batch_clears_it() {
     let clock: Arc<dyn Clock> = TokioClock::new();
     let db = Database::new(Arc::new(MemBackend::new(clock.clone())), clock, 5);
-    mkfs(&db, "fs", MkfsOptions::default()).await.unwrap();
     let options = FsOptions {
         unlink_grace_ns: 0,
         ..FsOptions::default()
     };
-    let fs = Fs::open(db.clone(), "fs", "c", options).await.unwrap();
+    let fs = deferring(&db, options).await;
     let keys = Keys::new("fs");
     let root = Caller::root();
-    fs.defer_releases();
 
-    let f = fs
-        .create_open(&root, ROOT_INO, b"f", 0o644, libc::O_RDWR)
-        .await
-        .unwrap();
-    let g = fs
-        .create_open(&root, ROOT_INO, b"g", 0o644, libc::O_RDWR)
-        .await
-        .unwrap();
+    let f = create(&fs, b"f").await;
+    let g = create(&fs, b"g").await;
     let record = |ino| keys.open_handles(ino, "c");
     fs.release(&root, f.ino).await.unwrap();
     fs.release(&root, g.ino).await.unwrap();
@@ -106,16 +114,9 @@ async fn a_reopen_after_an_ambiguous_batch_writes_its_record_again() {
     let plan = Arc::new(Ambush::default());
     let faulty = FaultyBackend::new(Arc::new(mem), plan.clone(), clock.clone());
     let db = Database::new(Arc::new(faulty), clock, 7);
-    mkfs(&db, "fs", MkfsOptions::default()).await.unwrap();
-    let fs = Fs::open(db.clone(), "fs", "c", FsOptions::default())
-        .await
-        .unwrap();
+    let fs = deferring(&db, FsOptions::default()).await;
     let root = Caller::root();
-    fs.defer_releases();
-    let f = fs
-        .create_open(&root, ROOT_INO, b"f", 0o644, libc::O_RDWR)
-        .await
-        .unwrap();
+    let f = create(&fs, b"f").await;
     fs.release(&root, f.ino).await.unwrap();
     plan.0.store(true, Ordering::Relaxed);
     // Every attempt cleared the record, and each said it did not know.

@@ -24,7 +24,7 @@ use crate::ctx::{Caller, Ctx, FsOptions};
 use crate::error::{FsError, FsResult};
 use crate::keys::Keys;
 use crate::kv::{Database, KvError, Transaction};
-use crate::limits::TRANSACTION_AGE_MAX;
+use crate::limits::SETTLE_AFTER;
 
 pub use format::{list_filesystems, mkfs, rmfs, MkfsOptions};
 
@@ -36,8 +36,6 @@ pub const IDEMPOTENCY_CLEAR_EVERY: u64 = 256;
 const _: () = assert!(IDEMPOTENCY_CLEAR_EVERY <= IDEMPOTENCY_WINDOW);
 /// Timed-out commits settled (waited out) before giving up.
 const SETTLE_ATTEMPTS: u32 = 5;
-/// Extra wait past the age limit, for clock granularity.
-const SETTLE_MARGIN: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A reply that can be stored in an idempotency marker.
 pub trait MarkerReply: Sized {
@@ -333,10 +331,7 @@ impl Fs {
             match body(settling).await {
                 Err(FsError::Kv(KvError::TimedOut)) => {
                     tracing::debug!("commit timed out; waiting until it can no longer land");
-                    self.db
-                        .clock()
-                        .sleep(TRANSACTION_AGE_MAX + SETTLE_MARGIN)
-                        .await;
+                    self.db.clock().sleep(SETTLE_AFTER).await;
                     settling = true;
                 }
                 other => return other,

@@ -61,8 +61,6 @@ pub struct OpenTable {
 
 /// Pending records cleared per transaction.
 const RELEASE_BATCH: usize = 64;
-/// Waited past the age limit after a failed batch.
-const RELEASE_SETTLE_MARGIN: std::time::Duration = std::time::Duration::from_millis(100);
 /// How long the release task lets closes gather before clearing them.
 const RELEASE_GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 
@@ -426,9 +424,7 @@ impl Fs {
                 // age limit: wait that out holding the slots, and make a
                 // reopen write its record again.
                 let clock = self.db().clock().clone();
-                clock
-                    .sleep(crate::limits::TRANSACTION_AGE_MAX + RELEASE_SETTLE_MARGIN)
-                    .await;
+                clock.sleep(crate::limits::SETTLE_AFTER).await;
                 // Alone in its batch and not the database's fault: this
                 // inode is bad; its record stays until this client detaches.
                 let give_up = held.len() == 1 && !matches!(e, FsError::Kv(_));
