@@ -8,9 +8,10 @@
 # (`hafs bench dir --other-mount`): two relaxed hafs mounts of one database
 # beside two bindfs mounts of one tmpfs directory. Every other hafs target
 # is the only client of its filesystem, so it holds the cache lease
-# (attributes cached 1 s, as bindfs does); one more column, `cached`, is a
-# relaxed mount with `-o default_permissions`, which lets the lease cache
-# names too. Root, /dev/fuse.
+# (attributes cached 1 s, as bindfs does, and names in directories everyone
+# may search); one more column, `cached`, is a relaxed mount with
+# `-o default_permissions`, which lets the lease cache every name. Root,
+# /dev/fuse.
 #
 #   cli/bench/compare.sh [ROUNDS] [-- extra `hafs bench dir` flags]
 set -euo pipefail
@@ -19,21 +20,8 @@ rounds=${1:-3}
 shift || true
 [[ ${1:-} == -- ]] && shift
 extra=("$@")
-command -v bindfs >/dev/null || apt-get install -y -qq bindfs >/dev/null
-cargo build --release -q -p hafs-cli
-hafs=$PWD/target/release/hafs
-work=$(mktemp -d /var/tmp/hafs-compare.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  for m in "$work"/mnt/*; do umount -l "$m" 2>/dev/null || true; done
-  umount -l "$work/tmpfs" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-mkdir -p "$work/tmpfs" "$work"/mnt/{durable,relaxed,relaxed2-a,relaxed2-b,cached,bindfs,bindfs-b}
-mount -t tmpfs -o size=8g tmpfs "$work/tmpfs"
+source cli/bench/lib.sh
+bench_setup hafs-compare durable relaxed relaxed2-a relaxed2-b cached bindfs bindfs-b
 mkdir -p "$work/tmpfs/plain" "$work/tmpfs/under-bindfs"
 bindfs "$work/tmpfs/under-bindfs" "$work/mnt/bindfs"
 bindfs "$work/tmpfs/under-bindfs" "$work/mnt/bindfs-b"
@@ -41,11 +29,9 @@ bindfs "$work/tmpfs/under-bindfs" "$work/mnt/bindfs-b"
 "$hafs" --kv "sqlite://$work/relaxed.db" --relaxed-durability mount --mkfs "$work/mnt/relaxed" 2>"$work/relaxed.log" & pids+=($!)
 "$hafs" --kv "sqlite://$work/cached.db" --relaxed-durability mount --mkfs -o default_permissions "$work/mnt/cached" 2>"$work/cached.log" & pids+=($!)
 "$hafs" --kv "sqlite://$work/relaxed2.db" --relaxed-durability mount --mkfs "$work/mnt/relaxed2-a" 2>"$work/relaxed2-a.log" & pids+=($!)
-for m in durable relaxed cached relaxed2-a; do
-  for _ in $(seq 100); do mountpoint -q "$work/mnt/$m" && break; sleep 0.1; done
-done
+wait_mounted "$work"/mnt/{durable,relaxed,cached,relaxed2-a}
 "$hafs" --kv "sqlite://$work/relaxed2.db" --relaxed-durability mount "$work/mnt/relaxed2-b" 2>"$work/relaxed2-b.log" & pids+=($!)
-for _ in $(seq 100); do mountpoint -q "$work/mnt/relaxed2-b" && break; sleep 0.1; done
+wait_mounted "$work/mnt/relaxed2-b"
 # relaxed2 / bindfs2: the two-mount variant.
 targets=(durable relaxed relaxed2 cached bindfs bindfs2 tmpfs)
 args_of() {
@@ -87,8 +73,8 @@ def ratios(a, b, k):
         if x and y: out.append(y / x if lower(k) else x / y)
     return f"{min(out):.2f}/{statistics.median(out):.2f}/{max(out):.2f}" if out else "-"
 print("relaxed2 and bindfs2: two mounts of one filesystem (the two-mount variant)")
-print("durable, relaxed: the only client of their filesystem (attributes cached under the lease)")
-print("cached: relaxed, only client, -o default_permissions (names cached under the lease too)")
+print("durable, relaxed: the only client of their filesystem (attributes, and names in directories everyone may search, cached under the lease)")
+print("cached: relaxed, only client, -o default_permissions (every name cached under the lease)")
 print(f"{'metric':<32} " + " ".join(f"{c:>10}" for c in cols)
       + f" {'relaxed/bindfs':>16} {'relaxed2/bindfs2':>17} {'cached/bindfs':>16} {'relaxed/tmpfs':>14}")
 for k in metrics:

@@ -14,33 +14,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 files=${1:-2000}
-command -v bindfs >/dev/null || apt-get install -y -qq bindfs >/dev/null
 command -v perf >/dev/null || apt-get install -y -qq linux-perf >/dev/null
 perf list 2>/dev/null | grep fuse:fuse_request_send >/dev/null || {
   echo "requests.sh: this kernel has no fuse:fuse_request_send tracepoint" >&2
   exit 1
 }
-cargo build --release -q -p hafs-cli
-hafs=$PWD/target/release/hafs
-work=$(mktemp -d /var/tmp/hafs-requests.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  for m in "$work"/mnt/*; do umount -l "$m" 2>/dev/null || true; done
-  umount -l "$work/tmpfs" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-mkdir -p "$work/tmpfs" "$work"/mnt/{relaxed,cached,mem,bindfs}
-mount -t tmpfs -o size=2g tmpfs "$work/tmpfs"
+source cli/bench/lib.sh
+bench_setup hafs-requests relaxed cached mem bindfs
 bindfs "$work/tmpfs" "$work/mnt/bindfs"
 "$hafs" --kv "sqlite://$work/relaxed.db" --relaxed-durability mount --mkfs "$work/mnt/relaxed" 2>"$work/relaxed.log" & pids+=($!)
 "$hafs" --kv "sqlite://$work/cached.db" --relaxed-durability mount --mkfs -o default_permissions "$work/mnt/cached" 2>"$work/cached.log" & pids+=($!)
 "$hafs" --kv mem: mount --mkfs "$work/mnt/mem" 2>"$work/mem.log" & pids+=($!)
-for m in relaxed cached mem; do
-  for _ in $(seq 100); do mountpoint -q "$work/mnt/$m" && break; sleep 0.1; done
-done
+wait_mounted "$work"/mnt/{relaxed,cached,mem}
 cat >"$work/driver.py" <<'PY'
 import os, sys, time
 phase, d, n = sys.argv[1], sys.argv[2] + "/w", int(sys.argv[3])

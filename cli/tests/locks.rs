@@ -2,7 +2,8 @@
 //! locks across two mounts, two `sqlite3` shells sharing one database,
 //! fencing of a SIGSTOPped lock holder (evicted by `hafs evict` and by
 //! expiry), recovery after `kill -9` of a mount, and the cache lease of a
-//! mount that was alone when a second one arrives. Mounts are `hafs
+//! mount that was alone when a second one arrives, and the names it caches
+//! without default_permissions. Mounts are `hafs
 //! mount` processes on one SQLite database; a worker process (this test
 //! binary re-run with `HAFS_TEST_WORKER` set) holds locks and writes on
 //! command. Needs root and /dev/fuse (see `support`).
@@ -720,4 +721,70 @@ fn a_second_mount_sees_changes_at_once_after_the_first_cached() {
     assert!(!caches(&cluster, a.pid()) && !caches(&cluster, b.pid()));
     drop(b);
     until("a to take the lease back", || caches(&cluster, a.pid()));
+}
+
+/// Whether user `nobody` can stat `path` (through `setpriv`).
+fn nobody_sees(path: &Path) -> bool {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "stat"])
+        .arg(path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("setpriv (util-linux)")
+        .success()
+}
+
+/// Without default_permissions the kernel walks a cached name with no
+/// search-permission check, so a mount caches names only in directories
+/// everyone may search — and a chmod that takes search away, or a rename
+/// into a directory not everyone may search, waits out the names cached
+/// before it returns. Right after either, another user is refused: without
+/// the wait, `nobody` would still reach `D/f` and `R/x` through the names
+/// its earlier stats cached (and the chmod and rename would take
+/// milliseconds, not a TTL).
+#[test]
+fn names_cached_without_default_permissions_never_outlive_search_permission() {
+    if !fuse_available() {
+        return;
+    }
+    let cluster = Cluster::new();
+    std::fs::set_permissions(&cluster.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let a = cluster.mount("a", &["-o", "allow_other"]);
+    until("a to take the lease", || caches(&cluster, a.pid()));
+    let mode = |m| std::fs::Permissions::from_mode(m);
+    std::fs::set_permissions(&a.path, mode(0o755)).unwrap();
+    for (dir, m) in [("D", 0o755), ("P", 0o755), ("R", 0o700)] {
+        std::fs::create_dir(a.p(dir)).unwrap();
+        std::fs::set_permissions(a.p(dir), mode(m)).unwrap();
+    }
+    std::fs::write(a.p("D/f"), b"x").unwrap();
+    std::fs::write(a.p("P/x"), b"x").unwrap();
+    assert!(nobody_sees(&a.p("D/f")) && nobody_sees(&a.p("P/x")));
+
+    let started = Instant::now();
+    std::fs::set_permissions(a.p("D"), mode(0o700)).unwrap();
+    let chmod_took = started.elapsed();
+    assert!(
+        !nobody_sees(&a.p("D/f")),
+        "nobody walked into D after chmod 700"
+    );
+    assert!(
+        chmod_took > Duration::from_millis(500),
+        "chmod waited for no cached name"
+    );
+
+    std::fs::rename(a.p("P/x"), a.p("R/x")).unwrap();
+    assert!(
+        !nobody_sees(&a.p("R/x")),
+        "nobody walked into R through a moved name"
+    );
+    // Where everyone may search, nothing waits.
+    std::fs::write(a.p("P/y"), b"y").unwrap();
+    assert!(nobody_sees(&a.p("P/y")));
+    let started = Instant::now();
+    std::fs::rename(a.p("P/y"), a.p("P/z")).unwrap();
+    std::fs::set_permissions(a.p("P"), mode(0o711)).unwrap();
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(nobody_sees(&a.p("P/z")));
 }

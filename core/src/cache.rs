@@ -29,12 +29,26 @@
 //!   after the holder's own expiry (stored in the lease); eviction clears
 //!   the lease with the rest of the client's keys.
 //!
+//! Names without `-o default_permissions` ([`NameGrants`]): the kernel then
+//! checks no search permission itself, so a cached name would let anyone
+//! walk through a directory only some may search. A name is cached only in
+//! a directory *everyone* may search (`--x` for owner, group and others;
+//! hafs enforces mode bits only), where every caller's LOOKUP would have
+//! succeeded anyway. Two local changes can make such a name wrong before
+//! its TTL ends, and both wait for the names they affect to expire before
+//! they reply: a chmod that takes a search bit away from a directory waits
+//! out the names cached under it, and a rename that moves something into
+//! (or out of) a directory not everyone may search waits out every name
+//! cached (the kernel moves the cached name with its TTL). Changes by other
+//! clients are covered by the lease, as for attributes.
+//!
 //! The one exception, written down rather than hidden: a mount evicted
 //! while it held the lease (an operator's `hafs evict` of a live mount)
 //! may answer `stat` from its kernel cache for up to one TTL after the
 //! eviction. Reads and writes of data, and every lookup after the TTL,
 //! fail as for any fenced client.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -421,6 +435,133 @@ impl crate::fs::Fs {
                 }
             }
             clock.sleep(LEASE_POLL).await;
+        }
+    }
+}
+
+/// Whether everyone may search a directory with mode `mode`: owner, group
+/// and others each have the search bit (hafs checks mode bits only).
+pub fn everyone_may_search(mode: u32) -> bool {
+    mode & 0o111 == 0o111
+}
+
+/// The names handed to a kernel that checks no search permission itself
+/// (see the module docs), so that a change taking search permission away
+/// can wait until none of them is believed.
+#[derive(Debug)]
+pub struct NameGrants {
+    clock: Arc<dyn Clock>,
+    state: Mutex<NameState>,
+}
+
+#[derive(Debug)]
+struct NameState {
+    /// Bumped by every revocation: a grant whose ticket is older is void
+    /// (its lookup may have read the directory before the change).
+    epoch: u64,
+    /// Directory → monotonic time after which no name granted in it is
+    /// believed by the kernel.
+    under: HashMap<u64, Duration>,
+    /// The same, over every directory.
+    any: Duration,
+    /// Prune `under` when it grows past this.
+    prune_at: usize,
+}
+
+/// Taken before a lookup reads the database; see [`NameGrants::grant`].
+#[derive(Debug, Clone, Copy)]
+pub struct NameTicket(u64);
+
+/// Entries in `NameGrants::under` kept before expired ones are pruned.
+const NAME_GRANTS_PRUNE_MIN: usize = 65_536;
+
+impl NameGrants {
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        NameGrants {
+            clock,
+            state: Mutex::new(NameState {
+                epoch: 0,
+                under: HashMap::new(),
+                any: Duration::ZERO,
+                prune_at: NAME_GRANTS_PRUNE_MIN,
+            }),
+        }
+    }
+
+    pub fn ticket(&self) -> NameTicket {
+        NameTicket(self.state.lock().epoch)
+    }
+
+    /// The TTL a name in `dir` (which everyone may search, as the lookup
+    /// read it) may carry: `ttl`, recorded, unless a revocation began since
+    /// `ticket` was taken — then zero.
+    pub fn grant(&self, ticket: NameTicket, dir: u64, ttl: Duration) -> Duration {
+        if ttl.is_zero() {
+            return ttl;
+        }
+        let now = self.clock.monotonic();
+        let mut state = self.state.lock();
+        if state.epoch != ticket.0 {
+            return Duration::ZERO;
+        }
+        // The kernel starts the TTL when it takes the reply, a little later.
+        let until = now + ttl + REVOKE_MARGIN;
+        let entry = state.under.entry(dir).or_default();
+        *entry = (*entry).max(until);
+        state.any = state.any.max(until);
+        if state.under.len() > state.prune_at {
+            state.under.retain(|_, until| *until > now);
+            state.prune_at = NAME_GRANTS_PRUNE_MIN.max(2 * state.under.len());
+        }
+        ttl
+    }
+
+    /// Return once no name granted in `dir` is believed (after a change
+    /// that took search permission on `dir` away, before replying to it).
+    pub async fn revoke_in(&self, dir: u64) {
+        let until = {
+            let mut state = self.state.lock();
+            state.epoch += 1;
+            state.under.get(&dir).copied()
+        };
+        if let Some(until) = until {
+            self.wait_until(until).await;
+        }
+    }
+
+    /// A rename between directories `a` and `b` (either way): the kernel
+    /// moves a cached name with its TTL, so from now on names granted in
+    /// either count as granted in both — a later [`NameGrants::revoke_in`]
+    /// of either waits for them. Voids lookups in flight, which may have
+    /// read the name where it was.
+    pub fn moved(&self, a: u64, b: u64) {
+        let mut state = self.state.lock();
+        state.epoch += 1;
+        let until = match (state.under.get(&a), state.under.get(&b)) {
+            (None, None) => return,
+            (x, y) => x
+                .copied()
+                .unwrap_or_default()
+                .max(y.copied().unwrap_or_default()),
+        };
+        state.under.insert(a, until);
+        state.under.insert(b, until);
+    }
+
+    /// Return once no name granted anywhere is believed.
+    pub async fn revoke_all(&self) {
+        let until = {
+            let mut state = self.state.lock();
+            state.epoch += 1;
+            state.any
+        };
+        self.wait_until(until).await;
+    }
+
+    async fn wait_until(&self, until: Duration) {
+        let now = self.clock.monotonic();
+        if until > now {
+            self.clock.sleep(until - now).await;
         }
     }
 }

@@ -184,3 +184,47 @@ async fn two_clients_from_the_start_never_cache() {
     until("b to take the lease", || gate_b.is_open()).await;
     assert!(!gate_a.is_open());
 }
+
+/// `NameGrants` (names cached without default_permissions): a revocation
+/// in a directory waits until its names' TTL (plus margin) has passed and
+/// not for other directories' names; a lookup that began before any
+/// revocation gets TTL 0; a rename makes the grants of both directories
+/// count for both; `revoke_all` waits for every grant.
+#[tokio::test]
+async fn name_grants_are_waited_out_where_search_permission_went() {
+    use hafs_core::cache::NameGrants;
+    use hafs_core::clock::ManualClock;
+    let clock = ManualClock::new();
+    let names = NameGrants::new(clock.clone());
+    let waited = |f: Duration| clock.monotonic() - f;
+
+    let ticket = names.ticket();
+    assert_eq!(names.grant(ticket, 10, TTL), TTL);
+    let start = clock.monotonic();
+    names.revoke_in(11).await;
+    assert_eq!(
+        waited(start),
+        Duration::ZERO,
+        "waited for another directory"
+    );
+    // A ticket from before that revocation is void.
+    assert_eq!(names.grant(ticket, 10, TTL), Duration::ZERO);
+    let start = clock.monotonic();
+    names.revoke_in(10).await;
+    assert_eq!(waited(start), TTL + REVOKE_MARGIN);
+    names.revoke_in(10).await;
+    assert_eq!(waited(start), TTL + REVOKE_MARGIN, "waited twice");
+
+    // Granted in 20, renamed into 21: revoking 21 waits for it.
+    assert_eq!(names.grant(names.ticket(), 20, TTL), TTL);
+    names.moved(20, 21);
+    let start = clock.monotonic();
+    names.revoke_in(21).await;
+    assert_eq!(waited(start), TTL + REVOKE_MARGIN);
+
+    assert_eq!(names.grant(names.ticket(), 30, TTL), TTL);
+    clock.advance(TTL / 2);
+    let start = clock.monotonic();
+    names.revoke_all().await;
+    assert_eq!(waited(start), TTL / 2 + REVOKE_MARGIN);
+}

@@ -29,12 +29,15 @@ use fuser::{
     ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use hafs_core::cache::{CacheGate, CacheGuard, CacheTicket};
+use hafs_core::cache::{
+    everyone_may_search, CacheGate, CacheGuard, CacheTicket, NameGrants, NameTicket,
+};
 use hafs_core::codec::{Attr, FileType, LockKind};
 use hafs_core::ctx::{Caller, Groups};
 use hafs_core::error::{FsError, FsResult};
 use hafs_core::fs::Fs;
 use hafs_core::ops::lock::{LockRequest, LOCK_END_MAX};
+use hafs_core::ops::lookup::Looked;
 use hafs_core::ops::setattr::{SetAttr, TimeSet};
 use hafs_core::ops::write::WriteAt;
 use parking_lot::Mutex;
@@ -64,6 +67,10 @@ struct Inner {
     fs: Arc<Fs>,
     /// The TTLs replies may carry now.
     cache: Arc<CacheGate>,
+    /// Without `-o default_permissions`, which names the kernel may cache
+    /// (`hafs_core::cache` module docs); `None`: the kernel checks search
+    /// permission itself, so any name may be cached.
+    names: Option<NameGrants>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_handle: AtomicU64,
 }
@@ -78,13 +85,21 @@ pub struct HafsFuse {
 }
 
 impl HafsFuse {
-    pub fn new(fs: Arc<Fs>, cache: Arc<CacheGate>, runtime: tokio::runtime::Handle) -> Self {
+    /// `kernel_checks_permissions`: mounted with `-o default_permissions`.
+    pub fn new(
+        fs: Arc<Fs>,
+        cache: Arc<CacheGate>,
+        runtime: tokio::runtime::Handle,
+        kernel_checks_permissions: bool,
+    ) -> Self {
         let inline = fs.db().backend().is_local();
+        let names = (!kernel_checks_permissions).then(|| NameGrants::new(fs.db().clock().clone()));
         HafsFuse {
             inline,
             inner: Arc::new(Inner {
                 fs,
                 cache,
+                names,
                 handles: Mutex::new(HashMap::new()),
                 next_handle: AtomicU64::new(1),
             }),
@@ -311,12 +326,17 @@ fn attr_ttl(ttl: &CacheGuard<'_>, a: &Attr) -> Duration {
 }
 
 impl Inner {
+    /// The reply of an operation that made a name (mkdir, mknod, symlink,
+    /// link). The name is cached only if the kernel checks permissions:
+    /// these operations do not report who else may search the directory,
+    /// and the name's first LOOKUP will.
     fn entry(&self, ticket: CacheTicket, reply: ReplyEntry, result: FsResult<Attr>) {
         let ttl = self.cache.enter(ticket);
+        let entry_ttl = self.new_name_ttl(&ttl);
         match result {
             Ok(a) => reply.entry_with_ttls(
                 &attr_ttl(&ttl, &a),
-                &ttl.entry_ttl(),
+                &entry_ttl,
                 &file_attr(&a),
                 Generation(a.generation),
             ),
@@ -324,13 +344,80 @@ impl Inner {
         }
     }
 
+    /// The TTL of a name in `parent`, whose mode (as read after the
+    /// operation's ticket was taken) is `dir_mode`.
+    fn name_ttl(
+        &self,
+        ttl: &CacheGuard<'_>,
+        ticket: Option<NameTicket>,
+        parent: u64,
+        dir_mode: Option<u32>,
+    ) -> Duration {
+        match (&self.names, ticket, dir_mode) {
+            (None, _, _) => ttl.entry_ttl(),
+            (Some(names), Some(t), Some(mode)) if everyone_may_search(mode) => {
+                names.grant(t, parent, ttl.entry_ttl())
+            }
+            (Some(_), _, _) => Duration::ZERO,
+        }
+    }
+
+    fn new_name_ttl(&self, ttl: &CacheGuard<'_>) -> Duration {
+        if self.names.is_some() {
+            Duration::ZERO
+        } else {
+            ttl.entry_ttl()
+        }
+    }
+
+    /// After a rename between `from` and `to`: the kernel moved the cached
+    /// name with its TTL, so the grants of both directories now count for
+    /// both, and if either is one not everyone may search (the name may
+    /// now sit under it, or have come out of it under an exchange), wait
+    /// until no cached name is believed.
+    async fn names_moved(&self, from: u64, to: u64) {
+        let Some(names) = &self.names else { return };
+        names.moved(from, to);
+        let root = Caller::root();
+        for dir in [from, to] {
+            let open = match self.fs.getattr(&root, dir).await {
+                Ok(a) => everyone_may_search(a.mode),
+                // Gone or unreadable: assume the worst.
+                Err(_) => false,
+            };
+            if !open {
+                names.revoke_all().await;
+                return;
+            }
+        }
+    }
+
     /// A LOOKUP's reply. An absent name becomes a negative entry (node id
     /// 0) while caching: the kernel remembers the name is absent, so an
-    /// `O_CREAT` open skips its LOOKUP.
-    fn lookup_entry(&self, ticket: CacheTicket, reply: ReplyEntry, result: FsResult<Attr>) {
-        if let Err(FsError::NotFound) = result {
-            let ttl = self.cache.enter(ticket);
-            if ttl.entry_ttl() > Duration::ZERO {
+    /// `O_CREAT` open skips its LOOKUP. Without `default_permissions` a
+    /// name is cached only in a directory everyone may search.
+    fn lookup_entry(
+        &self,
+        tickets: (CacheTicket, Option<NameTicket>),
+        parent: u64,
+        reply: ReplyEntry,
+        result: FsResult<Looked>,
+    ) {
+        let (ticket, name_ticket) = tickets;
+        let looked = match result {
+            Ok(looked) => looked,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let ttl = self.cache.enter(ticket);
+        let entry_ttl = self.name_ttl(&ttl, name_ticket, parent, Some(looked.dir_mode));
+        match looked.found {
+            Some(a) => reply.entry_with_ttls(
+                &attr_ttl(&ttl, &a),
+                &entry_ttl,
+                &file_attr(&a),
+                Generation(a.generation),
+            ),
+            None if entry_ttl > Duration::ZERO => {
                 let absent = FileAttr {
                     ino: INodeNo(0),
                     size: 0,
@@ -348,11 +435,10 @@ impl Inner {
                     blksize: 4096,
                     flags: 0,
                 };
-                reply.entry_with_ttls(&Duration::ZERO, &ttl.entry_ttl(), &absent, Generation(0));
-                return;
+                reply.entry_with_ttls(&Duration::ZERO, &entry_ttl, &absent, Generation(0));
             }
+            None => reply.error(errno(&FsError::NotFound)),
         }
-        self.entry(ticket, reply, result)
     }
 
     fn attr(&self, ticket: CacheTicket, reply: ReplyAttr, result: FsResult<Attr>) {
@@ -509,9 +595,10 @@ impl Filesystem for HafsFuse {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.as_bytes().to_vec();
         self.spawn(req, move |i, c| async move {
-            let ticket = i.cache.ticket();
-            let r = i.fs.lookup(&c, hafs_ino(parent), &name).await;
-            i.lookup_entry(ticket, reply, r)
+            let tickets = (i.cache.ticket(), i.names.as_ref().map(NameGrants::ticket));
+            let parent = hafs_ino(parent);
+            let r = i.fs.lookup_in(&c, parent, &name).await;
+            i.lookup_entry(tickets, parent, reply, r)
         });
     }
 
@@ -557,6 +644,13 @@ impl Filesystem for HafsFuse {
                 i.fs.setattr(&c, hafs_ino(ino), changes)
                     .await
                     .map_err(stale);
+            if let (Some(names), Ok(a), Some(_)) = (&i.names, &r, mode) {
+                // Took search permission away from someone: names cached
+                // in this directory must not be walked once we reply.
+                if a.is_dir() && !everyone_may_search(a.mode) {
+                    names.revoke_in(a.ino).await;
+                }
+            }
             i.attr(ticket, reply, r)
         });
     }
@@ -671,7 +765,12 @@ impl Filesystem for HafsFuse {
                 )
                 .await
             {
-                Ok(()) => reply.ok(),
+                Ok(()) => {
+                    if parent != newparent {
+                        i.names_moved(hafs_ino(parent), hafs_ino(newparent)).await;
+                    }
+                    reply.ok()
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -970,18 +1069,33 @@ impl Filesystem for HafsFuse {
         let name = name.as_bytes().to_vec();
         self.spawn(req, move |i, c| async move {
             let ticket = i.cache.ticket();
+            let name_ticket = i.names.as_ref().map(NameGrants::ticket);
+            let parent = hafs_ino(parent);
             let opened =
-                i.fs.create_open(&c, hafs_ino(parent), &name, mode & 0o7777 & !umask, flags)
+                i.fs.create_open(&c, parent, &name, mode & 0o7777 & !umask, flags)
                     .await;
             match opened {
                 Ok(a) => {
+                    // Without default_permissions, whether everyone may
+                    // search the directory takes one more read (after the
+                    // create; a chmod since voids the grant). Worth it: the
+                    // new name's first walk then needs no LOOKUP.
+                    let dir_mode = if i.names.is_some() && i.cache.is_open() {
+                        i.fs.getattr(&Caller::root(), parent)
+                            .await
+                            .map(|d| d.mode)
+                            .ok()
+                    } else {
+                        None
+                    };
                     let fh = i.add_handle(Handle::File {
                         append: flags & libc::O_APPEND != 0,
                     });
                     let ttl = i.cache.enter(ticket);
+                    let name_ttl = i.name_ttl(&ttl, name_ticket, parent, dir_mode);
                     // One TTL for the name and the attributes here.
                     reply.created(
-                        &ttl.entry_ttl().min(attr_ttl(&ttl, &a)),
+                        &name_ttl.min(attr_ttl(&ttl, &a)),
                         &file_attr(&a),
                         Generation(a.generation),
                         FileHandle(fh),

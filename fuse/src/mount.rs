@@ -275,13 +275,10 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
     let default_permissions = args.options.iter().any(|o| o == "default_permissions");
     let ttls = CacheTtls {
         attr: Duration::from_secs_f64(args.attr_timeout),
-        // The kernel checks search permission on a cached name only when it
-        // checks permissions itself; otherwise only our LOOKUP checks it.
-        entry: if default_permissions {
-            Duration::from_secs_f64(args.entry_timeout)
-        } else {
-            Duration::ZERO
-        },
+        // Without default_permissions the kernel checks no search
+        // permission on a cached name: the adapter then caches names only
+        // in directories everyone may search (`hafs_core::cache`).
+        entry: Duration::from_secs_f64(args.entry_timeout),
     };
     {
         let fs = fs.clone();
@@ -317,7 +314,12 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
     if args.options.iter().any(|o| o == "allow_other") {
         config.acl = fuser::SessionACL::All;
     }
-    let adapter = HafsFuse::new(fs.clone(), gate, runtime.handle().clone());
+    let adapter = HafsFuse::new(
+        fs.clone(),
+        gate,
+        runtime.handle().clone(),
+        default_permissions,
+    );
     let session = fuser::Session::new(adapter, &args.mountpoint, &config)
         .map_err(|e| format!("cannot mount on {}: {e}", args.mountpoint.display()))?;
     let background = session
