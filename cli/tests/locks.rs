@@ -739,7 +739,8 @@ fn nobody_sees(path: &Path) -> bool {
 /// search-permission check, so a mount caches names only in directories
 /// everyone may search — and a chmod that takes search away, or a rename
 /// into a directory not everyone may search, waits out the names cached
-/// before it returns. Right after either, another user is refused: without
+/// before it returns, also for names mkdir, symlink and link made. Right
+/// after either, another user is refused: without
 /// the wait, `nobody` would still reach `D/f` and `R/x` through the names
 /// its earlier stats cached (and the chmod and rename would take
 /// milliseconds, not a TTL).
@@ -787,4 +788,24 @@ fn names_cached_without_default_permissions_never_outlive_search_permission() {
     std::fs::set_permissions(a.p("P"), mode(0o711)).unwrap();
     assert!(started.elapsed() < Duration::from_millis(500));
     assert!(nobody_sees(&a.p("P/z")));
+
+    // Names that mkdir, symlink and link made are cached as they reply:
+    // the chmod waits for those too. (The kernel looks each name up just
+    // before making it, and that LOOKUP's grant alone ends about as late,
+    // so this cannot tell the reply's own grant from it; what it checks is
+    // that no name made here stays walkable.)
+    std::fs::create_dir(a.p("M")).unwrap();
+    std::fs::set_permissions(a.p("M"), mode(0o755)).unwrap();
+    std::fs::create_dir(a.p("M/s")).unwrap();
+    std::os::unix::fs::symlink("s", a.p("M/l")).unwrap();
+    std::fs::hard_link(a.p("P/z"), a.p("M/h")).unwrap();
+    let started = Instant::now();
+    std::fs::set_permissions(a.p("M"), mode(0o700)).unwrap();
+    assert!(
+        started.elapsed() > Duration::from_millis(500),
+        "chmod did not wait for the names mkdir, symlink and link made"
+    );
+    for made in ["M/s", "M/l", "M/h"] {
+        assert!(!nobody_sees(&a.p(made)), "nobody walked to {made}");
+    }
 }

@@ -40,6 +40,7 @@ use hafs_core::ops::lock::{LockRequest, LOCK_END_MAX};
 use hafs_core::ops::lookup::Looked;
 use hafs_core::ops::setattr::{SetAttr, TimeSet};
 use hafs_core::ops::write::WriteAt;
+use hafs_core::ops::Made;
 use parking_lot::Mutex;
 
 /// Entries fetched per readdir page from the KV.
@@ -330,18 +331,36 @@ impl Inner {
     /// link). The name is cached only if the kernel checks permissions:
     /// these operations do not report who else may search the directory,
     /// and the name's first LOOKUP will.
-    fn entry(&self, ticket: CacheTicket, reply: ReplyEntry, result: FsResult<Attr>) {
+    /// The reply to an operation that made the name `parent`/… (mknod,
+    /// mkdir, symlink, link): cached like a LOOKUP's answer, which the
+    /// making transaction's read of the directory's mode stands in for.
+    fn entry(
+        &self,
+        tickets: (CacheTicket, Option<NameTicket>),
+        parent: u64,
+        reply: ReplyEntry,
+        result: FsResult<Made>,
+    ) {
+        let (ticket, name_ticket) = tickets;
         let ttl = self.cache.enter(ticket);
-        let entry_ttl = self.new_name_ttl(&ttl);
         match result {
-            Ok(a) => reply.entry_with_ttls(
+            Ok(Made { attr: a, dir_mode }) => reply.entry_with_ttls(
                 &attr_ttl(&ttl, &a),
-                &entry_ttl,
+                &self.name_ttl(&ttl, name_ticket, parent, Some(dir_mode)),
                 &file_attr(&a),
                 Generation(a.generation),
             ),
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    /// The tickets an operation takes before it reads what it will let the
+    /// kernel cache.
+    fn tickets(&self) -> (CacheTicket, Option<NameTicket>) {
+        (
+            self.cache.ticket(),
+            self.names.as_ref().map(NameGrants::ticket),
+        )
     }
 
     /// The TTL of a name in `parent`, whose mode (as read after the
@@ -359,14 +378,6 @@ impl Inner {
                 names.grant(t, parent, ttl.entry_ttl())
             }
             (Some(_), _, _) => Duration::ZERO,
-        }
-    }
-
-    fn new_name_ttl(&self, ttl: &CacheGuard<'_>) -> Duration {
-        if self.names.is_some() {
-            Duration::ZERO
-        } else {
-            ttl.entry_ttl()
         }
     }
 
@@ -595,7 +606,7 @@ impl Filesystem for HafsFuse {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.as_bytes().to_vec();
         self.spawn(req, move |i, c| async move {
-            let tickets = (i.cache.ticket(), i.names.as_ref().map(NameGrants::ticket));
+            let tickets = i.tickets();
             let parent = hafs_ino(parent);
             let r = i.fs.lookup_in(&c, parent, &name).await;
             i.lookup_entry(tickets, parent, reply, r)
@@ -676,12 +687,15 @@ impl Filesystem for HafsFuse {
     ) {
         let name = name.as_bytes().to_vec();
         self.spawn(req, move |i, c| async move {
-            let ticket = i.cache.ticket();
-            let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
+            let tickets = i.tickets();
+            let (parent, mode) = (
+                hafs_ino(parent),
+                (mode & libc::S_IFMT) | (mode & 0o7777 & !umask),
+            );
             let r =
-                i.fs.mknod(&c, hafs_ino(parent), &name, mode, u64::from(rdev))
+                i.fs.mknod_in(&c, parent, &name, mode, u64::from(rdev))
                     .await;
-            i.entry(ticket, reply, r)
+            i.entry(tickets, parent, reply, r)
         });
     }
 
@@ -696,11 +710,12 @@ impl Filesystem for HafsFuse {
     ) {
         let name = name.as_bytes().to_vec();
         self.spawn(req, move |i, c| async move {
-            let ticket = i.cache.ticket();
+            let tickets = i.tickets();
+            let parent = hafs_ino(parent);
             let r =
-                i.fs.mkdir(&c, hafs_ino(parent), &name, mode & 0o7777 & !umask)
+                i.fs.mkdir_in(&c, parent, &name, mode & 0o7777 & !umask)
                     .await;
-            i.entry(ticket, reply, r)
+            i.entry(tickets, parent, reply, r)
         });
     }
 
@@ -735,9 +750,10 @@ impl Filesystem for HafsFuse {
         let name = link_name.as_bytes().to_vec();
         let target = target.as_os_str().as_bytes().to_vec();
         self.spawn(req, move |i, c| async move {
-            let ticket = i.cache.ticket();
-            let r = i.fs.symlink(&c, hafs_ino(parent), &name, &target).await;
-            i.entry(ticket, reply, r)
+            let tickets = i.tickets();
+            let parent = hafs_ino(parent);
+            let r = i.fs.symlink_in(&c, parent, &name, &target).await;
+            i.entry(tickets, parent, reply, r)
         });
     }
 
@@ -786,11 +802,10 @@ impl Filesystem for HafsFuse {
     ) {
         let newname = newname.as_bytes().to_vec();
         self.spawn(req, move |i, c| async move {
-            let ticket = i.cache.ticket();
-            let r =
-                i.fs.link(&c, hafs_ino(ino), hafs_ino(newparent), &newname)
-                    .await;
-            i.entry(ticket, reply, r)
+            let tickets = i.tickets();
+            let newparent = hafs_ino(newparent);
+            let r = i.fs.link_in(&c, hafs_ino(ino), newparent, &newname).await;
+            i.entry(tickets, newparent, reply, r)
         });
     }
 
@@ -1068,31 +1083,18 @@ impl Filesystem for HafsFuse {
     ) {
         let name = name.as_bytes().to_vec();
         self.spawn(req, move |i, c| async move {
-            let ticket = i.cache.ticket();
-            let name_ticket = i.names.as_ref().map(NameGrants::ticket);
+            let (ticket, name_ticket) = i.tickets();
             let parent = hafs_ino(parent);
             let opened =
-                i.fs.create_open(&c, parent, &name, mode & 0o7777 & !umask, flags)
+                i.fs.create_open_in(&c, parent, &name, mode & 0o7777 & !umask, flags)
                     .await;
             match opened {
-                Ok(a) => {
-                    // Without default_permissions, whether everyone may
-                    // search the directory takes one more read (after the
-                    // create; a chmod since voids the grant). Worth it: the
-                    // new name's first walk then needs no LOOKUP.
-                    let dir_mode = if i.names.is_some() && i.cache.is_open() {
-                        i.fs.getattr(&Caller::root(), parent)
-                            .await
-                            .map(|d| d.mode)
-                            .ok()
-                    } else {
-                        None
-                    };
+                Ok(Made { attr: a, dir_mode }) => {
                     let fh = i.add_handle(Handle::File {
                         append: flags & libc::O_APPEND != 0,
                     });
                     let ttl = i.cache.enter(ticket);
-                    let name_ttl = i.name_ttl(&ttl, name_ticket, parent, dir_mode);
+                    let name_ttl = i.name_ttl(&ttl, name_ticket, parent, Some(dir_mode));
                     // One TTL for the name and the attributes here.
                     reply.created(
                         &name_ttl.min(attr_ttl(&ttl, &a)),

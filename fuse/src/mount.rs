@@ -90,9 +90,9 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 1.0)]
     pub attr_timeout: f64,
     /// Seconds the kernel may cache name lookups, positive and negative,
-    /// under the same lease. Only with `-o default_permissions`: without it
-    /// the kernel would walk cached names without checking search
-    /// permission. 0: never cache.
+    /// under the same lease. Without `-o default_permissions` the kernel
+    /// walks a cached name without checking search permission, so only
+    /// names in directories everyone may search are cached. 0: never cache.
     #[arg(long, default_value_t = 1.0)]
     pub entry_timeout: f64,
     /// Format the filesystem first if it does not exist yet.

@@ -77,6 +77,28 @@ impl MarkerReply for crate::codec::Attr {
     }
 }
 
+/// A new entry: the directory's mode, then the inode as [`Attr`]'s marker.
+/// (A marker is only ever read back by the client that wrote it, so its
+/// format may change between versions.)
+///
+/// [`Attr`]: crate::codec::Attr
+impl MarkerReply for crate::ops::Made {
+    fn to_marker(&self) -> Vec<u8> {
+        let mut out = self.dir_mode.to_le_bytes().to_vec();
+        out.extend(self.attr.to_marker());
+        out
+    }
+    fn from_marker(bytes: &[u8]) -> FsResult<Self> {
+        let (mode, attr) = bytes
+            .split_first_chunk::<4>()
+            .ok_or_else(|| FsError::Corrupted("idempotency marker".into()))?;
+        Ok(crate::ops::Made {
+            attr: crate::codec::Attr::from_marker(attr)?,
+            dir_mode: u32::from_le_bytes(*mode),
+        })
+    }
+}
+
 /// One client's handle on one filesystem.
 #[derive(Debug)]
 pub struct Fs {

@@ -13,7 +13,8 @@ use crate::kv::Transaction;
 use crate::perm;
 
 use super::{
-    account, get_dirent, new_inode, prepare_new_entry, read_attr, set_dirent, touch_dir, write_attr,
+    account, get_dirent, new_inode, prepare_new_entry, read_attr, set_dirent, touch_dir,
+    write_attr, Made,
 };
 
 /// What to create.
@@ -31,7 +32,7 @@ pub async fn apply(
     name: &[u8],
     ino: u64,
     node: NewNode,
-) -> FsResult<Attr> {
+) -> FsResult<Made> {
     let kind = FileType::from_mode(node.mode).ok_or(FsError::Invalid)?;
     if kind == FileType::Directory || kind == FileType::Symlink {
         return Err(FsError::Invalid);
@@ -45,7 +46,10 @@ pub async fn apply(
     set_dirent(txn, ctx, parent, name, Dirent { ino, kind });
     touch_dir(txn, ctx, &mut dir);
     account(txn, ctx, &attr, 0, 1);
-    Ok(attr)
+    Ok(Made {
+        attr,
+        dir_mode: dir.mode,
+    })
 }
 
 /// `create` without O_EXCL: return an existing regular file after checking
@@ -58,16 +62,19 @@ pub async fn apply_open_or_create(
     ino: u64,
     node: NewNode,
     flags_access: u32,
-) -> FsResult<Attr> {
+) -> FsResult<Made> {
     super::check_name(name)?;
-    super::searchable_dir(txn, ctx, parent).await?;
+    let dir = super::searchable_dir(txn, ctx, parent).await?;
     if let Some(entry) = get_dirent(txn, ctx, parent, name).await? {
         let attr = read_attr(txn, ctx, entry.ino).await?;
         if attr.is_dir() {
             return Err(FsError::IsDir);
         }
         perm::check(&attr, ctx.caller, flags_access)?;
-        return Ok(attr);
+        return Ok(Made {
+            attr,
+            dir_mode: dir.mode,
+        });
     }
     apply(txn, ctx, parent, name, ino, node).await
 }
@@ -85,7 +92,7 @@ pub async fn apply_create_file(
     perm_bits: u32,
     exclusive: bool,
     access: u32,
-) -> FsResult<Attr> {
+) -> FsResult<Made> {
     let node = NewNode {
         mode: libc::S_IFREG | (perm_bits & 0o7777),
         rdev: 0,
@@ -106,6 +113,18 @@ impl Fs {
         mode: u32,
         rdev: u64,
     ) -> FsResult<Attr> {
+        Ok(self.mknod_in(caller, parent, name, mode, rdev).await?.attr)
+    }
+
+    /// [`Fs::mknod`], with the directory's mode.
+    pub async fn mknod_in(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u64,
+    ) -> FsResult<Made> {
         let ino = self.allocate_inode().await?;
         let node = NewNode { mode, rdev };
         self.mutate(caller, |txn, ctx| async move {
@@ -126,9 +145,11 @@ impl Fs {
         access: u32,
     ) -> FsResult<Attr> {
         let ino = self.allocate_inode().await?;
-        self.mutate(caller, |txn, ctx| async move {
-            apply_create_file(&txn, &ctx, parent, name, ino, perm_bits, exclusive, access).await
-        })
-        .await
+        let made = self
+            .mutate(caller, |txn, ctx| async move {
+                apply_create_file(&txn, &ctx, parent, name, ino, perm_bits, exclusive, access).await
+            })
+            .await?;
+        Ok(made.attr)
     }
 }

@@ -12,7 +12,7 @@ use crate::fs::Fs;
 use crate::kv::Transaction;
 
 use super::{
-    prepare_new_entry, read_attr, set_dirent, subvolume_of_children, touch_dir, write_attr,
+    prepare_new_entry, read_attr, set_dirent, subvolume_of_children, touch_dir, write_attr, Made,
 };
 
 /// Most links a file may have.
@@ -24,7 +24,7 @@ pub async fn apply(
     ino: u64,
     new_parent: u64,
     new_name: &[u8],
-) -> FsResult<Attr> {
+) -> FsResult<Made> {
     let mut attr = read_attr(txn, ctx, ino).await?;
     let mut dir = prepare_new_entry(txn, ctx, new_parent, new_name).await?;
     if attr.is_dir() {
@@ -45,7 +45,10 @@ pub async fn apply(
     let kind = attr.kind()?;
     set_dirent(txn, ctx, new_parent, new_name, Dirent { ino, kind });
     touch_dir(txn, ctx, &mut dir);
-    Ok(attr)
+    Ok(Made {
+        attr,
+        dir_mode: dir.mode,
+    })
 }
 
 impl Fs {
@@ -56,6 +59,17 @@ impl Fs {
         new_parent: u64,
         new_name: &[u8],
     ) -> FsResult<Attr> {
+        Ok(self.link_in(caller, ino, new_parent, new_name).await?.attr)
+    }
+
+    /// [`Fs::link`], with the new entry's directory's mode.
+    pub async fn link_in(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        new_parent: u64,
+        new_name: &[u8],
+    ) -> FsResult<Made> {
         self.mutate(caller, |txn, ctx| async move {
             apply(&txn, &ctx, ino, new_parent, new_name).await
         })

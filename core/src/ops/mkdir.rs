@@ -6,7 +6,7 @@ use crate::error::FsResult;
 use crate::fs::Fs;
 use crate::kv::Transaction;
 
-use super::{account, new_inode, prepare_new_entry, set_dirent, touch_dir, write_attr};
+use super::{account, new_inode, prepare_new_entry, set_dirent, touch_dir, write_attr, Made};
 
 /// Most links a directory may have (each subdirectory's `..` is one).
 pub const LINK_MAX: u32 = u32::MAX - 1;
@@ -18,7 +18,7 @@ pub async fn apply(
     name: &[u8],
     ino: u64,
     perm_bits: u32,
-) -> FsResult<Attr> {
+) -> FsResult<Made> {
     let mut dir = prepare_new_entry(txn, ctx, parent, name).await?;
     if dir.nlink >= LINK_MAX {
         return Err(crate::error::FsError::TooManyLinks);
@@ -38,7 +38,10 @@ pub async fn apply(
     dir.nlink += 1;
     touch_dir(txn, ctx, &mut dir);
     account(txn, ctx, &attr, 0, 1);
-    Ok(attr)
+    Ok(Made {
+        attr,
+        dir_mode: dir.mode,
+    })
 }
 
 impl Fs {
@@ -49,6 +52,17 @@ impl Fs {
         name: &[u8],
         perm_bits: u32,
     ) -> FsResult<Attr> {
+        Ok(self.mkdir_in(caller, parent, name, perm_bits).await?.attr)
+    }
+
+    /// [`Fs::mkdir`], with the parent's mode.
+    pub async fn mkdir_in(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &[u8],
+        perm_bits: u32,
+    ) -> FsResult<Made> {
         let ino = self.allocate_inode().await?;
         self.mutate(caller, |txn, ctx| async move {
             apply(&txn, &ctx, parent, name, ino, perm_bits).await

@@ -73,6 +73,16 @@ pub fn write_attr(txn: &Transaction, ctx: &Ctx<'_>, attr: &Attr) {
 }
 
 /// A directory the caller may search: `ENOTDIR` / `EACCES` otherwise.
+/// A new entry's inode, and the mode of its directory as the creating
+/// transaction read it: like [`lookup::Looked`], it says who else could
+/// have looked the name up, so a mount without `default_permissions` may
+/// let the kernel cache it with no further read.
+#[derive(Debug, Clone)]
+pub struct Made {
+    pub attr: Attr,
+    pub dir_mode: u32,
+}
+
 pub async fn searchable_dir(txn: &Transaction, ctx: &Ctx<'_>, ino: u64) -> FsResult<Attr> {
     let dir = read_attr(txn, ctx, ino).await?;
     if !dir.is_dir() {

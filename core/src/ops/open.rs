@@ -30,7 +30,7 @@ use crate::fs::Fs;
 use crate::kv::Transaction;
 use crate::perm;
 
-use super::read_attr;
+use super::{read_attr, Made};
 
 /// One inode's opens on this client.
 #[derive(Debug, Default)]
@@ -211,6 +211,21 @@ impl Fs {
         perm_bits: u32,
         flags: i32,
     ) -> FsResult<Attr> {
+        Ok(self
+            .create_open_in(caller, parent, name, perm_bits, flags)
+            .await?
+            .attr)
+    }
+
+    /// [`Fs::create_open`], with the directory's mode.
+    pub async fn create_open_in(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &[u8],
+        perm_bits: u32,
+        flags: i32,
+    ) -> FsResult<Made> {
         let ino = self.allocate_inode().await?;
         let exclusive = flags & libc::O_EXCL != 0;
         let access = access_mask(flags & !libc::O_TRUNC);
@@ -219,17 +234,17 @@ impl Fs {
         let mut state = slot.lock().await;
         let result = self
             .mutate(caller, |txn, ctx| async move {
-                let attr = super::create::apply_create_file(
+                let made = super::create::apply_create_file(
                     &txn, &ctx, parent, name, ino, perm_bits, exclusive, access,
                 )
                 .await?;
-                if attr.ino == ino {
+                if made.attr.ino == ino {
                     record_open(&txn, &ctx, ino);
                 }
-                Ok(attr)
+                Ok(made)
             })
             .await;
-        if matches!(&result, Ok(attr) if attr.ino == ino) {
+        if matches!(&result, Ok(made) if made.attr.ino == ino) {
             state.count += 1;
             return result;
         }
@@ -238,8 +253,13 @@ impl Fs {
         match result {
             // The name held an existing file: open it like `open` would.
             Ok(existing) => {
-                self.open_file(caller, existing.ino, flags & !libc::O_TRUNC)
-                    .await
+                let attr = self
+                    .open_file(caller, existing.attr.ino, flags & !libc::O_TRUNC)
+                    .await?;
+                Ok(Made {
+                    attr,
+                    dir_mode: existing.dir_mode,
+                })
             }
             Err(e) => Err(e),
         }

@@ -7,7 +7,8 @@ use crate::fs::Fs;
 use crate::kv::Transaction;
 
 use super::{
-    account, new_inode, prepare_new_entry, set_dirent, touch_dir, write_attr, SYMLINK_BYTES_MAX,
+    account, new_inode, prepare_new_entry, set_dirent, touch_dir, write_attr, Made,
+    SYMLINK_BYTES_MAX,
 };
 
 pub async fn apply(
@@ -17,7 +18,7 @@ pub async fn apply(
     name: &[u8],
     ino: u64,
     target: &[u8],
-) -> FsResult<Attr> {
+) -> FsResult<Made> {
     if target.is_empty() {
         return Err(FsError::NotFound);
     }
@@ -41,7 +42,10 @@ pub async fn apply(
     );
     touch_dir(txn, ctx, &mut dir);
     account(txn, ctx, &attr, attr.size as i64, 1);
-    Ok(attr)
+    Ok(Made {
+        attr,
+        dir_mode: dir.mode,
+    })
 }
 
 impl Fs {
@@ -52,6 +56,17 @@ impl Fs {
         name: &[u8],
         target: &[u8],
     ) -> FsResult<Attr> {
+        Ok(self.symlink_in(caller, parent, name, target).await?.attr)
+    }
+
+    /// [`Fs::symlink`], with the directory's mode.
+    pub async fn symlink_in(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+    ) -> FsResult<Made> {
         let ino = self.allocate_inode().await?;
         self.mutate(caller, |txn, ctx| async move {
             apply(&txn, &ctx, parent, name, ino, target).await
