@@ -241,9 +241,7 @@ impl SqliteBackend {
             watch_wake: Condvar::new(),
             group: GroupCommit::default(),
         });
-        if options.durability == Durability::Relaxed {
-            start_checkpointer(&shared)?;
-        }
+        start_checkpointer(&shared)?;
         Ok(SqliteBackend { shared })
     }
 
@@ -315,16 +313,15 @@ fn connect(path: &Path, options: SqliteOptions) -> rusqlite::Result<Connection> 
     // Wait out a lock while setting up; transactions then use no timeout.
     conn.busy_timeout(WRITE_LOCK_WAIT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    // Relaxed commits run inline on the executor, so their checkpoints (which
-    // fsync) belong to the checkpoint thread; durable commits already run on
-    // the blocking pool, where SQLite's own autocheckpoint after COMMIT keeps
-    // the WAL short and rewritten in place.
-    let autocheckpoint_pages = match options.durability {
-        Durability::Relaxed => 0,
-        Durability::Durable => 1000,
-    };
+    // Checkpoints (which fsync the database file) belong to the checkpoint
+    // thread, never to a commit: SQLite's own autocheckpoint runs inside
+    // the COMMIT that crosses its threshold, and for a durable commit that
+    // is the group committer's batch, so every commit queued behind it
+    // waited too. Measured on durable mounts side by side, `hafs bench dir
+    // --only meta --files 1000`, 3 rounds (2026-12-02): creates 4,425 ->
+    // 4,742/s (medians), opens +25%, renames +20%.
     conn.execute_batch(&format!(
-        "PRAGMA wal_autocheckpoint={autocheckpoint_pages}; \
+        "PRAGMA wal_autocheckpoint=0; \
          PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES};"
     ))?;
     let synchronous = match options.durability {
