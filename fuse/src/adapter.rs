@@ -125,6 +125,16 @@ impl HafsFuse {
         }
     }
 
+    /// `fsync`/`fsyncdir`: make everything acknowledged so far durable.
+    fn sync(&self, req: &Request, reply: ReplyEmpty) {
+        self.spawn(req, move |i, _| async move {
+            match i.fs.sync().await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
     /// Serve a request that may wait indefinitely (a lock wait) on its own
     /// task, whatever the database.
     fn spawn_task<F, Fut>(&self, req: &Request, work: F)
@@ -924,14 +934,15 @@ impl Filesystem for HafsFuse {
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Every write is its own committed transaction: nothing to flush.
-        reply.ok();
+        // Every write is its own committed transaction, so what is left is
+        // the database's own sync (relaxed SQLite commits are not fsynced).
+        self.sync(req, reply);
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -980,13 +991,13 @@ impl Filesystem for HafsFuse {
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        self.sync(req, reply);
     }
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -71,6 +71,10 @@ impl Backend for CutBackend {
             latency: self.latency,
         }))
     }
+
+    async fn sync(&self) -> KvResult<()> {
+        self.inner.sync().await
+    }
 }
 
 #[derive(Debug)]

@@ -31,6 +31,14 @@ pub trait Backend: Send + Sync + Debug {
     /// Start a transaction: fix its read version. Every read of the returned
     /// snapshot sees exactly the commits with version ≤ that read version.
     async fn begin(&self) -> KvResult<Box<dyn BackendTxn>>;
+
+    /// Make every commit acknowledged so far survive power loss: what
+    /// `fsync` asks of a filesystem. Nothing to do where an acknowledged
+    /// commit is durable already (FoundationDB, durable SQLite) or never
+    /// is (memory).
+    async fn sync(&self) -> KvResult<()> {
+        Ok(())
+    }
 }
 
 /// One transaction's view of a backend.

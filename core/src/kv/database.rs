@@ -79,6 +79,12 @@ impl Database {
         &self.inner.clock
     }
 
+    /// Make every commit acknowledged so far survive power loss
+    /// ([`Backend::sync`]).
+    pub async fn sync(&self) -> KvResult<()> {
+        self.inner.backend.sync().await
+    }
+
     /// Start a transaction by hand (no retries). Prefer [`Database::run`].
     pub async fn begin(&self) -> KvResult<Transaction> {
         let backend_txn = self.inner.backend.begin().await?;

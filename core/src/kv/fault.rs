@@ -222,6 +222,10 @@ impl Backend for FaultyBackend {
             backend: self.clone(),
         }))
     }
+
+    async fn sync(&self) -> KvResult<()> {
+        self.inner.sync().await
+    }
 }
 
 #[derive(Debug)]

@@ -524,6 +524,32 @@ impl Backend for SqliteBackend {
             read_version,
         }))
     }
+
+    /// Relaxed commits reach the WAL file but are not fsynced; fsyncing
+    /// it makes them all durable, whichever connection or process wrote
+    /// them. Frames a checkpoint has already copied out are safe too: a
+    /// checkpoint syncs the database file before the WAL may start over.
+    async fn sync(&self) -> KvResult<()> {
+        if self.shared.options.durability == Durability::Durable {
+            return Ok(());
+        }
+        let mut wal = self.shared.path.clone().into_os_string();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        off_executor(move || match std::fs::File::open(&wal) {
+            Ok(file) => file.sync_data().map_err(|e| {
+                KvError::Backend(format!("sqlite: cannot sync {}: {e}", wal.display()))
+            }),
+            // No WAL: everything is in the database file, which
+            // checkpoints sync.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(KvError::Backend(format!(
+                "sqlite: cannot open {}: {e}",
+                wal.display()
+            ))),
+        })
+        .await?
+    }
 }
 
 /// Start a snapshot on the blocking pool, waiting out a busy database.
