@@ -788,6 +788,17 @@ fn names_cached_without_default_permissions_never_outlive_search_permission() {
     std::fs::set_permissions(a.p("P"), mode(0o711)).unwrap();
     assert!(started.elapsed() < Duration::from_millis(500));
     assert!(nobody_sees(&a.p("P/z")));
+    // Nor where no moved name can be cached (both directories private),
+    // though names are cached elsewhere (P/z, just now).
+    std::fs::create_dir(a.p("R2")).unwrap();
+    std::fs::set_permissions(a.p("R2"), mode(0o700)).unwrap();
+    std::fs::write(a.p("R/q"), b"q").unwrap();
+    let started = Instant::now();
+    std::fs::rename(a.p("R/q"), a.p("R2/q")).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "a rename between private directories waited for names elsewhere"
+    );
 
     // Names that mkdir, symlink and link made are cached as they reply:
     // the chmod waits for those too. (The kernel looks each name up just

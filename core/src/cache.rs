@@ -462,10 +462,18 @@ struct NameState {
     /// Directory → monotonic time after which no name granted in it is
     /// believed by the kernel.
     under: HashMap<u64, Duration>,
-    /// The same, over every directory.
-    any: Duration,
     /// Prune `under` when it grows past this.
     prune_at: usize,
+}
+
+impl NameState {
+    /// Forget directories whose names have all expired, and the memory
+    /// they took (a big `find` leaves many).
+    fn prune(&mut self, now: Duration) {
+        self.under.retain(|_, until| *until > now);
+        self.under.shrink_to(2 * self.under.len());
+        self.prune_at = NAME_GRANTS_PRUNE_MIN.max(2 * self.under.len());
+    }
 }
 
 /// Taken before a lookup reads the database; see [`NameGrants::grant`].
@@ -482,7 +490,6 @@ impl NameGrants {
             state: Mutex::new(NameState {
                 epoch: 0,
                 under: HashMap::new(),
-                any: Duration::ZERO,
                 prune_at: NAME_GRANTS_PRUNE_MIN,
             }),
         }
@@ -508,10 +515,8 @@ impl NameGrants {
         let until = now + ttl + REVOKE_MARGIN;
         let entry = state.under.entry(dir).or_default();
         *entry = (*entry).max(until);
-        state.any = state.any.max(until);
         if state.under.len() > state.prune_at {
-            state.under.retain(|_, until| *until > now);
-            state.prune_at = NAME_GRANTS_PRUNE_MIN.max(2 * state.under.len());
+            state.prune(now);
         }
         ttl
     }
@@ -533,29 +538,25 @@ impl NameGrants {
     /// moves a cached name with its TTL, so from now on names granted in
     /// either count as granted in both — a later [`NameGrants::revoke_in`]
     /// of either waits for them. Voids lookups in flight, which may have
-    /// read the name where it was.
-    pub fn moved(&self, a: u64, b: u64) {
+    /// read the name where it was. Returns whether a name granted in
+    /// either may still be believed: if not, nothing that moved is cached.
+    pub fn moved(&self, a: u64, b: u64) -> bool {
+        let now = self.clock.monotonic();
         let mut state = self.state.lock();
         state.epoch += 1;
         let until = match (state.under.get(&a), state.under.get(&b)) {
-            (None, None) => return,
+            (None, None) => return false,
             (x, y) => x
                 .copied()
                 .unwrap_or_default()
                 .max(y.copied().unwrap_or_default()),
         };
+        if until <= now {
+            return false;
+        }
         state.under.insert(a, until);
         state.under.insert(b, until);
-    }
-
-    /// Return once no name granted anywhere is believed.
-    pub async fn revoke_all(&self) {
-        let until = {
-            let mut state = self.state.lock();
-            state.epoch += 1;
-            state.any
-        };
-        self.wait_until(until).await;
+        true
     }
 
     async fn wait_until(&self, until: Duration) {

@@ -337,10 +337,6 @@ fn attr_ttl(ttl: &CacheGuard<'_>, a: &Attr) -> Duration {
 }
 
 impl Inner {
-    /// The reply of an operation that made a name (mkdir, mknod, symlink,
-    /// link). The name is cached only if the kernel checks permissions:
-    /// these operations do not report who else may search the directory,
-    /// and the name's first LOOKUP will.
     /// The reply to an operation that made the name `parent`/… (mknod,
     /// mkdir, symlink, link): cached like a LOOKUP's answer, which the
     /// making transaction's read of the directory's mode stands in for.
@@ -395,10 +391,14 @@ impl Inner {
     /// name with its TTL, so the grants of both directories now count for
     /// both, and if either is one not everyone may search (the name may
     /// now sit under it, or have come out of it under an exchange), wait
-    /// until no cached name is believed.
+    /// until none of their names is believed.
     async fn names_moved(&self, from: u64, to: u64) {
         let Some(names) = &self.names else { return };
-        names.moved(from, to);
+        if !names.moved(from, to) {
+            // No name granted in either may still be believed: whatever
+            // moved is not cached.
+            return;
+        }
         let root = Caller::root();
         for dir in [from, to] {
             let open = match self.fs.getattr(&root, dir).await {
@@ -407,7 +407,9 @@ impl Inner {
                 Err(_) => false,
             };
             if !open {
-                names.revoke_all().await;
+                // Only names granted in `from` or `to` can have moved, and
+                // `moved` made each directory's wait cover both.
+                names.revoke_in(to).await;
                 return;
             }
         }
@@ -659,21 +661,36 @@ impl Filesystem for HafsFuse {
             ctime: ctime.map(ns),
             by_handle: fh.is_some(),
         };
-        self.spawn(req, move |i, c| async move {
+        let may_wait = mode.is_some() && self.inner.names.is_some();
+        let work = move |i: Arc<Inner>, c| async move {
             let ticket = i.cache.ticket();
             let r =
                 i.fs.setattr(&c, hafs_ino(ino), changes)
                     .await
                     .map_err(stale);
-            if let (Some(names), Ok(a), Some(_)) = (&i.names, &r, mode) {
-                // Took search permission away from someone: names cached
-                // in this directory must not be walked once we reply.
-                if a.is_dir() && !everyone_may_search(a.mode) {
-                    names.revoke_in(a.ino).await;
+            if let (Some(names), Some(_)) = (&i.names, mode) {
+                match &r {
+                    // Took search permission away from someone: names
+                    // cached in this directory must not be walked once we
+                    // reply.
+                    Ok(a) if a.is_dir() && !everyone_may_search(a.mode) => {
+                        names.revoke_in(a.ino).await
+                    }
+                    // The change may have landed (a timed-out or unknown
+                    // commit): assume it did.
+                    Err(FsError::Kv(_)) => names.revoke_in(hafs_ino(ino)).await,
+                    _ => {}
                 }
             }
             i.attr(ticket, reply, r)
-        });
+        };
+        // A chmod may wait out a TTL: not on a reader thread, which the
+        // mount's other requests need meanwhile.
+        if may_wait {
+            self.spawn_task(req, work);
+        } else {
+            self.spawn(req, work);
+        }
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -778,28 +795,28 @@ impl Filesystem for HafsFuse {
         reply: ReplyEmpty,
     ) {
         let (name, newname) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
-        self.spawn(req, move |i, c| async move {
-            match i
-                .fs
-                .rename(
-                    &c,
-                    hafs_ino(parent),
-                    &name,
-                    hafs_ino(newparent),
-                    &newname,
-                    flags.bits(),
-                )
-                .await
-            {
-                Ok(()) => {
-                    if parent != newparent {
-                        i.names_moved(hafs_ino(parent), hafs_ino(newparent)).await;
-                    }
-                    reply.ok()
-                }
+        let across = parent != newparent;
+        let work = move |i: Arc<Inner>, c| async move {
+            let (from, to) = (hafs_ino(parent), hafs_ino(newparent));
+            let r =
+                i.fs.rename(&c, from, &name, to, &newname, flags.bits())
+                    .await;
+            // A timed-out or unknown commit may have landed: assume it did.
+            if across && matches!(r, Ok(()) | Err(FsError::Kv(_))) {
+                i.names_moved(from, to).await;
+            }
+            match r {
+                Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
-        });
+        };
+        // A rename between directories may wait out a TTL: not on a reader
+        // thread, which the mount's other requests need meanwhile.
+        if across && self.inner.names.is_some() {
+            self.spawn_task(req, work);
+        } else {
+            self.spawn(req, work);
+        }
     }
 
     fn link(
