@@ -715,10 +715,8 @@ impl Filesystem for HafsFuse {
         let name = name.as_bytes().to_vec();
         self.spawn(req, move |i, c| async move {
             let tickets = i.tickets();
-            let (parent, mode) = (
-                hafs_ino(parent),
-                (mode & libc::S_IFMT) | (mode & 0o7777 & !umask),
-            );
+            let parent = hafs_ino(parent);
+            let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
             let r =
                 i.fs.mknod_in(&c, parent, &name, mode, u64::from(rdev))
                     .await;

@@ -25,6 +25,14 @@ fn mount(db: &Path, path: &Path) -> Mount {
     Mount::start(cmd, path)
 }
 
+fn relaxed_mount(db: &Path, path: &Path) -> Mount {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hafs-fuse"));
+    cmd.arg("--kv")
+        .arg(format!("sqlite://{}", db.display()))
+        .args(["--mkfs", "--relaxed-durability"]);
+    Mount::start(cmd, path)
+}
+
 fn two_mounts(dir: &Path) -> (Mount, Mount) {
     let db = dir.join("hafs.db");
     let a = mount(&db, &dir.join("a"));
@@ -231,12 +239,7 @@ fn big_trees_and_tar_round_trip() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let db = tmp.path().join("hafs.db");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hafs-fuse"));
-    cmd.arg("--kv")
-        .arg(format!("sqlite://{}", db.display()))
-        .args(["--mkfs", "--relaxed-durability"]);
-    let a = Mount::start(cmd, &tmp.path().join("a"));
+    let a = relaxed_mount(&tmp.path().join("hafs.db"), &tmp.path().join("a"));
     let sh = |script: &str| {
         let status = Command::new("sh").arg("-c").arg(script).status().unwrap();
         assert!(status.success(), "failed: {script}");
@@ -312,12 +315,7 @@ fn fsync_on_a_relaxed_mount_writes_the_database_out() {
         return;
     }
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let db = tmp.path().join("hafs.db");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hafs-fuse"));
-    cmd.arg("--kv")
-        .arg(format!("sqlite://{}", db.display()))
-        .args(["--mkfs", "--relaxed-durability"]);
-    let m = Mount::start(cmd, &tmp.path().join("m"));
+    let m = relaxed_mount(&tmp.path().join("hafs.db"), &tmp.path().join("m"));
     let wal = tmp.path().join("hafs.db-wal");
     std::fs::write(m.p("first"), b"x").unwrap();
     if unwritten_pages(&wal).is_none() {

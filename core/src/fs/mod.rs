@@ -202,6 +202,13 @@ impl Fs {
         &self.db
     }
 
+    /// `fsync`/`fsyncdir`: every change this filesystem acknowledged so
+    /// far survives power loss once this returns (on a relaxed SQLite
+    /// database, whose commits are not fsynced one by one).
+    pub async fn sync(&self) -> FsResult<()> {
+        Ok(self.db.sync().await?)
+    }
+
     pub fn keys(&self) -> &Keys {
         &self.keys
     }

@@ -536,17 +536,15 @@ impl Backend for SqliteBackend {
         let mut wal = self.shared.path.clone().into_os_string();
         wal.push("-wal");
         let wal = PathBuf::from(wal);
-        off_executor(move || match std::fs::File::open(&wal) {
-            Ok(file) => file.sync_data().map_err(|e| {
-                KvError::Backend(format!("sqlite: cannot sync {}: {e}", wal.display()))
-            }),
-            // No WAL: everything is in the database file, which
-            // checkpoints sync.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(KvError::Backend(format!(
-                "sqlite: cannot open {}: {e}",
-                wal.display()
-            ))),
+        off_executor(move || {
+            match std::fs::File::open(&wal).and_then(|file| file.sync_data()) {
+                // No WAL: everything is in the database file, which
+                // checkpoints sync.
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(KvError::Backend(
+                    format!("sqlite: cannot sync {}: {e}", wal.display()),
+                )),
+                _ => Ok(()),
+            }
         })
         .await?
     }

@@ -72,7 +72,6 @@ pub fn write_attr(txn: &Transaction, ctx: &Ctx<'_>, attr: &Attr) {
     txn.set(&ctx.keys.attr(attr.ino), &codec::encode_attr(attr));
 }
 
-/// A directory the caller may search: `ENOTDIR` / `EACCES` otherwise.
 /// A new entry's inode, and the mode of its directory as the creating
 /// transaction read it: like [`lookup::Looked`], it says who else could
 /// have looked the name up, so a mount without `default_permissions` may
@@ -83,6 +82,7 @@ pub struct Made {
     pub dir_mode: u32,
 }
 
+/// A directory the caller may search: `ENOTDIR` / `EACCES` otherwise.
 pub async fn searchable_dir(txn: &Transaction, ctx: &Ctx<'_>, ino: u64) -> FsResult<Attr> {
     let dir = read_attr(txn, ctx, ino).await?;
     if !dir.is_dir() {

@@ -38,13 +38,6 @@ pub async fn apply(txn: &Transaction, ctx: &Ctx<'_>) -> FsResult<StatFs> {
 }
 
 impl Fs {
-    /// `fsync`/`fsyncdir`: every change this filesystem acknowledged so
-    /// far survives power loss once this returns (on a relaxed SQLite
-    /// database, whose commits are not fsynced one by one).
-    pub async fn sync(&self) -> FsResult<()> {
-        Ok(self.db().sync().await?)
-    }
-
     pub async fn statfs(&self, caller: &Caller) -> FsResult<StatFs> {
         self.query(caller, |txn, ctx| async move { apply(&txn, &ctx).await })
             .await
