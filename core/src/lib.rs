@@ -22,6 +22,7 @@ pub mod keys;
 pub mod kv;
 pub mod limits;
 pub mod ops;
+pub mod pagecache;
 pub mod perm;
 pub mod planted;
 pub mod session;

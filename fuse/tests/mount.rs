@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 mod support;
+use hafs_core::pagecache::unwritten_pages;
 use support::{errno, fuse_available, Mount};
 
 fn mount(db: &Path, path: &Path) -> Mount {
@@ -266,43 +267,6 @@ fn big_trees_and_tar_round_trip() {
         root,
         src.display()
     ));
-}
-
-/// Pages of `path` dirty or under writeback in the page cache
-/// (cachestat(2), Linux 6.5); `None` if the kernel lacks it.
-#[allow(unsafe_code)] // cachestat(2) has no wrapper in std or libc
-fn unwritten_pages(path: &Path) -> Option<u64> {
-    use std::os::fd::AsRawFd;
-    #[repr(C)]
-    struct Range {
-        off: u64,
-        len: u64,
-    }
-    #[repr(C)]
-    #[derive(Default)]
-    struct Stat {
-        cache: u64,
-        dirty: u64,
-        writeback: u64,
-        evicted: u64,
-        recently_evicted: u64,
-    }
-    const SYS_CACHESTAT: libc::c_long = 451;
-    let file = std::fs::File::open(path).ok()?;
-    let whole = Range { off: 0, len: 0 };
-    let mut stat = Stat::default();
-    // SAFETY: the fd is open and both pointers are to live `repr(C)`
-    // structs laid out as the kernel's cachestat_range and cachestat.
-    let r = unsafe {
-        libc::syscall(
-            SYS_CACHESTAT,
-            file.as_raw_fd(),
-            &whole as *const Range,
-            &mut stat as *mut Stat,
-            0,
-        )
-    };
-    (r == 0).then_some(stat.dirty + stat.writeback)
 }
 
 /// On a relaxed mount commits are not fsynced one by one, but `fsync`

@@ -1,0 +1,42 @@
+//! What the page cache still holds unwritten of a file (cachestat(2)):
+//! how tests show that a sync really reached the disk, rather than
+//! trusting that a function named `sync` was called.
+
+use std::path::Path;
+
+/// Pages of `path` dirty or under writeback in the page cache (cachestat(2),
+/// Linux 6.5); `None` if the kernel lacks it or the file cannot be opened.
+#[allow(unsafe_code)] // cachestat(2) has no wrapper in std or libc
+pub fn unwritten_pages(path: &Path) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        cache: u64,
+        dirty: u64,
+        writeback: u64,
+        evicted: u64,
+        recently_evicted: u64,
+    }
+    const SYS_CACHESTAT: libc::c_long = 451;
+    let file = std::fs::File::open(path).ok()?;
+    let whole = Range { off: 0, len: 0 };
+    let mut stat = Stat::default();
+    // SAFETY: the fd is open and both pointers are to live `repr(C)`
+    // structs laid out as the kernel's cachestat_range and cachestat.
+    let r = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &whole as *const Range,
+            &mut stat as *mut Stat,
+            0,
+        )
+    };
+    (r == 0).then_some(stat.dirty + stat.writeback)
+}
