@@ -23,8 +23,10 @@
 //!   someone calls [`Backend::sync`].
 //! - **Never blocking the executor.** Reads run inline (WAL readers take no
 //!   locks; a rare `SQLITE_BUSY` on starting a snapshot is retried on the
-//!   blocking pool). Commits, which wait for the write lock and fsync, run
-//!   off the executor (`block_in_place` or the blocking pool).
+//!   blocking pool). An uncontended commit runs inline too (it writes to
+//!   the OS page cache and never fsyncs); waiting for the write lock or
+//!   for a WAL sync runs off the executor (`block_in_place` or the
+//!   blocking pool).
 //! - **Group commit.** Commits of this process that find the write lock
 //!   taken queue behind one leader, which writes them together in one
 //!   SQLite transaction, each still checked for conflicts on its own
@@ -135,6 +137,11 @@ impl fmt::Debug for SqliteBackend {
 
 struct Shared {
     path: PathBuf,
+    /// The WAL file as SQLite names it: next to the database file with
+    /// every symlink in its path resolved (SQLite resolves them too, so a
+    /// WAL named after an unresolved symlink would not exist and a sync of
+    /// it would silently do nothing).
+    wal: PathBuf,
     options: SqliteOptions,
     clock: Arc<dyn Clock>,
     pool: Mutex<Vec<Connection>>,
@@ -193,11 +200,18 @@ type Slot = Mutex<Option<KvResult<Version>>>;
 /// file after, and the WAL starts over only after that; the header of a
 /// restarted WAL is synced by SQLite itself.
 ///
-/// The difference from FULL: a commit is visible to other transactions a
-/// sync's time (~0.2–0.5 ms) before it is acknowledged. A power loss in that
-/// window loses it together with every process on the host that could have
-/// seen it, and any commit made after seeing it is lost too (it is later in
-/// the same WAL).
+/// The difference from FULL: a commit is visible to other transactions up
+/// to two syncs' time before it is acknowledged (the one running when it
+/// committed, then its own: about a millisecond on the development VM,
+/// more on slow disks). A power loss in that window loses it together with
+/// every process on the host that could have seen it, and any commit made
+/// after seeing it is lost too (it is later in the same WAL).
+///
+/// A failed sync (or a checkpoint's failed fsync) poisons the backend: no
+/// durable commit of this process succeeds after it. The failing commit
+/// itself is already visible; it reports a non-retried `Backend` error
+/// (EIO at the FUSE edge), because a retry would find it by its
+/// idempotency marker and call it a success.
 ///
 /// Tried and dropped: making a sync about to start wait up to 150 µs for
 /// durable commits being written at that moment, or up to 150–400 µs for
@@ -210,6 +224,12 @@ struct WalSync {
     state: Mutex<WalSyncState>,
     /// A sync ended.
     done: Condvar,
+    /// The WAL, open since the first sync: Linux reports a failed
+    /// writeback to every descriptor open when it happened but to a new
+    /// one only if nobody reported it yet, so a descriptor opened per sync
+    /// could miss the error that lost a commit's pages. Reopened if the
+    /// file at the path is another one (a WAL deleted and created again).
+    file: Mutex<Option<std::fs::File>>,
 }
 
 #[derive(Default)]
@@ -261,8 +281,13 @@ impl SqliteBackend {
                 other => break other?,
             }
         };
+        let wal = wal_path(path).map_err(|e| OpenError::Io {
+            path: path.display().to_string(),
+            message: format!("cannot resolve the database path: {e}"),
+        })?;
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
+            wal,
             options,
             clock,
             pool: Mutex::new(vec![conn]),
@@ -335,12 +360,6 @@ impl Shared {
         }
     }
 
-    fn wal_path(&self) -> PathBuf {
-        let mut wal = self.path.clone().into_os_string();
-        wal.push("-wal");
-        PathBuf::from(wal)
-    }
-
     /// Wait until everything committed before this call is durable
     /// ([`WalSync`]). Blocks.
     fn wait_durable(&self) -> KvResult<()> {
@@ -349,11 +368,11 @@ impl Shared {
         state.issued += 1;
         let ticket = state.issued;
         loop {
-            if let Some(e) = &state.failed {
-                return Err(KvError::Backend(e.clone()));
-            }
             if state.synced >= ticket {
                 return Ok(());
+            }
+            if let Some(e) = &state.failed {
+                return Err(KvError::Backend(e.clone()));
             }
             if state.running {
                 sync.done.wait(&mut state);
@@ -361,8 +380,12 @@ impl Shared {
             }
             state.running = true;
             let through = state.issued;
-            let result =
-                parking_lot::MutexGuard::unlocked(&mut state, || sync_file(&self.wal_path()));
+            let result = parking_lot::MutexGuard::unlocked(&mut state, || {
+                // A panic must not leave `running` set: every durable
+                // commit would wait for good.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sync.sync(&self.wal)))
+                    .unwrap_or_else(|_| Err(SyncError::Sync("the sync panicked".into())))
+            });
             state.running = false;
             match result {
                 Ok(()) => {
@@ -370,25 +393,90 @@ impl Shared {
                     state.tickets_synced += through - state.synced;
                     state.synced = through;
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "sqlite: WAL fsync failed; commits are no longer durable");
-                    state.failed = Some(e);
+                Err(SyncError::Open(e)) => {
+                    // Nothing was synced and nothing was lost: this waiter
+                    // fails, the next one tries again.
+                    sync.done.notify_all();
+                    return Err(KvError::Backend(e));
                 }
+                Err(SyncError::Sync(e)) => self.poison(&mut state, e),
             }
             sync.done.notify_all();
         }
     }
 }
 
-/// fdatasync `path`; a missing file has nothing to sync (no WAL means
-/// everything is in the database file, which checkpoints sync).
-fn sync_file(path: &Path) -> Result<(), String> {
-    match std::fs::File::open(path).and_then(|file| file.sync_data()) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(format!("sqlite: cannot sync {}: {e}", path.display()))
+impl Shared {
+    /// No commit of this process is called durable any more.
+    fn poison(&self, state: &mut WalSyncState, error: String) {
+        if state.failed.is_none() {
+            tracing::error!(%error, "sqlite: syncing the WAL failed; commits are no longer durable (remount)");
+            state.failed = Some(error);
         }
-        _ => Ok(()),
     }
+
+    /// A checkpoint's fsync of the WAL or the database failed: the same
+    /// pages may be lost as after a failed WAL sync ([`WalSyncState::failed`]).
+    fn checkpoint_failed(&self, error: &rusqlite::Error) {
+        if let rusqlite::Error::SqliteFailure(e, _) = error {
+            if e.code == ErrorCode::SystemIoFailure {
+                let sync = &self.wal_sync;
+                let mut state = sync.state.lock();
+                self.poison(&mut state, format!("sqlite: checkpoint failed: {error}"));
+                sync.done.notify_all();
+            }
+        }
+    }
+}
+
+enum SyncError {
+    /// The WAL could not be opened: nothing synced, nothing lost.
+    Open(String),
+    /// fdatasync failed: pages may be lost.
+    Sync(String),
+}
+
+impl WalSync {
+    /// fdatasync the WAL at `path` on the long-lived descriptor. A missing
+    /// WAL has nothing to sync (everything is in the database file, which
+    /// checkpoints sync).
+    fn sync(&self, path: &Path) -> Result<(), SyncError> {
+        use std::os::unix::fs::MetadataExt;
+        let mut file = self.file.lock();
+        let current = match std::fs::metadata(path) {
+            Ok(m) => (m.dev(), m.ino()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(SyncError::Open(format!(
+                    "sqlite: cannot stat {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        let same = file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .is_some_and(|m| (m.dev(), m.ino()) == current);
+        if !same {
+            let opened = std::fs::File::open(path).map_err(|e| {
+                SyncError::Open(format!("sqlite: cannot open {}: {e}", path.display()))
+            })?;
+            *file = Some(opened);
+        }
+        let f = file
+            .as_ref()
+            .ok_or_else(|| SyncError::Open("sqlite: no WAL descriptor".into()))?;
+        f.sync_data()
+            .map_err(|e| SyncError::Sync(format!("sqlite: cannot sync {}: {e}", path.display())))
+    }
+}
+
+/// The WAL's name for the database at `path` (which exists): symlinks
+/// resolved, as SQLite resolves them.
+fn wal_path(path: &Path) -> std::io::Result<PathBuf> {
+    let mut wal = std::fs::canonicalize(path)?.into_os_string();
+    wal.push("-wal");
+    Ok(PathBuf::from(wal))
 }
 
 fn connect(path: &Path) -> rusqlite::Result<Connection> {
@@ -401,17 +489,17 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     // Checkpoints (which fsync the database file) belong to the checkpoint
     // thread, never to a commit: SQLite's own autocheckpoint runs inside
-    // the COMMIT that crosses its threshold, and for a durable commit that
-    // is the group committer's batch, so every commit queued behind it
-    // waited too. Measured on durable mounts side by side, `hafs bench dir
+    // the COMMIT that crosses its threshold, holding the write lock, so
+    // every commit queued behind it waited too. Measured on durable mounts
+    // side by side (when durable commits were still batched under FULL), `hafs bench dir
     // --only meta --files 1000`, 3 rounds (2026-12-02): creates 4,425 ->
     // 4,742/s (medians), opens +25%, renames +20%.
     conn.execute_batch(&format!(
         "PRAGMA wal_autocheckpoint=0; \
          PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES};"
     ))?;
-    // Durable commits are fsynced after COMMIT, outside the write lock
-    // (`WalSync`), on both durabilities.
+    // COMMIT never fsyncs; a durable commit then waits for a shared fsync
+    // of the WAL, outside the write lock (`WalSync`).
     conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
     conn.busy_timeout(Duration::ZERO)?;
     Ok(conn)
@@ -752,16 +840,12 @@ impl BackendTxn for SqliteTxn {
         let version = result?;
         nudge_watcher(&self.shared);
         if durable {
-            // Committed and visible, not yet durable: a failed sync leaves
-            // the outcome unknown to the caller's retry loop, which then
-            // finds the commit by its idempotency marker or gives up.
+            // Committed and visible, not durable if the sync fails. That
+            // error is not retried (a retry would find the commit by its
+            // idempotency marker and report success): the caller gets EIO,
+            // as from a local filesystem whose disk failed mid-write.
             let shared = self.shared.clone();
-            off_executor(move || shared.wait_durable())
-                .await?
-                .map_err(|e| {
-                    tracing::warn!(error = %e, "sqlite: commit applied but not made durable");
-                    KvError::CommitUnknownResult
-                })?;
+            off_executor(move || shared.wait_durable()).await??;
         }
         arm_watches(&self.shared, request.watches);
         Ok(version)
@@ -1087,6 +1171,7 @@ fn checkpoint_loop(weak: Weak<Shared>) {
         }
         if let Some(c) = conn.as_ref() {
             if let Err(e) = checkpoint(c) {
+                shared.checkpoint_failed(&e);
                 tracing::debug!(error = %e, "sqlite checkpoint incomplete; will retry");
             }
         }
