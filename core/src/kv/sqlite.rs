@@ -227,9 +227,10 @@ struct WalSync {
     /// The WAL, open since the first sync: Linux reports a failed
     /// writeback to every descriptor open when it happened but to a new
     /// one only if nobody reported it yet, so a descriptor opened per sync
-    /// could miss the error that lost a commit's pages. Reopened if the
-    /// file at the path is another one (a WAL deleted and created again).
-    file: Mutex<Option<std::fs::File>>,
+    /// could miss the error that lost a commit's pages. Kept with its
+    /// (device, inode), and reopened if the file at the path is another one
+    /// (a WAL deleted and created again).
+    file: Mutex<Option<(std::fs::File, (u64, u64))>>,
 }
 
 #[derive(Default)]
@@ -399,19 +400,9 @@ impl Shared {
                     sync.done.notify_all();
                     return Err(KvError::Backend(e));
                 }
-                Err(SyncError::Sync(e)) => self.poison(&mut state, e),
+                Err(SyncError::Sync(e)) => state.poison(e),
             }
             sync.done.notify_all();
-        }
-    }
-}
-
-impl Shared {
-    /// No commit of this process is called durable any more.
-    fn poison(&self, state: &mut WalSyncState, error: String) {
-        if state.failed.is_none() {
-            tracing::error!(%error, "sqlite: syncing the WAL failed; commits are no longer durable (remount)");
-            state.failed = Some(error);
         }
     }
 
@@ -421,10 +412,21 @@ impl Shared {
         if let rusqlite::Error::SqliteFailure(e, _) = error {
             if e.code == ErrorCode::SystemIoFailure {
                 let sync = &self.wal_sync;
-                let mut state = sync.state.lock();
-                self.poison(&mut state, format!("sqlite: checkpoint failed: {error}"));
+                sync.state
+                    .lock()
+                    .poison(format!("sqlite: checkpoint failed: {error}"));
                 sync.done.notify_all();
             }
+        }
+    }
+}
+
+impl WalSyncState {
+    /// No commit of this process is called durable any more.
+    fn poison(&mut self, error: String) {
+        if self.failed.is_none() {
+            tracing::error!(%error, "sqlite: syncing the WAL failed; commits are no longer durable (remount)");
+            self.failed = Some(error);
         }
     }
 }
@@ -453,19 +455,15 @@ impl WalSync {
                 )))
             }
         };
-        let same = file
-            .as_ref()
-            .and_then(|f| f.metadata().ok())
-            .is_some_and(|m| (m.dev(), m.ino()) == current);
-        if !same {
-            let opened = std::fs::File::open(path).map_err(|e| {
-                SyncError::Open(format!("sqlite: cannot open {}: {e}", path.display()))
-            })?;
-            *file = Some(opened);
-        }
-        let f = file
-            .as_ref()
-            .ok_or_else(|| SyncError::Open("sqlite: no WAL descriptor".into()))?;
+        let f = match file.as_ref() {
+            Some((f, id)) if *id == current => f,
+            _ => {
+                let opened = std::fs::File::open(path).map_err(|e| {
+                    SyncError::Open(format!("sqlite: cannot open {}: {e}", path.display()))
+                })?;
+                &file.insert((opened, current)).0
+            }
+        };
         f.sync_data()
             .map_err(|e| SyncError::Sync(format!("sqlite: cannot sync {}: {e}", path.display())))
     }
@@ -491,9 +489,9 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     // thread, never to a commit: SQLite's own autocheckpoint runs inside
     // the COMMIT that crosses its threshold, holding the write lock, so
     // every commit queued behind it waited too. Measured on durable mounts
-    // side by side (when durable commits were still batched under FULL), `hafs bench dir
-    // --only meta --files 1000`, 3 rounds (2026-12-02): creates 4,425 ->
-    // 4,742/s (medians), opens +25%, renames +20%.
+    // side by side, when durable commits were still batched under FULL
+    // (`hafs bench dir --only meta --files 1000`, 3 rounds, 2026-12-02):
+    // creates 4,425 -> 4,742/s (medians), opens +25%, renames +20%.
     conn.execute_batch(&format!(
         "PRAGMA wal_autocheckpoint=0; \
          PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES};"
