@@ -8,6 +8,16 @@
 //! space (FoundationDB splits shards by key range). The counter only grows,
 //! so a number is never reused; mkfs over an existing filesystem bumps the
 //! generation instead.
+//!
+//! The reversal also keeps the *kernel* fast, measured 2026-12-02: with
+//! plain counter values (tried to cut the cold B-tree page each create
+//! reads on SQLite: 6.9 instead of 16.6 page reads per create), four
+//! processes creating files ran 2.7× slower on SQLite (1,455 vs 3,931
+//! creates/s) and 4.3× slower on `mem:` (1,589 vs 6,901), slower the more
+//! files existed. The time was in the creating process, in the kernel:
+//! 8,000 creates took 5.5 s of system time instead of 0.6, two thirds of
+//! it in `fuse_iget` → `find_inode` → `fuse_inode_eq` — the kernel's inode
+//! hash put consecutive node ids on few chains. Keep node ids spread.
 
 use parking_lot::Mutex;
 
