@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use hafs_core::clock::{Clock, TokioClock};
 use hafs_core::fs::MkfsOptions;
-use hafs_core::keys::Keys;
+use hafs_core::keys::{InodeLayout, Keys};
 use hafs_core::session;
 use hafs_fuse::mount::{KvArgs, MountArgs};
 
@@ -38,6 +38,11 @@ pub enum Command {
         /// Bytes per data chunk (default 4096; at most 100000).
         #[arg(long)]
         chunk_size: Option<u64>,
+        /// Where inodes' keys sit: "allocation" (made-together inodes side
+        /// by side; the default on SQLite and memory) or "spread" (far
+        /// apart; the default on FoundationDB, which shards by key range).
+        #[arg(long, value_parser = parse_layout)]
+        inode_layout: Option<InodeLayout>,
     },
     /// Remove a filesystem (refuses one with files or mounted clients unless --force).
     Rmfs {
@@ -89,6 +94,11 @@ pub fn main_as(prefix: &[&str]) {
     }
 }
 
+fn parse_layout(s: &str) -> Result<InodeLayout, String> {
+    InodeLayout::parse(s)
+        .ok_or_else(|| format!("{s:?} is not an inode layout (allocation, spread)"))
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -108,13 +118,15 @@ pub fn run(cli: Cli) -> Result<(), String> {
         let clock: Arc<dyn Clock> = TokioClock::new();
         let db = cli.kv.open(clock.clone())?;
         let name = cli.kv.fs_name.as_str();
-        let keys = Keys::new(name);
         let fail = |e: hafs_core::error::FsError| e.to_string();
+        // The commands below that touch an existing filesystem's inodes.
+        let keys = || async { hafs_core::fs::open_keys(&db, name).await.map(|(keys, _)| keys).map_err(fail) };
         match cli.command {
             Command::Mount(_) | Command::Bench(_) => unreachable!("handled above"),
-            Command::Mkfs { overwrite, chunk_size } => {
+            Command::Mkfs { overwrite, chunk_size, inode_layout } => {
                 let mut options = MkfsOptions {
                     overwrite,
+                    inode_layout,
                     ..MkfsOptions::default()
                 };
                 if let Some(size) = chunk_size {
@@ -139,9 +151,9 @@ pub fn run(cli: Cli) -> Result<(), String> {
                 }
             }
             Command::Fsck => return fsck(&db, name).await,
-            Command::ListClients { json } => return list_clients(&db, &keys, clock.as_ref(), json).await,
+            Command::ListClients { json } => return list_clients(&db, &keys().await?, clock.as_ref(), json).await,
             Command::Evict { client } => {
-                let (was, stats) = session::evict(&db, &keys, &client).await.map_err(fail)?;
+                let (was, stats) = session::evict(&db, &keys().await?, &client).await.map_err(fail)?;
                 if !was && stats.locked_inodes == 0 && stats.open_inodes == 0 {
                     return Err(format!("no client {client:?} is attached to {name:?}"));
                 }
@@ -152,6 +164,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             }
             Command::GcClients { expiry } => {
                 let expiry = Duration::from_secs(expiry);
+                let keys = keys().await?;
                 let mut tracker = session::ExpiryTracker::default();
                 tracker.sweep(&db, &keys, clock.as_ref(), expiry, None).await.map_err(fail)?;
                 eprintln!("watching heartbeats for {}s...", expiry.as_secs());
@@ -160,7 +173,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
                 println!("evicted {} expired clients{}", evicted.len(), if evicted.is_empty() { String::new() } else { format!(": {}", evicted.join(", ")) });
             }
             Command::Gc => {
-                let stats = session::gc(&db, &keys).await.map_err(fail)?;
+                let stats = session::gc(&db, &keys().await?).await.map_err(fail)?;
                 println!(
                     "finished {} evictions: released locks on {} inodes and {} open files ({} freed); freed {} unlinked inodes past their grace",
                     stats.clients, stats.locked_inodes, stats.open_inodes, stats.freed_inodes, stats.swept_inodes

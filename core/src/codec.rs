@@ -6,13 +6,16 @@
 use foundationdb_tuple::{pack, unpack};
 
 use crate::error::{FsError, FsResult};
+use crate::keys::InodeLayout;
 
 /// Format version of inode attributes.
 pub const ATTR_FORMAT: u64 = 1;
 /// Format version of directory entries.
 pub const DIRENT_FORMAT: u64 = 1;
-/// Format version of the filesystem settings and version keys.
-pub const FS_FORMAT: u64 = 1;
+/// Format version of the filesystem settings and version keys. Format 2
+/// added the inode layout; a format-1 filesystem has the spread layout
+/// (the only one there was) and is read as such.
+pub const FS_FORMAT: u64 = 2;
 
 /// The kind of an inode (the `S_IFMT` part of its mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -175,24 +178,42 @@ pub struct Settings {
     /// (number, generation) pair.
     pub generation: u64,
     pub created_ns: i64,
+    /// Where inodes' keys sit ([`InodeLayout`]).
+    pub inode_layout: InodeLayout,
 }
 
 pub fn encode_settings(s: &Settings) -> Vec<u8> {
-    pack(&(FS_FORMAT, s.chunk_size, s.generation, s.created_ns))
+    let layout = s.inode_layout.as_str();
+    pack(&(FS_FORMAT, s.chunk_size, s.generation, s.created_ns, layout))
 }
 
 pub fn decode_settings(bytes: &[u8]) -> FsResult<Settings> {
-    let (format, chunk_size, generation, created_ns): (u64, u64, u64, i64) =
-        unpack(bytes).map_err(|e| FsError::Corrupted(format!("settings: {e:?}")))?;
-    if format != FS_FORMAT || chunk_size == 0 {
-        return Err(FsError::Corrupted(format!(
-            "settings: format {format}, chunk size {chunk_size}"
+    let corrupted = |what: String| FsError::Corrupted(format!("settings: {what}"));
+    let (format, chunk_size, generation, created_ns, inode_layout) =
+        match unpack::<(u64, u64, u64, i64, String)>(bytes) {
+            Ok((format, chunk, generation, created, layout)) if format >= 2 => {
+                let layout = InodeLayout::parse(&layout)
+                    .ok_or_else(|| corrupted(format!("inode layout {layout:?}")))?;
+                (format, chunk, generation, created, layout)
+            }
+            _ => match unpack::<(u64, u64, u64, i64)>(bytes) {
+                Ok((1, chunk, generation, created)) => {
+                    (1, chunk, generation, created, InodeLayout::Spread)
+                }
+                Ok((format, ..)) => return Err(corrupted(format!("format {format}"))),
+                Err(e) => return Err(corrupted(format!("{e:?}"))),
+            },
+        };
+    if format > FS_FORMAT || chunk_size == 0 {
+        return Err(corrupted(format!(
+            "format {format}, chunk size {chunk_size}"
         )));
     }
     Ok(Settings {
         chunk_size,
         generation,
         created_ns,
+        inode_layout,
     })
 }
 
@@ -385,10 +406,44 @@ mod tests {
             hex(encode_settings(&Settings {
                 chunk_size: 65536,
                 generation: 1,
-                created_ns: 1_700_000_000_000_000_000
+                created_ns: 1_700_000_000_000_000_000,
+                inode_layout: InodeLayout::Allocation,
             })),
         );
         insta::assert_snapshot!(text);
+    }
+
+    /// Settings written before inode layouts existed (format 1) read as
+    /// the spread layout, the one those filesystems use; a format from a
+    /// newer hafs is refused.
+    #[test]
+    fn format_1_settings_read_as_the_spread_layout() {
+        let old = pack(&(1u64, 4096u64, 3u64, 77i64));
+        let settings = decode_settings(&old).expect("format 1 decodes");
+        assert_eq!(settings.inode_layout, InodeLayout::Spread);
+        assert_eq!((settings.chunk_size, settings.generation), (4096, 3));
+        for layout in [InodeLayout::Spread, InodeLayout::Allocation] {
+            let s = Settings {
+                inode_layout: layout,
+                ..settings.clone()
+            };
+            assert_eq!(decode_settings(&encode_settings(&s)), Ok(s));
+        }
+        let newer = pack(&(FS_FORMAT + 1, 4096u64, 3u64, 77i64, "allocation"));
+        assert!(matches!(
+            decode_settings(&newer),
+            Err(FsError::Corrupted(_))
+        ));
+        let unknown = pack(&(FS_FORMAT, 4096u64, 3u64, 77i64, "sideways"));
+        assert!(matches!(
+            decode_settings(&unknown),
+            Err(FsError::Corrupted(_))
+        ));
+        let format_2_without_layout = pack(&(2u64, 4096u64, 3u64, 77i64));
+        assert!(matches!(
+            decode_settings(&format_2_without_layout),
+            Err(FsError::Corrupted(_))
+        ));
     }
 
     #[test]

@@ -85,8 +85,7 @@ pub async fn check_invariants(
     name: &str,
     mut progress: impl FnMut(u64),
 ) -> FsResult<Report> {
-    let keys = Keys::new(name);
-    let settings = crate::fs::format::read_settings(db, &keys, name).await?;
+    let (keys, settings) = crate::fs::format::open_keys(db, name).await?;
     let mut scan = Scan::default();
     let (begin, end) = keys.inodes_range();
     scan_range(

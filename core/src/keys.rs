@@ -38,18 +38,66 @@
 //! `INO`, `CHUNK`, `SEQ`, `SHARD` are integers; `NAME` is a byte string;
 //! `CLIENT` is a string. All of an inode's keys share the prefix
 //! `("hafs", FS, "ino", INO)`, so deleting an inode is one range clear.
-//! Inode numbers are bit-reversed counters (see [`crate::fs::alloc`]), which
-//! spreads new inodes over the key space instead of appending at one end.
+//!
+//! `INO` in a key is the inode's *slot*, which depends on the filesystem's
+//! [`InodeLayout`] (fixed at mkfs, stored in its settings). Inode numbers
+//! themselves are always bit-reversed counters ([`crate::fs::alloc`]: the
+//! kernel's inode hash needs them spread). Under [`InodeLayout::Spread`]
+//! the slot is the number, so inodes made together land far apart — what
+//! FoundationDB wants, as it splits shards by key range and would otherwise
+//! send every create to one storage server. Under [`InodeLayout::Allocation`]
+//! the slot is the counter (the number's bits reversed back), so inodes
+//! made together sit side by side — what a B-tree wants: a create, its
+//! close and its unlink then touch the same few pages instead of a cold
+//! one each (SQLite and memory).
 
 use foundationdb_tuple::{Bytes, Subspace};
 
 /// Inode number of the root directory.
 pub const ROOT_INO: u64 = 1;
 
+/// Where an inode's keys sit in the key space (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InodeLayout {
+    /// At the inode number (a bit-reversed counter): new inodes spread out.
+    /// Filesystems made before layouts existed use this one.
+    Spread,
+    /// At the allocation counter: new inodes side by side.
+    Allocation,
+}
+
+impl InodeLayout {
+    /// The layout for a new filesystem on a store that does (`true`,
+    /// FoundationDB) or does not split its key space across servers.
+    pub fn for_store(spreads_key_ranges: bool) -> InodeLayout {
+        if spreads_key_ranges {
+            InodeLayout::Spread
+        } else {
+            InodeLayout::Allocation
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InodeLayout::Spread => "spread",
+            InodeLayout::Allocation => "allocation",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<InodeLayout> {
+        match s {
+            "spread" => Some(InodeLayout::Spread),
+            "allocation" => Some(InodeLayout::Allocation),
+            _ => None,
+        }
+    }
+}
+
 /// The keys of one filesystem.
 #[derive(Debug, Clone)]
 pub struct Keys {
     fs: Subspace,
+    layout: InodeLayout,
 }
 
 fn name_bytes(name: &[u8]) -> Bytes<'_> {
@@ -57,9 +105,30 @@ fn name_bytes(name: &[u8]) -> Bytes<'_> {
 }
 
 impl Keys {
-    pub fn new(fs_name: &str) -> Self {
+    /// The keys of filesystem `fs_name`, laid out as its settings say
+    /// (`crate::fs::format::open_keys` reads them).
+    pub fn new(fs_name: &str, layout: InodeLayout) -> Self {
         Keys {
             fs: Subspace::all().subspace(&("hafs", fs_name)),
+            layout,
+        }
+    }
+
+    /// The settings key of `fs_name`, which sits where every layout puts it.
+    pub fn settings_of(fs_name: &str) -> Vec<u8> {
+        Keys::new(fs_name, InodeLayout::Spread).settings()
+    }
+
+    pub fn layout(&self) -> InodeLayout {
+        self.layout
+    }
+
+    /// The element that stands for `ino` in its keys. Its own inverse:
+    /// decoding a key's element with it gives the inode number back.
+    fn slot(&self, ino: u64) -> u64 {
+        match self.layout {
+            InodeLayout::Spread => ino,
+            InodeLayout::Allocation => ino.reverse_bits(),
         }
     }
 
@@ -82,7 +151,7 @@ impl Keys {
 
     /// `[begin, end)` of every key of one inode.
     pub fn inode_range(&self, ino: u64) -> (Vec<u8>, Vec<u8>) {
-        self.fs.subspace(&("ino", ino)).range()
+        self.fs.subspace(&("ino", self.slot(ino))).range()
     }
 
     /// `[begin, end)` of every inode's keys (for fsck).
@@ -95,95 +164,97 @@ impl Keys {
     pub fn inode_key_kind(&self, key: &[u8]) -> Option<(u64, String)> {
         let inodes = self.fs.subspace(&("ino",));
         if let Ok((ino, kind)) = inodes.unpack::<(u64, String)>(key) {
-            return Some((ino, kind));
+            return Some((self.slot(ino), kind));
         }
         if let Ok((ino, kind, _)) = inodes.unpack::<(u64, String, Bytes<'_>)>(key) {
-            return Some((ino, kind));
+            return Some((self.slot(ino), kind));
         }
         if let Ok((ino, kind, _)) = inodes.unpack::<(u64, String, u64)>(key) {
-            return Some((ino, kind));
+            return Some((self.slot(ino), kind));
         }
         if let Ok((ino, kind, _)) = inodes.unpack::<(u64, String, String)>(key) {
-            return Some((ino, kind));
+            return Some((self.slot(ino), kind));
         }
         if let Ok((ino, kind, _, _, _)) = inodes.unpack::<(u64, String, String, u64, u64)>(key) {
-            return Some((ino, kind));
+            return Some((self.slot(ino), kind));
         }
         inodes
             .unpack::<(u64, String, u64, String)>(key)
             .ok()
-            .map(|(ino, kind, _, _)| (ino, kind))
+            .map(|(ino, kind, _, _)| (self.slot(ino), kind))
     }
 
     pub fn attr(&self, ino: u64) -> Vec<u8> {
-        self.fs.pack(&("ino", ino, "attr"))
+        self.fs.pack(&("ino", self.slot(ino), "attr"))
     }
 
     pub fn dirent(&self, dir: u64, name: &[u8]) -> Vec<u8> {
-        self.fs.pack(&("ino", dir, "dirent", name_bytes(name)))
+        self.fs
+            .pack(&("ino", self.slot(dir), "dirent", name_bytes(name)))
     }
 
     /// `[begin, end)` of a directory's entries, in name order.
     pub fn dirents(&self, dir: u64) -> (Vec<u8>, Vec<u8>) {
-        self.fs.subspace(&("ino", dir, "dirent")).range()
+        self.fs.subspace(&("ino", self.slot(dir), "dirent")).range()
     }
 
     /// The entry name of a key inside [`Keys::dirents`].
     pub fn dirent_name(&self, dir: u64, key: &[u8]) -> Option<Vec<u8>> {
         self.fs
-            .subspace(&("ino", dir, "dirent"))
+            .subspace(&("ino", self.slot(dir), "dirent"))
             .unpack::<(Bytes<'_>,)>(key)
             .ok()
             .map(|(name,)| name.0.into_owned())
     }
 
     pub fn chunk(&self, ino: u64, index: u64) -> Vec<u8> {
-        self.fs.pack(&("ino", ino, "data", index))
+        self.fs.pack(&("ino", self.slot(ino), "data", index))
     }
 
     /// `[begin, end)` of chunks `from..` of a file.
     pub fn chunks_from(&self, ino: u64, from: u64) -> (Vec<u8>, Vec<u8>) {
-        let (_, end) = self.fs.subspace(&("ino", ino, "data")).range();
+        let (_, end) = self.fs.subspace(&("ino", self.slot(ino), "data")).range();
         (self.chunk(ino, from), end)
     }
 
     /// The chunk index of a key inside a file's chunk range.
     pub fn chunk_index(&self, ino: u64, key: &[u8]) -> Option<u64> {
         self.fs
-            .subspace(&("ino", ino, "data"))
+            .subspace(&("ino", self.slot(ino), "data"))
             .unpack::<(u64,)>(key)
             .ok()
             .map(|(i,)| i)
     }
 
     pub fn symlink(&self, ino: u64) -> Vec<u8> {
-        self.fs.pack(&("ino", ino, "link"))
+        self.fs.pack(&("ino", self.slot(ino), "link"))
     }
 
     pub fn xattr(&self, ino: u64, name: &[u8]) -> Vec<u8> {
-        self.fs.pack(&("ino", ino, "xattr", name_bytes(name)))
+        self.fs
+            .pack(&("ino", self.slot(ino), "xattr", name_bytes(name)))
     }
 
     pub fn xattrs(&self, ino: u64) -> (Vec<u8>, Vec<u8>) {
-        self.fs.subspace(&("ino", ino, "xattr")).range()
+        self.fs.subspace(&("ino", self.slot(ino), "xattr")).range()
     }
 
     pub fn xattr_name(&self, ino: u64, key: &[u8]) -> Option<Vec<u8>> {
         self.fs
-            .subspace(&("ino", ino, "xattr"))
+            .subspace(&("ino", self.slot(ino), "xattr"))
             .unpack::<(Bytes<'_>,)>(key)
             .ok()
             .map(|(name,)| name.0.into_owned())
     }
 
     pub fn open_handles(&self, ino: u64, client: &str) -> Vec<u8> {
-        self.fs.pack(&("ino", ino, "open", client))
+        self.fs.pack(&("ino", self.slot(ino), "open", client))
     }
 
     /// The client of a key in [`Keys::open_handles_all`].
     pub fn open_client(&self, ino: u64, key: &[u8]) -> Option<String> {
         self.fs
-            .subspace(&("ino", ino, "open"))
+            .subspace(&("ino", self.slot(ino), "open"))
             .unpack::<(String,)>(key)
             .ok()
             .map(|(c,)| c)
@@ -191,19 +262,19 @@ impl Keys {
 
     /// `[begin, end)` of every client's open-handle count of one inode.
     pub fn open_handles_all(&self, ino: u64) -> (Vec<u8>, Vec<u8>) {
-        self.fs.subspace(&("ino", ino, "open")).range()
+        self.fs.subspace(&("ino", self.slot(ino), "open")).range()
     }
 
     pub fn subvolume_counter(&self, subvol: u64, shard: u64, what: Counter) -> Vec<u8> {
         self.fs
-            .pack(&("ino", subvol, "count", shard, what.as_str()))
+            .pack(&("ino", self.slot(subvol), "count", shard, what.as_str()))
     }
 
     /// What a key inside [`Keys::subvolume_counters`] counts.
     pub fn subvolume_counter_kind(&self, subvol: u64, key: &[u8]) -> Option<Counter> {
         let (_shard, what) = self
             .fs
-            .subspace(&("ino", subvol, "count"))
+            .subspace(&("ino", self.slot(subvol), "count"))
             .unpack::<(u64, String)>(key)
             .ok()?;
         match what.as_str() {
@@ -215,11 +286,13 @@ impl Keys {
 
     /// `[begin, end)` of every counter of one subvolume.
     pub fn subvolume_counters(&self, subvol: u64) -> (Vec<u8>, Vec<u8>) {
-        self.fs.subspace(&("ino", subvol, "count")).range()
+        self.fs
+            .subspace(&("ino", self.slot(subvol), "count"))
+            .range()
     }
 
     pub fn unlinked(&self, ino: u64) -> Vec<u8> {
-        self.fs.pack(&("unlinked", ino))
+        self.fs.pack(&("unlinked", self.slot(ino)))
     }
 
     pub fn unlinked_all(&self) -> (Vec<u8>, Vec<u8>) {
@@ -231,7 +304,7 @@ impl Keys {
             .subspace(&("unlinked",))
             .unpack::<(u64,)>(key)
             .ok()
-            .map(|(i,)| i)
+            .map(|(i,)| self.slot(i))
     }
 
     pub fn idempotency_marker(&self, client: &str, seq: u64) -> Vec<u8> {
@@ -263,7 +336,7 @@ impl Keys {
     }
 
     pub fn client_open(&self, client: &str, ino: u64) -> Vec<u8> {
-        self.fs.pack(&("client", client, "open", ino))
+        self.fs.pack(&("client", client, "open", self.slot(ino)))
     }
 
     pub fn client_opens(&self, client: &str) -> (Vec<u8>, Vec<u8>) {
@@ -271,7 +344,7 @@ impl Keys {
     }
 
     pub fn client_lock(&self, client: &str, ino: u64) -> Vec<u8> {
-        self.fs.pack(&("client", client, "lock", ino))
+        self.fs.pack(&("client", client, "lock", self.slot(ino)))
     }
 
     pub fn client_locks(&self, client: &str) -> (Vec<u8>, Vec<u8>) {
@@ -284,7 +357,7 @@ impl Keys {
             .subspace(&("client", client))
             .unpack::<(String, u64)>(key)
             .ok()
-            .map(|(_, ino)| ino)
+            .map(|(_, ino)| self.slot(ino))
     }
 
     /// The client of a key in [`Keys::client_range`]-style ranges, for
@@ -306,12 +379,13 @@ impl Keys {
     }
 
     pub fn lock(&self, ino: u64, client: &str, owner: u64, start: u64) -> Vec<u8> {
-        self.fs.pack(&("ino", ino, "lock", client, owner, start))
+        self.fs
+            .pack(&("ino", self.slot(ino), "lock", client, owner, start))
     }
 
     /// `[begin, end)` of every held lock on `ino`.
     pub fn locks(&self, ino: u64) -> (Vec<u8>, Vec<u8>) {
-        self.fs.subspace(&("ino", ino, "lock")).range()
+        self.fs.subspace(&("ino", self.slot(ino), "lock")).range()
     }
 
     /// `[begin, end)` of the locks of one client (and owner) on `ino`.
@@ -319,39 +393,45 @@ impl Keys {
         match owner {
             Some(owner) => self
                 .fs
-                .subspace(&("ino", ino, "lock", client, owner))
+                .subspace(&("ino", self.slot(ino), "lock", client, owner))
                 .range(),
-            None => self.fs.subspace(&("ino", ino, "lock", client)).range(),
+            None => self
+                .fs
+                .subspace(&("ino", self.slot(ino), "lock", client))
+                .range(),
         }
     }
 
     /// (client, owner, start) of a key in [`Keys::locks`].
     pub fn lock_id(&self, ino: u64, key: &[u8]) -> Option<(String, u64, u64)> {
-        self.fs.subspace(&("ino", ino, "lock")).unpack(key).ok()
+        self.fs
+            .subspace(&("ino", self.slot(ino), "lock"))
+            .unpack(key)
+            .ok()
     }
 
     pub fn lock_waiter(&self, ino: u64, ticket: u64) -> Vec<u8> {
-        self.fs.pack(&("ino", ino, "lockq", ticket))
+        self.fs.pack(&("ino", self.slot(ino), "lockq", ticket))
     }
 
     pub fn lock_waiters(&self, ino: u64) -> (Vec<u8>, Vec<u8>) {
-        self.fs.subspace(&("ino", ino, "lockq")).range()
+        self.fs.subspace(&("ino", self.slot(ino), "lockq")).range()
     }
 
     pub fn lock_waiter_ticket(&self, ino: u64, key: &[u8]) -> Option<u64> {
         self.fs
-            .subspace(&("ino", ino, "lockq"))
+            .subspace(&("ino", self.slot(ino), "lockq"))
             .unpack::<(u64,)>(key)
             .ok()
             .map(|(t,)| t)
     }
 
     pub fn lock_sequence(&self, ino: u64) -> Vec<u8> {
-        self.fs.pack(&("ino", ino, "lockseq"))
+        self.fs.pack(&("ino", self.slot(ino), "lockseq"))
     }
 
     pub fn lock_version(&self, ino: u64) -> Vec<u8> {
-        self.fs.pack(&("ino", ino, "lockver"))
+        self.fs.pack(&("ino", self.slot(ino), "lockver"))
     }
 
     /// A mounted client's registration (written by the sessions layer).
@@ -444,7 +524,15 @@ mod tests {
     /// The encoded layout, so any change to it is a visible diff.
     #[test]
     fn key_layout() {
-        let k = Keys::new("fs");
+        insta::assert_snapshot!(layout_text(InodeLayout::Spread));
+        insta::assert_snapshot!(
+            "key_layout_allocation",
+            layout_text(InodeLayout::Allocation)
+        );
+    }
+
+    fn layout_text(layout: InodeLayout) -> String {
+        let k = Keys::new("fs", layout);
         let lines = [
             ("version", k.version()),
             ("settings", k.settings()),
@@ -473,16 +561,15 @@ mod tests {
             ("clients(c1)", k.session("c1")),
             ("registry(fs)", Keys::registry("fs")),
         ];
-        let text: String = lines
+        lines
             .iter()
             .map(|(what, key)| format!("{what:<20} {}\n", printable(key)))
-            .collect();
-        insta::assert_snapshot!(text);
+            .collect()
     }
 
     #[test]
     fn names_round_trip_and_sort_within_a_directory() {
-        let k = Keys::new("fs");
+        let k = Keys::new("fs", InodeLayout::Allocation);
         let (begin, end) = k.dirents(5);
         for name in [&b""[..], b"a", b"\0", b"\xff\xff", b"z\0z"] {
             let key = k.dirent(5, name);
@@ -497,8 +584,17 @@ mod tests {
 
     #[test]
     fn every_inode_key_has_a_kind() {
-        let k = Keys::new("fs");
+        for layout in [InodeLayout::Spread, InodeLayout::Allocation] {
+            every_inode_key_has_a_kind_in(layout);
+        }
+    }
+
+    fn every_inode_key_has_a_kind_in(layout: InodeLayout) {
+        let k = Keys::new("fs", layout);
         let ino = u64::MAX - 3;
+        assert_eq!(k.unlinked_ino(&k.unlinked(ino)), Some(ino));
+        assert_eq!(k.client_index_ino("c", &k.client_open("c", ino)), Some(ino));
+        assert_eq!(k.client_index_ino("c", &k.client_lock("c", ino)), Some(ino));
         for (key, kind) in [
             (k.attr(ino), "attr"),
             (k.dirent(ino, b"n\0"), "dirent"),
@@ -519,10 +615,33 @@ mod tests {
 
     #[test]
     fn chunk_ranges_start_at_the_index() {
-        let k = Keys::new("fs");
+        let k = Keys::new("fs", InodeLayout::Allocation);
         let (begin, end) = k.chunks_from(9, 4);
         assert!(k.chunk(9, 3) < begin);
         assert!(begin <= k.chunk(9, 4) && k.chunk(9, 1 << 40) < end);
         assert_eq!(k.chunk_index(9, &k.chunk(9, 12345)), Some(12345));
+    }
+
+    /// Under the allocation layout, inodes numbered from consecutive
+    /// counters get adjacent keys (the point of the layout); under the
+    /// spread layout they land far apart, and the settings key sits where
+    /// every layout puts it.
+    #[test]
+    fn layouts_order_new_inodes_as_documented() {
+        use crate::fs::alloc::inode_number;
+        let spread = Keys::new("fs", InodeLayout::Spread);
+        let dense = Keys::new("fs", InodeLayout::Allocation);
+        let mut by_counter: Vec<Vec<u8>> = (2..200).map(|c| dense.attr(inode_number(c))).collect();
+        assert!(by_counter.windows(2).all(|w| w[0] < w[1]));
+        // Nothing of another inode falls between two consecutive ones.
+        let (_, end_of_2) = dense.inode_range(inode_number(2));
+        assert!(end_of_2 <= dense.attr(inode_number(3)));
+        by_counter = (2..200).map(|c| spread.attr(inode_number(c))).collect();
+        assert!(!by_counter.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(Keys::settings_of("fs"), dense.settings());
+        assert_eq!(spread.settings(), dense.settings());
+        for layout in [InodeLayout::Spread, InodeLayout::Allocation] {
+            assert_eq!(InodeLayout::parse(layout.as_str()), Some(layout));
+        }
     }
 }

@@ -17,7 +17,7 @@ use hafs_core::clock::{Clock, TokioClock};
 use hafs_core::ctx::{Caller, FsOptions};
 use hafs_core::error::FsError;
 use hafs_core::fs::{mkfs, Fs, MkfsOptions};
-use hafs_core::keys::{Keys, ROOT_INO};
+use hafs_core::keys::{InodeLayout, Keys, ROOT_INO};
 use hafs_core::kv::mem::MemBackend;
 use hafs_core::kv::Database;
 
@@ -65,7 +65,8 @@ fn keep(fs: &Arc<Fs>, expiry: Duration) -> (Arc<CacheGate>, tokio::task::JoinHan
 }
 
 async fn lease_held(db: &Database, client: &str) -> bool {
-    let key = Keys::new("fs").cache_lease(client);
+    // Lease keys sit where every inode layout puts them.
+    let key = Keys::new("fs", InodeLayout::Allocation).cache_lease(client);
     db.read(|txn| {
         let key = key.clone();
         async move { txn.get(&key).await }

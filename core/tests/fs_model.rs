@@ -12,12 +12,13 @@ mod model;
 use std::sync::Arc;
 
 use hafs_core::clock::ManualClock;
+use hafs_core::keys::InodeLayout;
 use hafs_core::kv::mem::MemBackend;
 use hafs_core::kv::Database;
 use model::world::{op, Op, World};
 use proptest::prelude::*;
 
-fn run(ops: &[Op]) -> Result<(), String> {
+fn run(layout: InodeLayout, ops: &[Op]) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -25,7 +26,7 @@ fn run(ops: &[Op]) -> Result<(), String> {
     runtime.block_on(async {
         let clock = ManualClock::new();
         let db = Database::new(Arc::new(MemBackend::new(clock.clone())), clock.clone(), 1);
-        let mut world = World::new(db, Some(clock), "fs", ["c1", "c2"])
+        let mut world = World::new(db, Some(clock), "fs", ["c1", "c2"], layout)
             .await
             .map_err(|e| format!("setup: {e}"))?;
         for (i, op) in ops.iter().enumerate() {
@@ -45,8 +46,9 @@ proptest! {
     })]
 
     #[test]
-    fn core_matches_model(ops in prop::collection::vec(op(), 1..80)) {
-        if let Err(e) = run(&ops) {
+    fn core_matches_model(spread in any::<bool>(), ops in prop::collection::vec(op(), 1..80)) {
+        let layout = if spread { InodeLayout::Spread } else { InodeLayout::Allocation };
+        if let Err(e) = run(layout, &ops) {
             prop_assert!(false, "{}", e);
         }
     }

@@ -12,7 +12,7 @@ use hafs_core::ctx::{Caller, FsOptions};
 use hafs_core::error::FsError;
 use hafs_core::fs::{mkfs, Fs, MkfsOptions};
 use hafs_core::fsck::check_invariants;
-use hafs_core::keys::{Keys, ROOT_INO};
+use hafs_core::keys::ROOT_INO;
 use hafs_core::kv::fault::{CommitFault, FaultPlan, FaultyBackend, ReadFault};
 use hafs_core::kv::mem::MemBackend;
 use hafs_core::kv::{CommitRequest, Database};
@@ -52,7 +52,7 @@ async fn deferred_closes_keep_the_record_until_a_batch_clears_it() {
         ..FsOptions::default()
     };
     let fs = deferring(&db, options).await;
-    let keys = Keys::new("fs");
+    let keys = fs.keys().clone();
     let root = Caller::root();
 
     let f = create(&fs, b"f").await;
@@ -122,7 +122,7 @@ async fn a_reopen_after_an_ambiguous_batch_writes_its_record_again() {
     // Every attempt cleared the record, and each said it did not know.
     assert!(fs.clear_deferred_releases().await.is_err());
     plan.0.store(false, Ordering::Relaxed);
-    let record = Keys::new("fs").open_handles(f.ino, "c");
+    let record = fs.keys().open_handles(f.ino, "c");
     assert!(!stored(&db, record.clone()).await);
     fs.open_file(&root, f.ino, libc::O_RDONLY).await.unwrap();
     assert!(

@@ -50,9 +50,9 @@ async fn tree() -> Tree {
         .await
         .unwrap();
     Tree {
+        keys: fs.keys().clone(),
         fs,
         db,
-        keys: Keys::new("fs"),
         dir,
         sub,
         file,

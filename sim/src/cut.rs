@@ -61,6 +61,10 @@ impl Backend for CutBackend {
         "cut"
     }
 
+    fn spreads_key_ranges(&self) -> bool {
+        self.inner.spreads_key_ranges()
+    }
+
     async fn begin(&self) -> KvResult<Box<dyn BackendTxn>> {
         round_trip(self.clock.as_ref(), self.latency).await;
         self.cut.check()?;

@@ -23,7 +23,7 @@ use hafs_core::ctx::{Caller, Ctx, FsOptions};
 use hafs_core::error::FsError;
 use hafs_core::fs::{mkfs, Fs, MkfsOptions};
 use hafs_core::fsck::check_invariants;
-use hafs_core::keys::ROOT_INO;
+use hafs_core::keys::{InodeLayout, ROOT_INO};
 use hafs_core::kv::fault::{FaultCounters, FaultRates, FaultyBackend, RandomFaults};
 use hafs_core::kv::mem::MemBackend;
 use hafs_core::kv::{Backend, Database};
@@ -184,9 +184,18 @@ async fn simulate(config: RunConfig) -> RunReport {
     let faulty = FaultyBackend::new(Arc::new(mem.clone()), plan, clock.clone());
     let counters: Arc<FaultCounters> = faulty.counters().clone();
     let admin = Database::new(Arc::new(mem.clone()), clock.clone(), config.seed);
-    mkfs(&admin, "fs", MkfsOptions::default())
-        .await
-        .expect("mkfs");
+    // Both inode layouts, by seed: the same operations must hold under
+    // either placement of keys.
+    let inode_layout = if config.seed.is_multiple_of(2) {
+        InodeLayout::Allocation
+    } else {
+        InodeLayout::Spread
+    };
+    let options = MkfsOptions {
+        inode_layout: Some(inode_layout),
+        ..MkfsOptions::default()
+    };
+    mkfs(&admin, "fs", options).await.expect("mkfs");
     let inodes = setup(&admin, config.workload).await;
     let shared = Arc::new(Shared {
         clock: clock.clone(),
@@ -511,6 +520,11 @@ async fn model_step(fs: &Fs, shared: &Shared, rng: &mut ChaCha8Rng) -> Result<()
         None,
         &name,
         [&format!("{id}-m{n}a"), &format!("{id}-m{n}b")],
+        if n.is_multiple_of(2) {
+            InodeLayout::Allocation
+        } else {
+            InodeLayout::Spread
+        },
     )
     .await;
     let Ok(mut world) = world else {
@@ -942,8 +956,10 @@ async fn heal_and_wait(shared: &Shared, handle: &Handle, nodes: &[NodeHandle]) -
 /// Who holds or waits for each lock file, and who is attached (for
 /// diagnosing a liveness failure).
 async fn lock_state(shared: &Shared) -> String {
-    let keys = hafs_core::keys::Keys::new("fs");
     let db = Database::new(shared.faulty.clone(), shared.clock.clone(), 0);
+    let Ok((keys, _)) = hafs_core::fs::open_keys(&db, "fs").await else {
+        return "unreadable".into();
+    };
     let Ok(txn) = db.begin().await else {
         return "unreadable".into();
     };
@@ -976,7 +992,11 @@ async fn check(shared: &Shared, admin: &Database) -> Vec<String> {
     let mut violations = Vec::new();
     // An eviction whose evictor was stopped midway is finished by the next
     // gc (live clients run one every few beats; `hafs gc` on demand).
-    if let Err(e) = session::gc(admin, &hafs_core::keys::Keys::new("fs")).await {
+    let gc = match hafs_core::fs::open_keys(admin, "fs").await {
+        Ok((keys, _)) => session::gc(admin, &keys).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = gc {
         violations.push(format!("gc failed: {e}"));
     }
     match check_invariants(admin, "fs", |_| {}).await {

@@ -4,20 +4,23 @@
 //! [`BATCH`] counter values in one small transaction and then hands them out
 //! without touching the KV, so creates on many clients do not serialize on
 //! one hot key. A number is the counter value with its bits reversed (as the
-//! original HAFS does), which spreads inodes created together over the key
-//! space (FoundationDB splits shards by key range). The counter only grows,
-//! so a number is never reused; mkfs over an existing filesystem bumps the
-//! generation instead.
+//! original HAFS does). The counter only grows, so a number is never reused;
+//! mkfs over an existing filesystem bumps the generation instead.
 //!
-//! The reversal also keeps the *kernel* fast, measured 2026-12-02: with
-//! plain counter values (tried to cut the cold B-tree page each create
-//! reads on SQLite: 6.9 instead of 16.6 page reads per create), four
-//! processes creating files ran 2.7× slower on SQLite (1,455 vs 3,931
+//! Where a number's keys sit is the filesystem's inode layout
+//! ([`crate::keys::InodeLayout`]): at the number (spread, for FoundationDB)
+//! or at the counter (side by side, for SQLite's B-tree).
+//!
+//! The FUSE adapter hands the kernel the counter again (`swap_ino`), and
+//! the kernel's inode hash needs exactly that, measured 2026-12-02: with
+//! numbers equal to the counter (so the kernel got the reversed values),
+//! four processes creating files ran 2.7× slower on SQLite (1,455 vs 3,931
 //! creates/s) and 4.3× slower on `mem:` (1,589 vs 6,901), slower the more
-//! files existed. The time was in the creating process, in the kernel:
-//! 8,000 creates took 5.5 s of system time instead of 0.6, two thirds of
-//! it in `fuse_iget` → `find_inode` → `fuse_inode_eq` — the kernel's inode
-//! hash put consecutive node ids on few chains. Keep node ids spread.
+//! files existed: 8,000 creates took 5.5 s of system time instead of 0.6,
+//! two thirds of it in `fuse_iget` → `find_inode` → `fuse_inode_eq`, as
+//! node ids differing only in their high bits share few hash chains. That
+//! experiment wanted dense *keys*; the allocation layout gives them without
+//! touching node ids (+20–60% creates/s on SQLite, 2026-12-04).
 
 use parking_lot::Mutex;
 

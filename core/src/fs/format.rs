@@ -2,7 +2,7 @@
 
 use crate::codec::{self, Attr, Settings, FS_FORMAT};
 use crate::error::{FsError, FsResult};
-use crate::keys::{Keys, ROOT_INO};
+use crate::keys::{InodeLayout, Keys, ROOT_INO};
 use crate::kv::{Database, RangeOptions};
 
 /// Default bytes per data chunk, chosen by measurement
@@ -25,6 +25,9 @@ pub struct MkfsOptions {
     pub root_uid: u32,
     pub root_gid: u32,
     pub root_mode: u32,
+    /// Where inodes' keys sit; `None`: the store's choice
+    /// ([`InodeLayout::for_store`]).
+    pub inode_layout: Option<InodeLayout>,
 }
 
 impl Default for MkfsOptions {
@@ -35,6 +38,7 @@ impl Default for MkfsOptions {
             root_uid: 0,
             root_gid: 0,
             root_mode: 0o755,
+            inode_layout: None,
         }
     }
 }
@@ -44,7 +48,10 @@ pub async fn mkfs(db: &Database, name: &str, options: MkfsOptions) -> FsResult<(
     if options.chunk_size == 0 || options.chunk_size > crate::limits::VALUE_BYTES_MAX as u64 {
         return Err(FsError::Invalid);
     }
-    let keys = Keys::new(name);
+    let layout = options
+        .inode_layout
+        .unwrap_or_else(|| InodeLayout::for_store(db.backend().spreads_key_ranges()));
+    let keys = Keys::new(name, layout);
     let now = db.clock().wall_ns();
     db.run(|txn, maybe_committed| {
         let keys = keys.clone();
@@ -71,6 +78,7 @@ pub async fn mkfs(db: &Database, name: &str, options: MkfsOptions) -> FsResult<(
                 chunk_size: options.chunk_size,
                 generation,
                 created_ns: now,
+                inode_layout: layout,
             };
             txn.set(&keys.settings(), &codec::encode_settings(&settings));
             let root = Attr {
@@ -100,7 +108,12 @@ pub async fn mkfs(db: &Database, name: &str, options: MkfsOptions) -> FsResult<(
 /// Remove filesystem `name`. Refuses (`Busy`) while it holds anything but an
 /// empty root or while clients are attached, unless `force`.
 pub async fn rmfs(db: &Database, name: &str, force: bool) -> FsResult<()> {
-    let keys = Keys::new(name);
+    let keys = match open_keys(db, name).await {
+        Ok((keys, _)) => keys,
+        // Nothing to remove; the transaction below says so.
+        Err(FsError::NotFormatted(_)) => Keys::new(name, InodeLayout::Spread),
+        Err(e) => return Err(e),
+    };
     db.run(|txn, maybe_committed| {
         let keys = keys.clone();
         async move {
@@ -170,12 +183,24 @@ pub async fn list_filesystems(db: &Database) -> FsResult<Vec<String>> {
 }
 
 /// The settings of filesystem `name`, or `NotFormatted`.
-pub async fn read_settings(db: &Database, keys: &Keys, name: &str) -> FsResult<Settings> {
-    db.read(|txn| async move {
-        match txn.get(&keys.settings()).await? {
-            Some(bytes) => codec::decode_settings(&bytes),
-            None => Err(FsError::NotFormatted(name.to_string())),
+pub async fn read_settings(db: &Database, name: &str) -> FsResult<Settings> {
+    let key = Keys::settings_of(name);
+    db.read(|txn| {
+        let key = key.clone();
+        async move {
+            match txn.get(&key).await? {
+                Some(bytes) => codec::decode_settings(&bytes),
+                None => Err(FsError::NotFormatted(name.to_string())),
+            }
         }
     })
     .await
+}
+
+/// The keys of filesystem `name` as its settings lay them out, and the
+/// settings; `NotFormatted` if there is no such filesystem. Every tool
+/// that touches an existing filesystem's inodes starts here.
+pub async fn open_keys(db: &Database, name: &str) -> FsResult<(Keys, Settings)> {
+    let settings = read_settings(db, name).await?;
+    Ok((Keys::new(name, settings.inode_layout), settings))
 }

@@ -26,7 +26,7 @@ use crate::keys::Keys;
 use crate::kv::{Database, KvError, Transaction};
 use crate::limits::SETTLE_AFTER;
 
-pub use format::{list_filesystems, mkfs, rmfs, MkfsOptions};
+pub use format::{list_filesystems, mkfs, open_keys, rmfs, MkfsOptions};
 
 /// How many recent operations of a client keep their idempotency marker.
 pub const IDEMPOTENCY_WINDOW: u64 = 4096;
@@ -135,8 +135,7 @@ impl Fs {
         info: &ClientInfo,
         options: FsOptions,
     ) -> FsResult<Fs> {
-        let keys = Keys::new(name);
-        let settings = format::read_settings(&db, &keys, name).await?;
+        let (keys, settings) = format::open_keys(&db, name).await?;
         crate::session::attach(&db, &keys, info).await?;
         // Before this client changes anything, no other mount may still be
         // caching on the belief that it is alone.

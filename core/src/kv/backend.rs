@@ -28,6 +28,14 @@ pub trait Backend: Send + Sync + Debug {
         false
     }
 
+    /// Whether the store splits its key space by range across servers
+    /// (FoundationDB), so that keys written together should be spread out
+    /// rather than side by side. Decides a new filesystem's inode layout
+    /// (`crate::keys::InodeLayout`).
+    fn spreads_key_ranges(&self) -> bool {
+        false
+    }
+
     /// Start a transaction: fix its read version. Every read of the returned
     /// snapshot sees exactly the commits with version ≤ that read version.
     async fn begin(&self) -> KvResult<Box<dyn BackendTxn>>;

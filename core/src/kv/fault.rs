@@ -215,6 +215,10 @@ impl Backend for FaultyBackend {
         self.inner.is_local()
     }
 
+    fn spreads_key_ranges(&self) -> bool {
+        self.inner.spreads_key_ranges()
+    }
+
     async fn begin(&self) -> KvResult<Box<dyn BackendTxn>> {
         self.read_fault().await?;
         Ok(Box::new(FaultyTxn {

@@ -124,6 +124,10 @@ impl Backend for FdbBackend {
         "fdb"
     }
 
+    fn spreads_key_ranges(&self) -> bool {
+        true
+    }
+
     async fn begin(&self) -> KvResult<Box<dyn BackendTxn>> {
         let txn = self.db.create_trx().map_err(map_fdb)?;
         let read_version = to_version(txn.get_read_version().await.map_err(map_fdb)?)?;

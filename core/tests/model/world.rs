@@ -19,6 +19,7 @@ use hafs_core::ctx::{Caller, FsOptions, DEFAULT_UNLINK_GRACE_NS};
 use hafs_core::error::FsError;
 use hafs_core::fs::{mkfs, Fs, MkfsOptions};
 use hafs_core::fsck::check_invariants;
+use hafs_core::keys::InodeLayout;
 use hafs_core::kv::Database;
 use hafs_core::ops::setattr::SetAttr;
 use hafs_core::ops::write::WriteAt;
@@ -304,16 +305,19 @@ pub struct World {
 }
 
 impl World {
-    /// A new filesystem `fs_name` in `db`, with two clients `ids`.
+    /// A new filesystem `fs_name` in `db` with its inodes' keys laid out by
+    /// `layout`, with two clients `ids`.
     pub async fn new(
         db: Database,
         clock: Option<Arc<ManualClock>>,
         fs_name: &str,
         ids: [&str; 2],
+        layout: InodeLayout,
     ) -> Result<World, FsError> {
         let options = MkfsOptions {
             root_mode: ROOT_MODE,
             chunk_size: 512,
+            inode_layout: Some(layout),
             ..MkfsOptions::default()
         };
         mkfs(&db, fs_name, options).await?;
