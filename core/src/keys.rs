@@ -51,7 +51,12 @@
 //! close and its unlink then touch the same few pages instead of a cold
 //! one each (SQLite and memory).
 
-use foundationdb_tuple::{Bytes, Subspace};
+use foundationdb_tuple::{pack_into, Bytes, Subspace, TuplePack};
+
+/// Room reserved for a key's tuple past the filesystem prefix: every fixed
+/// key shape fits (an inode slot is at most 9 bytes, a kind name 8), names
+/// and client ids may still grow the key.
+const KEY_TAIL_BYTES: usize = 48;
 
 /// Inode number of the root directory.
 pub const ROOT_INO: u64 = 1;
@@ -123,6 +128,18 @@ impl Keys {
         self.layout
     }
 
+    /// `self.fs.pack(t)` with room for the tuple from the start:
+    /// `Subspace::pack` clones the prefix at its exact length, so the first
+    /// byte of the tuple reallocates — two allocations per key, on every
+    /// key of every operation.
+    fn pack<T: TuplePack>(&self, t: &T) -> Vec<u8> {
+        let prefix = self.fs.bytes();
+        let mut key = Vec::with_capacity(prefix.len() + KEY_TAIL_BYTES);
+        key.extend_from_slice(prefix);
+        pack_into(t, &mut key);
+        key
+    }
+
     /// The element that stands for `ino` in its keys. Its own inverse:
     /// decoding a key's element with it gives the inode number back.
     fn slot(&self, ino: u64) -> u64 {
@@ -138,15 +155,15 @@ impl Keys {
     }
 
     pub fn version(&self) -> Vec<u8> {
-        self.fs.pack(&("version",))
+        self.pack(&("version",))
     }
 
     pub fn settings(&self) -> Vec<u8> {
-        self.fs.pack(&("settings",))
+        self.pack(&("settings",))
     }
 
     pub fn inode_allocator(&self) -> Vec<u8> {
-        self.fs.pack(&("inoalloc",))
+        self.pack(&("inoalloc",))
     }
 
     /// `[begin, end)` of every key of one inode.
@@ -185,12 +202,11 @@ impl Keys {
     }
 
     pub fn attr(&self, ino: u64) -> Vec<u8> {
-        self.fs.pack(&("ino", self.slot(ino), "attr"))
+        self.pack(&("ino", self.slot(ino), "attr"))
     }
 
     pub fn dirent(&self, dir: u64, name: &[u8]) -> Vec<u8> {
-        self.fs
-            .pack(&("ino", self.slot(dir), "dirent", name_bytes(name)))
+        self.pack(&("ino", self.slot(dir), "dirent", name_bytes(name)))
     }
 
     /// `[begin, end)` of a directory's entries, in name order.
@@ -208,7 +224,7 @@ impl Keys {
     }
 
     pub fn chunk(&self, ino: u64, index: u64) -> Vec<u8> {
-        self.fs.pack(&("ino", self.slot(ino), "data", index))
+        self.pack(&("ino", self.slot(ino), "data", index))
     }
 
     /// `[begin, end)` of chunks `from..` of a file.
@@ -227,12 +243,11 @@ impl Keys {
     }
 
     pub fn symlink(&self, ino: u64) -> Vec<u8> {
-        self.fs.pack(&("ino", self.slot(ino), "link"))
+        self.pack(&("ino", self.slot(ino), "link"))
     }
 
     pub fn xattr(&self, ino: u64, name: &[u8]) -> Vec<u8> {
-        self.fs
-            .pack(&("ino", self.slot(ino), "xattr", name_bytes(name)))
+        self.pack(&("ino", self.slot(ino), "xattr", name_bytes(name)))
     }
 
     pub fn xattrs(&self, ino: u64) -> (Vec<u8>, Vec<u8>) {
@@ -248,7 +263,7 @@ impl Keys {
     }
 
     pub fn open_handles(&self, ino: u64, client: &str) -> Vec<u8> {
-        self.fs.pack(&("ino", self.slot(ino), "open", client))
+        self.pack(&("ino", self.slot(ino), "open", client))
     }
 
     /// The client of a key in [`Keys::open_handles_all`].
@@ -266,8 +281,7 @@ impl Keys {
     }
 
     pub fn subvolume_counter(&self, subvol: u64, shard: u64, what: Counter) -> Vec<u8> {
-        self.fs
-            .pack(&("ino", self.slot(subvol), "count", shard, what.as_str()))
+        self.pack(&("ino", self.slot(subvol), "count", shard, what.as_str()))
     }
 
     /// What a key inside [`Keys::subvolume_counters`] counts.
@@ -292,7 +306,7 @@ impl Keys {
     }
 
     pub fn unlinked(&self, ino: u64) -> Vec<u8> {
-        self.fs.pack(&("unlinked", self.slot(ino)))
+        self.pack(&("unlinked", self.slot(ino)))
     }
 
     pub fn unlinked_all(&self) -> (Vec<u8>, Vec<u8>) {
@@ -308,7 +322,7 @@ impl Keys {
     }
 
     pub fn idempotency_marker(&self, client: &str, seq: u64) -> Vec<u8> {
-        self.fs.pack(&("client", client, "idem", seq))
+        self.pack(&("client", client, "idem", seq))
     }
 
     /// `[begin, end)` of a client's markers with `first <= seq < end` (the
@@ -326,17 +340,17 @@ impl Keys {
     }
 
     pub fn client_heartbeat(&self, client: &str) -> Vec<u8> {
-        self.fs.pack(&("client", client, "heartbeat"))
+        self.pack(&("client", client, "heartbeat"))
     }
 
     /// Wall time of the client's last heartbeat, for display only (expiry
     /// never compares wall clocks across hosts).
     pub fn client_beat_time(&self, client: &str) -> Vec<u8> {
-        self.fs.pack(&("client", client, "beat_at"))
+        self.pack(&("client", client, "beat_at"))
     }
 
     pub fn client_open(&self, client: &str, ino: u64) -> Vec<u8> {
-        self.fs.pack(&("client", client, "open", self.slot(ino)))
+        self.pack(&("client", client, "open", self.slot(ino)))
     }
 
     pub fn client_opens(&self, client: &str) -> (Vec<u8>, Vec<u8>) {
@@ -344,7 +358,7 @@ impl Keys {
     }
 
     pub fn client_lock(&self, client: &str, ino: u64) -> Vec<u8> {
-        self.fs.pack(&("client", client, "lock", self.slot(ino)))
+        self.pack(&("client", client, "lock", self.slot(ino)))
     }
 
     pub fn client_locks(&self, client: &str) -> (Vec<u8>, Vec<u8>) {
@@ -379,8 +393,7 @@ impl Keys {
     }
 
     pub fn lock(&self, ino: u64, client: &str, owner: u64, start: u64) -> Vec<u8> {
-        self.fs
-            .pack(&("ino", self.slot(ino), "lock", client, owner, start))
+        self.pack(&("ino", self.slot(ino), "lock", client, owner, start))
     }
 
     /// `[begin, end)` of every held lock on `ino`.
@@ -411,7 +424,7 @@ impl Keys {
     }
 
     pub fn lock_waiter(&self, ino: u64, ticket: u64) -> Vec<u8> {
-        self.fs.pack(&("ino", self.slot(ino), "lockq", ticket))
+        self.pack(&("ino", self.slot(ino), "lockq", ticket))
     }
 
     pub fn lock_waiters(&self, ino: u64) -> (Vec<u8>, Vec<u8>) {
@@ -427,16 +440,16 @@ impl Keys {
     }
 
     pub fn lock_sequence(&self, ino: u64) -> Vec<u8> {
-        self.fs.pack(&("ino", self.slot(ino), "lockseq"))
+        self.pack(&("ino", self.slot(ino), "lockseq"))
     }
 
     pub fn lock_version(&self, ino: u64) -> Vec<u8> {
-        self.fs.pack(&("ino", self.slot(ino), "lockver"))
+        self.pack(&("ino", self.slot(ino), "lockver"))
     }
 
     /// A mounted client's registration (written by the sessions layer).
     pub fn session(&self, client: &str) -> Vec<u8> {
-        self.fs.pack(&("clients", client))
+        self.pack(&("clients", client))
     }
 
     /// The client id of a key in [`Keys::sessions`].
@@ -455,7 +468,7 @@ impl Keys {
 
     /// The cache lease of `client` (see `crate::cache`).
     pub fn cache_lease(&self, client: &str) -> Vec<u8> {
-        self.fs.pack(&("cachelease", client))
+        self.pack(&("cachelease", client))
     }
 
     /// `[begin, end)` of every cache lease.

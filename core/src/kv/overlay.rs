@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use super::backend::{apply_add, Mutation};
-use super::ranges::{KeyRange, RangeSet};
+use super::ranges::RangeSet;
 use super::KeyValue;
 
 /// The pending state of one key.
@@ -146,8 +146,7 @@ impl Overlay {
             into.insert(b, e);
         }
         for key in self.points.keys() {
-            let single = KeyRange::single(key);
-            into.insert(&single.begin, &single.end);
+            into.insert_key(key);
         }
     }
 }

@@ -81,15 +81,53 @@ impl RangeSet {
         if begin >= end {
             return;
         }
-        let mut begin = begin.to_vec();
-        let mut end = end.to_vec();
+        if self.touches_nothing(begin, end) {
+            self.ranges.insert(begin.to_vec(), end.to_vec());
+            return;
+        }
+        self.merge(begin.to_vec(), end.to_vec());
+    }
+
+    /// Add the range holding exactly `key` (`[key, key + "\0")`): what a
+    /// point read adds, several times per operation, so it allocates only
+    /// the two bounds it stores.
+    pub fn insert_key(&mut self, key: &[u8]) {
+        let end = key_after(key);
+        if self.touches_nothing(key, &end) {
+            self.ranges.insert(key.to_vec(), end);
+            return;
+        }
+        self.merge(key.to_vec(), end);
+    }
+
+    /// True when no stored range overlaps or touches `[begin, end]`: then
+    /// the range goes in as it is (the common case, a key not read yet).
+    fn touches_nothing(&self, begin: &[u8], end: &[u8]) -> bool {
+        let before = self
+            .ranges
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(begin)))
+            .next_back();
+        if before.is_some_and(|(_, e)| e.as_slice() >= begin) {
+            return false;
+        }
+        self.ranges
+            .range::<[u8], _>((Bound::Included(begin), Bound::Included(end)))
+            .next()
+            .is_none()
+    }
+
+    fn merge(&mut self, mut begin: Vec<u8>, mut end: Vec<u8>) {
         // A range starting at or before `begin` that reaches it merges in.
-        if let Some((b, e)) = self.ranges.range(..=begin.clone()).next_back() {
+        let before = self
+            .ranges
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(begin.as_slice())))
+            .next_back();
+        if let Some((b, e)) = before {
             if e.as_slice() >= begin.as_slice() {
-                begin = b.clone();
                 if e > &end {
                     end = e.clone();
                 }
+                begin = b.clone();
             }
         }
         // Ranges starting inside `[begin, end]` merge in.
@@ -168,6 +206,12 @@ mod tests {
             let mut set = RangeSet::new();
             for (b, e) in &ranges {
                 set.insert(b, e);
+            }
+            // Point ranges through `insert_key`, as point reads add them.
+            let mut ranges = ranges.clone();
+            for key in probes.iter().step_by(3) {
+                set.insert_key(key);
+                ranges.push((key.clone(), key_after(key)));
             }
             let spans: Vec<_> = set.iter().map(|(b, e)| (b.to_vec(), e.to_vec())).collect();
             for pair in spans.windows(2) {

@@ -125,8 +125,7 @@ impl Transaction {
         let lookup = {
             let mut state = self.inner.state.lock();
             if !snapshot {
-                let range = KeyRange::single(key);
-                state.read_conflicts.insert(&range.begin, &range.end);
+                state.read_conflicts.insert_key(key);
             }
             match state.overlay.lookup(key) {
                 Lookup::Known(v) => return Ok(v.map(<[u8]>::to_vec)),
@@ -325,8 +324,9 @@ impl Transaction {
             });
         }
         let request = {
-            let state = self.inner.state.lock();
-            let mut write_conflicts = state.write_conflicts.clone();
+            // Finished: nothing reads the state again, so take it.
+            let mut state = self.inner.state.lock();
+            let mut write_conflicts = std::mem::take(&mut state.write_conflicts);
             state.overlay.write_ranges(&mut write_conflicts);
             CommitRequest {
                 mutations: state.overlay.mutations(),
