@@ -158,3 +158,53 @@ async fn a_filesystem_from_before_layouts_reads_as_spread() {
     let report = check_invariants(&db, "fs", |_| {}).await.unwrap();
     assert!(report.is_clean(), "{:?}", report.violations);
 }
+
+/// `rmfs` reads the layout in its own transaction: it refuses a filesystem
+/// with files under either layout (its root's entries sit at different
+/// keys), removes an empty one, and with `force` removes one whose
+/// settings no longer decode — without `force` that is an error.
+#[tokio::test]
+async fn rmfs_checks_the_root_of_the_layout_it_reads() {
+    use hafs_core::error::FsError;
+    use hafs_core::fs::{list_filesystems, rmfs};
+    for layout in [InodeLayout::Allocation, InodeLayout::Spread] {
+        let db = mem_db();
+        let options = MkfsOptions {
+            inode_layout: Some(layout),
+            ..MkfsOptions::default()
+        };
+        mkfs(&db, "fs", options).await.unwrap();
+        let fs = Fs::open(db.clone(), "fs", "c1", FsOptions::default())
+            .await
+            .unwrap();
+        make_files(&fs, 1).await;
+        fs.close().await.unwrap();
+        assert!(
+            matches!(rmfs(&db, "fs", false).await, Err(FsError::Busy(_))),
+            "{layout:?}: a filesystem with a file is not removed without force"
+        );
+        let fs = Fs::open(db.clone(), "fs", "c2", FsOptions::default())
+            .await
+            .unwrap();
+        fs.unlink(&Caller::root(), ROOT_INO, b"f0").await.unwrap();
+        fs.close().await.unwrap();
+        rmfs(&db, "fs", false).await.unwrap();
+        assert!(list_filesystems(&db).await.unwrap().is_empty());
+        assert!(matches!(
+            rmfs(&db, "fs", false).await,
+            Err(FsError::NotFormatted(_))
+        ));
+    }
+
+    let db = mem_db();
+    mkfs(&db, "fs", MkfsOptions::default()).await.unwrap();
+    let txn = db.begin().await.unwrap();
+    txn.set(&Keys::settings_of("fs"), b"not a tuple");
+    txn.commit().await.unwrap();
+    assert!(matches!(
+        rmfs(&db, "fs", false).await,
+        Err(FsError::Corrupted(_))
+    ));
+    rmfs(&db, "fs", true).await.unwrap();
+    assert!(list_filesystems(&db).await.unwrap().is_empty());
+}

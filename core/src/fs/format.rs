@@ -108,61 +108,62 @@ pub async fn mkfs(db: &Database, name: &str, options: MkfsOptions) -> FsResult<(
 /// Remove filesystem `name`. Refuses (`Busy`) while it holds anything but an
 /// empty root or while clients are attached, unless `force`.
 pub async fn rmfs(db: &Database, name: &str, force: bool) -> FsResult<()> {
-    let keys = match open_keys(db, name).await {
-        Ok((keys, _)) => keys,
-        // Nothing to remove; the transaction below says so.
-        Err(FsError::NotFormatted(_)) => Keys::new(name, InodeLayout::Spread),
-        Err(e) => return Err(e),
-    };
-    db.run(|txn, maybe_committed| {
-        let keys = keys.clone();
-        async move {
-            if txn.get(&keys.settings()).await?.is_none() {
-                if maybe_committed {
-                    // An earlier attempt removed it.
-                    return Ok(());
-                }
-                return Err(FsError::NotFormatted(name.to_string()));
+    db.run(|txn, maybe_committed| async move {
+        // The layout comes from the settings this transaction reads: a
+        // `mkfs --overwrite` in between cannot make the emptiness check
+        // look at another layout's root.
+        let Some(bytes) = txn.get(&Keys::settings_of(name)).await? else {
+            if maybe_committed {
+                // An earlier attempt removed it.
+                return Ok(());
             }
-            if !force {
-                let (begin, end) = keys.dirents(ROOT_INO);
-                let entries = txn
-                    .get_range(
-                        &begin,
-                        &end,
-                        RangeOptions {
-                            limit: 1,
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                if !entries.kvs.is_empty() {
-                    return Err(FsError::Busy(format!(
-                        "filesystem {name:?} is not empty (use force)"
-                    )));
-                }
-                let (begin, end) = keys.sessions();
-                let clients = txn
-                    .get_range(
-                        &begin,
-                        &end,
-                        RangeOptions {
-                            limit: 1,
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                if !clients.kvs.is_empty() {
-                    return Err(FsError::Busy(format!(
-                        "filesystem {name:?} has attached clients (use force)"
-                    )));
-                }
+            return Err(FsError::NotFormatted(name.to_string()));
+        };
+        let keys = match codec::decode_settings(&bytes) {
+            Ok(settings) => Keys::new(name, settings.inode_layout),
+            // Forced, everything goes, and `Keys::all` is the same in
+            // every layout: unreadable settings do not stop it.
+            Err(_) if force => Keys::new(name, InodeLayout::Spread),
+            Err(e) => return Err(e),
+        };
+        if !force {
+            let (begin, end) = keys.dirents(ROOT_INO);
+            let entries = txn
+                .get_range(
+                    &begin,
+                    &end,
+                    RangeOptions {
+                        limit: 1,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            if !entries.kvs.is_empty() {
+                return Err(FsError::Busy(format!(
+                    "filesystem {name:?} is not empty (use force)"
+                )));
             }
-            let (begin, end) = keys.all();
-            txn.clear_range(&begin, &end);
-            txn.clear(&Keys::registry(name));
-            Ok(())
+            let (begin, end) = keys.sessions();
+            let clients = txn
+                .get_range(
+                    &begin,
+                    &end,
+                    RangeOptions {
+                        limit: 1,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            if !clients.kvs.is_empty() {
+                return Err(FsError::Busy(format!(
+                    "filesystem {name:?} has attached clients (use force)"
+                )));
+            }
         }
+        let (begin, end) = keys.all();
+        txn.clear_range(&begin, &end);
+        txn.clear(&Keys::registry(name));
+        Ok(())
     })
     .await
 }

@@ -137,6 +137,17 @@ impl Fs {
     ) -> FsResult<Fs> {
         let (keys, settings) = format::open_keys(&db, name).await?;
         crate::session::attach(&db, &keys, info).await?;
+        // A `mkfs --overwrite` between reading the settings and attaching
+        // would leave this client registered in a new filesystem with the
+        // old one's layout and generation. Once attached, an overwrite
+        // fences the client instead (it clears the registration), so one
+        // more look closes the gap.
+        if format::read_settings(&db, name).await.ok().as_ref() != Some(&settings) {
+            let _ = crate::session::evict(&db, &keys, &info.id).await;
+            return Err(FsError::Busy(format!(
+                "filesystem {name:?} was re-created while attaching; mount again"
+            )));
+        }
         // Before this client changes anything, no other mount may still be
         // caching on the belief that it is alone.
         if let Err(e) = crate::cache::wait_for_holders(&db, &keys, &info.id).await {
