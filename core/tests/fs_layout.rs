@@ -42,6 +42,20 @@ async fn inodes_in_key_order(db: &Database, keys: &Keys) -> Vec<u64> {
         .collect()
 }
 
+/// A fresh filesystem with inode layout `layout`, and a client `id` of it.
+async fn fs_with_layout(layout: InodeLayout, id: &str) -> (Database, Fs) {
+    let db = mem_db();
+    let options = MkfsOptions {
+        inode_layout: Some(layout),
+        ..MkfsOptions::default()
+    };
+    mkfs(&db, "fs", options).await.unwrap();
+    let fs = Fs::open(db.clone(), "fs", id, FsOptions::default())
+        .await
+        .unwrap();
+    (db, fs)
+}
+
 async fn make_files(fs: &Fs, n: usize) -> Vec<u64> {
     let root = Caller::root();
     let mut made = Vec::new();
@@ -79,15 +93,7 @@ async fn memory_and_sqlite_get_the_allocation_layout_by_default() {
 #[tokio::test]
 async fn files_made_together_sit_together_only_under_the_allocation_layout() {
     for layout in [InodeLayout::Allocation, InodeLayout::Spread] {
-        let db = mem_db();
-        let options = MkfsOptions {
-            inode_layout: Some(layout),
-            ..MkfsOptions::default()
-        };
-        mkfs(&db, "fs", options).await.unwrap();
-        let fs = Fs::open(db.clone(), "fs", "c1", FsOptions::default())
-            .await
-            .unwrap();
+        let (db, fs) = fs_with_layout(layout, "c1").await;
         let made = make_files(&fs, 40).await;
         let stored: Vec<u64> = inodes_in_key_order(&db, fs.keys())
             .await
@@ -113,15 +119,7 @@ async fn files_made_together_sit_together_only_under_the_allocation_layout() {
 /// made, fsck finds nothing wrong.
 #[tokio::test]
 async fn a_filesystem_from_before_layouts_reads_as_spread() {
-    let db = mem_db();
-    let options = MkfsOptions {
-        inode_layout: Some(InodeLayout::Spread),
-        ..MkfsOptions::default()
-    };
-    mkfs(&db, "fs", options).await.unwrap();
-    let fs = Fs::open(db.clone(), "fs", "c1", FsOptions::default())
-        .await
-        .unwrap();
+    let (db, fs) = fs_with_layout(InodeLayout::Spread, "c1").await;
     let old = make_files(&fs, 5).await;
     fs.close().await.unwrap();
     // Rewrite the settings as format 1 wrote them: no layout.
@@ -168,15 +166,7 @@ async fn rmfs_checks_the_root_of_the_layout_it_reads() {
     use hafs_core::error::FsError;
     use hafs_core::fs::{list_filesystems, rmfs};
     for layout in [InodeLayout::Allocation, InodeLayout::Spread] {
-        let db = mem_db();
-        let options = MkfsOptions {
-            inode_layout: Some(layout),
-            ..MkfsOptions::default()
-        };
-        mkfs(&db, "fs", options).await.unwrap();
-        let fs = Fs::open(db.clone(), "fs", "c1", FsOptions::default())
-            .await
-            .unwrap();
+        let (db, fs) = fs_with_layout(layout, "c1").await;
         make_files(&fs, 1).await;
         fs.close().await.unwrap();
         assert!(

@@ -184,15 +184,8 @@ async fn simulate(config: RunConfig) -> RunReport {
     let faulty = FaultyBackend::new(Arc::new(mem.clone()), plan, clock.clone());
     let counters: Arc<FaultCounters> = faulty.counters().clone();
     let admin = Database::new(Arc::new(mem.clone()), clock.clone(), config.seed);
-    // Both inode layouts, by seed: the same operations must hold under
-    // either placement of keys.
-    let inode_layout = if config.seed.is_multiple_of(2) {
-        InodeLayout::Allocation
-    } else {
-        InodeLayout::Spread
-    };
     let options = MkfsOptions {
-        inode_layout: Some(inode_layout),
+        inode_layout: Some(layout_for(config.seed)),
         ..MkfsOptions::default()
     };
     mkfs(&admin, "fs", options).await.expect("mkfs");
@@ -503,6 +496,17 @@ async fn release(
     }
 }
 
+/// The inode layout of a run's (or a model step's) filesystem: both are
+/// exercised, even numbers allocation and odd spread, since the same
+/// operations must hold under either placement of keys.
+fn layout_for(n: u64) -> InodeLayout {
+    if n.is_multiple_of(2) {
+        InodeLayout::Allocation
+    } else {
+        InodeLayout::Spread
+    }
+}
+
 /// Operations per model sequence.
 const MODEL_OPS: usize = 25;
 
@@ -520,11 +524,7 @@ async fn model_step(fs: &Fs, shared: &Shared, rng: &mut ChaCha8Rng) -> Result<()
         None,
         &name,
         [&format!("{id}-m{n}a"), &format!("{id}-m{n}b")],
-        if n.is_multiple_of(2) {
-            InodeLayout::Allocation
-        } else {
-            InodeLayout::Spread
-        },
+        layout_for(n),
     )
     .await;
     let Ok(mut world) = world else {
@@ -992,11 +992,11 @@ async fn check(shared: &Shared, admin: &Database) -> Vec<String> {
     let mut violations = Vec::new();
     // An eviction whose evictor was stopped midway is finished by the next
     // gc (live clients run one every few beats; `hafs gc` on demand).
-    let gc = match hafs_core::fs::open_keys(admin, "fs").await {
-        Ok((keys, _)) => session::gc(admin, &keys).await.map(|_| ()),
-        Err(e) => Err(e),
+    let gc = async {
+        let (keys, _) = hafs_core::fs::open_keys(admin, "fs").await?;
+        session::gc(admin, &keys).await
     };
-    if let Err(e) = gc {
+    if let Err(e) = gc.await {
         violations.push(format!("gc failed: {e}"));
     }
     match check_invariants(admin, "fs", |_| {}).await {

@@ -3,7 +3,7 @@
 use crate::codec::{self, Attr, Settings, FS_FORMAT};
 use crate::error::{FsError, FsResult};
 use crate::keys::{InodeLayout, Keys, ROOT_INO};
-use crate::kv::{Database, RangeOptions};
+use crate::kv::{Database, RangeOptions, Transaction};
 
 /// Default bytes per data chunk, chosen by measurement
 /// (`cargo run --release -p hafs-core --example chunk_size`, sqlite relaxed,
@@ -127,34 +127,12 @@ pub async fn rmfs(db: &Database, name: &str, force: bool) -> FsResult<()> {
             Err(e) => return Err(e),
         };
         if !force {
-            let (begin, end) = keys.dirents(ROOT_INO);
-            let entries = txn
-                .get_range(
-                    &begin,
-                    &end,
-                    RangeOptions {
-                        limit: 1,
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            if !entries.kvs.is_empty() {
+            if holds_any(&txn, keys.dirents(ROOT_INO)).await? {
                 return Err(FsError::Busy(format!(
                     "filesystem {name:?} is not empty (use force)"
                 )));
             }
-            let (begin, end) = keys.sessions();
-            let clients = txn
-                .get_range(
-                    &begin,
-                    &end,
-                    RangeOptions {
-                        limit: 1,
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            if !clients.kvs.is_empty() {
+            if holds_any(&txn, keys.sessions()).await? {
                 return Err(FsError::Busy(format!(
                     "filesystem {name:?} has attached clients (use force)"
                 )));
@@ -166,6 +144,15 @@ pub async fn rmfs(db: &Database, name: &str, force: bool) -> FsResult<()> {
         Ok(())
     })
     .await
+}
+
+/// Whether any key lies in `[begin, end)` (reads at most one).
+async fn holds_any(txn: &Transaction, (begin, end): (Vec<u8>, Vec<u8>)) -> FsResult<bool> {
+    let first = RangeOptions {
+        limit: 1,
+        ..Default::default()
+    };
+    Ok(!txn.get_range(&begin, &end, first).await?.kvs.is_empty())
 }
 
 /// Names of every filesystem in the database, sorted.

@@ -18,14 +18,6 @@ impl KeyRange {
         }
     }
 
-    /// The range holding exactly `key`: `[key, key + "\0")`.
-    pub fn single(key: &[u8]) -> Self {
-        KeyRange {
-            begin: key.to_vec(),
-            end: key_after(key),
-        }
-    }
-
     pub fn is_empty(&self) -> bool {
         self.begin >= self.end
     }
@@ -81,23 +73,22 @@ impl RangeSet {
         if begin >= end {
             return;
         }
-        if self.touches_nothing(begin, end) {
-            self.ranges.insert(begin.to_vec(), end.to_vec());
-            return;
-        }
-        self.merge(begin.to_vec(), end.to_vec());
+        self.insert_owned(begin.to_vec(), end.to_vec());
     }
 
     /// Add the range holding exactly `key` (`[key, key + "\0")`): what a
     /// point read adds, several times per operation, so it allocates only
     /// the two bounds it stores.
     pub fn insert_key(&mut self, key: &[u8]) {
-        let end = key_after(key);
-        if self.touches_nothing(key, &end) {
-            self.ranges.insert(key.to_vec(), end);
-            return;
+        self.insert_owned(key.to_vec(), key_after(key));
+    }
+
+    fn insert_owned(&mut self, begin: Vec<u8>, end: Vec<u8>) {
+        if self.touches_nothing(&begin, &end) {
+            self.ranges.insert(begin, end);
+        } else {
+            self.merge(begin, end);
         }
-        self.merge(key.to_vec(), end);
     }
 
     /// True when no stored range overlaps or touches `[begin, end]`: then
