@@ -7,6 +7,15 @@
 //! when it waits for a lock another machine gives up. Reported as median,
 //! p99 and rate, for `flock` and for whole-file `fcntl` locks, side by side
 //! in one run.
+//!
+//! The ping-pong itself ([`side`], [`Board`]) is shared with `hafs bench
+//! dir`, which runs its second side as a separate process (`hafs bench
+//! lock-peer`, hidden): POSIX locks belong to a process, so only two
+//! processes can pass an `fcntl` lock back and forth on one mount. The two
+//! sides keep their release times on a [`Board`] in shared memory, and each
+//! side also checks there that it never holds the lock while the other
+//! does — so the benchmark fails on a filesystem whose locks do not
+//! exclude.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -47,6 +56,20 @@ pub enum BenchWhat {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The second side of `bench dir`'s lock ping-pong (run by it): take
+    /// and pass the lock on FILE until both sides have HANDOFFS hand-offs,
+    /// then print this side's hand-off times (ns), one per line.
+    #[command(hide = true)]
+    LockPeer {
+        /// The shared [`Board`] file the first side made.
+        board: PathBuf,
+        /// The lock file (as this side sees it: maybe through another mount).
+        file: PathBuf,
+        #[arg(long, value_enum)]
+        kind: Kind,
+        #[arg(long)]
+        handoffs: usize,
+    },
 }
 
 pub fn run(args: &BenchArgs, relaxed: bool) -> Result<(), String> {
@@ -56,6 +79,12 @@ pub fn run(args: &BenchArgs, relaxed: bool) -> Result<(), String> {
         BenchWhat::SqliteCommits { dir, seconds, json } => {
             crate::bench_dir::sqlite_commits(dir, *seconds, *json)
         }
+        BenchWhat::LockPeer {
+            board,
+            file,
+            kind,
+            handoffs,
+        } => lock_peer(board, file, *kind, *handoffs),
     }
 }
 
@@ -111,8 +140,8 @@ impl Drop for MountProcess {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
     Flock,
     Fcntl,
 }
@@ -140,39 +169,193 @@ pub(crate) fn lock(file: &File, kind: Kind, take: bool) -> std::io::Result<()> {
     }
 }
 
+/// What the two sides of a ping-pong share: each side's last release time
+/// (CLOCK_MONOTONIC, ns — one clock for every process on the host), how
+/// many sides have all their hand-offs, and who holds the lock now.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct Board {
+    released: [AtomicU64; 2],
+    finished: AtomicU64,
+    holder: AtomicU64,
+    /// Set when side 2, a process, has exited.
+    peer_exited: AtomicU64,
+}
+
+impl Board {
+    /// Side `me` just took the lock: fail if the other side holds it too.
+    fn enter(&self, me: u8) -> std::io::Result<()> {
+        match self.holder.swap(u64::from(me), Ordering::SeqCst) {
+            0 => Ok(()),
+            other => Err(std::io::Error::other(format!(
+                "side {me} took the lock while side {other} held it: the lock does not exclude"
+            ))),
+        }
+    }
+
+    /// Side 2 (a process) has exited: side 1 stops waiting for it.
+    pub(crate) fn peer_exited(&self) {
+        self.peer_exited.store(1, Ordering::SeqCst);
+    }
+
+    /// Side `me` is about to release the lock, at `at` (ns).
+    fn leave(&self, me: u8, at: u64) {
+        self.released[usize::from(me % 2)].store(at, Ordering::SeqCst);
+        self.holder.store(0, Ordering::SeqCst);
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: comparable across processes, unlike an
+/// `Instant`'s offset from some epoch.
+#[allow(unsafe_code)] // clock_gettime(2)
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "CLOCK_MONOTONIC is always available on Linux");
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// Longest a ping-pong may run: a side whose peer died would otherwise
+/// pass the lock to nobody for ever.
+const PINGPONG_LIMIT: Duration = Duration::from_secs(300);
+
 /// One side of the ping-pong: `rounds` hand-offs from the other side.
-fn side(
+pub(crate) fn side(
     file: &File,
     kind: Kind,
     me: u8,
     rounds: usize,
-    released: &[AtomicU64; 2],
-    finished: &AtomicU64,
-    epoch: Instant,
+    board: &Board,
 ) -> std::io::Result<Vec<Duration>> {
     let mut handoffs = Vec::with_capacity(rounds);
     let mut byte = [0u8];
     let mut done = false;
+    let give_up = monotonic_ns() + PINGPONG_LIMIT.as_nanos() as u64;
     loop {
         // Keep passing the lock until both sides have their hand-offs.
         if !done && handoffs.len() >= rounds {
             done = true;
-            finished.fetch_add(1, Ordering::SeqCst);
+            board.finished.fetch_add(1, Ordering::SeqCst);
         }
-        if done && finished.load(Ordering::SeqCst) == 2 {
+        if done && board.finished.load(Ordering::SeqCst) == 2 {
             return Ok(handoffs);
         }
+        if board.peer_exited.load(Ordering::SeqCst) != 0 {
+            return Err(std::io::Error::other(format!(
+                "side {me}: the other side exited ({} of {rounds} hand-offs)",
+                handoffs.len()
+            )));
+        }
+        if monotonic_ns() > give_up {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "side {me}: the other side stopped passing the lock ({} of {rounds} hand-offs)",
+                    handoffs.len()
+                ),
+            ));
+        }
         lock(file, kind, true)?;
-        let held = epoch.elapsed();
+        let held = monotonic_ns();
+        board.enter(me)?;
         file.read_at(&mut byte, 0)?;
         if byte[0] != me && byte[0] != 0 && handoffs.len() < rounds {
-            let other = released[usize::from(1 - me % 2)].load(Ordering::SeqCst);
-            handoffs.push(held.saturating_sub(Duration::from_nanos(other)));
+            let other = board.released[usize::from(1 - me % 2)].load(Ordering::SeqCst);
+            handoffs.push(Duration::from_nanos(held.saturating_sub(other)));
         }
         file.write_at(&[me], 0)?;
-        released[usize::from(me % 2)].store(epoch.elapsed().as_nanos() as u64, Ordering::SeqCst);
+        board.leave(me, monotonic_ns());
         lock(file, kind, false)?;
     }
+}
+
+/// A [`Board`] in a small file mapped shared, so two processes use one.
+pub(crate) struct SharedBoard {
+    board: std::ptr::NonNull<Board>,
+}
+
+#[allow(unsafe_code)] // mmap(2) of a file both processes open
+impl SharedBoard {
+    /// Map `path`, creating it zeroed (an empty board) if `create`.
+    pub(crate) fn map(path: &Path, create: bool) -> std::io::Result<SharedBoard> {
+        let size = std::mem::size_of::<Board>();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(create)
+            .open(path)?;
+        if create {
+            file.set_len(size as u64)?;
+        } else if file.metadata()?.len() < size as u64 {
+            return Err(std::io::Error::other(format!(
+                "{}: not a lock board",
+                path.display()
+            )));
+        }
+        // SAFETY: a fresh shared mapping of `size` bytes of an open file
+        // that is at least that long; the mapping outlives the descriptor.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if at == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        // Zeroed bytes are a valid `Board` (atomics at 0), page-aligned.
+        let board = std::ptr::NonNull::new(at.cast::<Board>())
+            .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
+        Ok(SharedBoard { board })
+    }
+}
+
+// SAFETY: the mapping holds only atomics, shared on purpose.
+#[allow(unsafe_code)]
+unsafe impl Send for SharedBoard {}
+#[allow(unsafe_code)]
+unsafe impl Sync for SharedBoard {}
+
+impl std::ops::Deref for SharedBoard {
+    type Target = Board;
+    #[allow(unsafe_code)]
+    fn deref(&self) -> &Board {
+        // SAFETY: mapped for as long as `self` lives; only atomics inside.
+        unsafe { self.board.as_ref() }
+    }
+}
+
+impl Drop for SharedBoard {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, of this size, unmapped once.
+        unsafe {
+            libc::munmap(self.board.as_ptr().cast(), std::mem::size_of::<Board>());
+        }
+    }
+}
+
+/// `hafs bench lock-peer`: side 2 of a ping-pong started by side 1.
+fn lock_peer(board: &Path, file: &Path, kind: Kind, handoffs: usize) -> Result<(), String> {
+    let board = SharedBoard::map(board, false).map_err(|e| format!("{}: {e}", board.display()))?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let mine = side(&f, kind, 2, handoffs, &board).map_err(|e| e.to_string())?;
+    for d in mine {
+        println!("{}", d.as_nanos());
+    }
+    Ok(())
 }
 
 /// The `p` quantile of `sorted` (zero when empty).
@@ -216,17 +399,15 @@ fn locks(rounds: usize, dir: Option<&Path>, relaxed: bool) -> Result<(), String>
                     .map_err(|e| format!("{name}: {e}"))
             };
             let (fa, fb) = (open(&a)?, open(&b)?);
-            let released = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
-            let finished = Arc::new(AtomicU64::new(0));
+            let board = Arc::new(Board::default());
             // A benchmark of real processes outside simulation: the OS clock.
             #[allow(clippy::disallowed_methods)]
             let epoch = Instant::now();
             let other = {
-                let (released, finished) = (released.clone(), finished.clone());
-                std::thread::spawn(move || side(&fb, kind, 2, rounds, &released, &finished, epoch))
+                let board = board.clone();
+                std::thread::spawn(move || side(&fb, kind, 2, rounds, &board))
             };
-            let mut all = side(&fa, kind, 1, rounds, &released, &finished, epoch)
-                .map_err(|e| format!("{name}: {e}"))?;
+            let mut all = side(&fa, kind, 1, rounds, &board).map_err(|e| format!("{name}: {e}"))?;
             let theirs = other
                 .join()
                 .map_err(|_| "a bench thread panicked".to_string())?
@@ -249,4 +430,54 @@ fn locks(rounds: usize, dir: Option<&Path>, relaxed: bool) -> Result<(), String>
         let _ = std::fs::remove_dir_all(&scratch);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exclusion check: a side that takes the lock while the board says
+    /// the other side holds it fails the run, whatever the filesystem did.
+    #[test]
+    fn a_side_that_finds_the_other_holding_the_lock_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("lock"))
+            .unwrap();
+        let board = Board::default();
+        board.enter(2).unwrap();
+        let err = side(&file, Kind::Fcntl, 1, 1, &board).unwrap_err();
+        assert!(err.to_string().contains("does not exclude"), "{err}");
+        // Released, the lock passes: side 1 takes it, side 2 did earlier.
+        board.leave(2, monotonic_ns());
+        board.enter(1).unwrap();
+        board.leave(1, monotonic_ns());
+    }
+
+    /// A side whose peer process exited stops instead of waiting for it.
+    #[test]
+    fn a_side_stops_when_the_peer_exited() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::create(dir.path().join("lock")).unwrap();
+        let board = Board::default();
+        board.peer_exited();
+        let err = side(&file, Kind::Flock, 1, 5, &board).unwrap_err();
+        assert!(err.to_string().contains("the other side exited"), "{err}");
+    }
+
+    /// Two mappings of one board file are one board.
+    #[test]
+    fn a_shared_board_is_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("board");
+        let one = SharedBoard::map(&path, true).unwrap();
+        let two = SharedBoard::map(&path, false).unwrap();
+        one.enter(1).unwrap();
+        assert!(two.enter(2).is_err());
+        assert!(SharedBoard::map(&path, true).is_err(), "made once");
+    }
 }

@@ -6,7 +6,7 @@
 //!   by N worker threads in private directories and in one shared one;
 //! - atomic config updates (write temp, fsync, rename over) while a reader
 //!   checks every read sees one whole version;
-//! - flock ping-pong between two open file descriptions;
+//! - lock ping-pong between two processes, flock and fcntl;
 //! - a big directory: create rate per tenth, full listing, random lookups;
 //! - throughput: sequential write and read, 4 KiB random reads.
 //!
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
-use crate::bench::{lock as take_lock, percentile, Kind};
+use crate::bench::{percentile, side, Kind, SharedBoard};
 
 /// Sizes of the `bench dir` workloads.
 #[derive(Debug, Clone, clap::Args)]
@@ -43,7 +43,7 @@ pub struct DirArgs {
     /// Atomic config updates.
     #[arg(long, default_value_t = 300)]
     pub updates: usize,
-    /// flock hand-offs.
+    /// Lock hand-offs per side, for flock and for fcntl.
     #[arg(long, default_value_t = 300)]
     pub handoffs: usize,
     /// Entries in the big directory (the full size is 1000000).
@@ -229,55 +229,91 @@ fn config(roots: &Roots, a: &DirArgs, out: &mut Results) -> Result<(), String> {
     Ok(())
 }
 
-/// Two open file descriptions pass an exclusive flock back and forth; a
-/// hand-off is one side's release to the other side holding it.
+/// Two processes pass an exclusive lock back and forth, first `flock`, then
+/// whole-file `fcntl`; a hand-off is one side's release to the other side
+/// holding it. This process is side 1; side 2 is `hafs bench lock-peer`
+/// (through the other mount, if any). Both check that they never hold the
+/// lock together ([`crate::bench::Board`]).
 fn lock(roots: &Roots, a: &DirArgs, out: &mut Results) -> Result<(), String> {
-    let path = roots.via(0).join("lock");
-    let other = roots.via(1).join("lock");
-    std::fs::write(&path, [0u8]).map_err(|e| err("lock file", e))?;
-    let released = Arc::new(AtomicU64::new(0));
-    let epoch = now();
-    let side = |me: u8, released: Arc<AtomicU64>, path: PathBuf| {
-        move || -> std::io::Result<Vec<Duration>> {
+    for kind in [Kind::Flock, Kind::Fcntl] {
+        let name = format!("{kind:?}").to_lowercase();
+        let samples = pingpong(roots, kind, &name, a.handoffs)
+            .map_err(|e| format!("{name} ping-pong: {e}"))?;
+        push_latency(out, &format!("lock.{name}_handoff"), samples, Unit::Ms);
+    }
+    Ok(())
+}
+
+fn pingpong(
+    roots: &Roots,
+    kind: Kind,
+    name: &str,
+    handoffs: usize,
+) -> Result<Vec<Duration>, String> {
+    let file = roots.via(0).join(format!("lock-{name}"));
+    std::fs::write(&file, [0u8]).map_err(|e| err("lock file", e))?;
+    let board_path =
+        std::env::temp_dir().join(format!("hafs-bench-lock-{}-{name}", std::process::id()));
+    let board = SharedBoard::map(&board_path, true)
+        .map_err(|e| err(&board_path.display().to_string(), e))?;
+    let result = (|| {
+        let exe = std::env::current_exe().map_err(|e| err("cannot find hafs itself", e))?;
+        let child = std::process::Command::new(exe)
+            .args(["bench", "lock-peer"])
+            .arg(&board_path)
+            .arg(roots.via(1).join(format!("lock-{name}")))
+            .args(["--kind", name, "--handoffs", &handoffs.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| err("cannot start the lock peer", e))?;
+        let pid = child.id();
+        std::thread::scope(|s| {
+            let peer = s.spawn(|| {
+                let output = child.wait_with_output();
+                board.peer_exited();
+                output
+            });
             let f = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
-                .open(&path)?;
-            let mut handoffs = Vec::new();
-            let mut byte = [0u8];
-            let mut spins = 0;
-            while handoffs.len() < a.handoffs && spins < 100 * a.handoffs {
-                take_lock(&f, Kind::Flock, true)?;
-                f.read_at(&mut byte, 0)?;
-                if byte[0] != me && byte[0] != 0 {
-                    let at = Duration::from_nanos(released.load(Ordering::SeqCst));
-                    handoffs.push(epoch.elapsed().saturating_sub(at));
-                } else {
-                    spins += 1;
-                }
-                f.write_at(&[me], 0)?;
-                released.store(epoch.elapsed().as_nanos() as u64, Ordering::SeqCst);
-                take_lock(&f, Kind::Flock, false)?;
+                .open(&file)
+                .map_err(|e| err("lock file", e))?;
+            let mine = side(&f, kind, 1, handoffs, &board);
+            if mine.is_err() {
+                kill(pid);
             }
-            Ok(handoffs)
+            let output = peer
+                .join()
+                .map_err(|_| "the lock peer's watcher panicked".to_string())?
+                .map_err(|e| err("lock peer", e))?;
+            if !output.status.success() {
+                let why = String::from_utf8_lossy(&output.stderr);
+                return Err(format!("lock peer: {} ({})", why.trim(), output.status));
+            }
+            let mut all = mine.map_err(|e| e.to_string())?;
+            for line in String::from_utf8_lossy(&output.stdout).lines() {
+                let ns: u64 = line
+                    .parse()
+                    .map_err(|_| format!("lock peer printed {line:?}"))?;
+                all.push(Duration::from_nanos(ns));
+            }
+            Ok(all)
+        })
+    })();
+    drop(board);
+    let _ = std::fs::remove_file(&board_path);
+    result
+}
+
+#[allow(unsafe_code)] // kill(2) of our own child
+fn kill(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: signals a process this one started and has not reaped.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
         }
-    };
-    let all = std::thread::scope(|s| -> Result<Vec<Duration>, String> {
-        let one = s.spawn(side(1, released.clone(), path.clone()));
-        let two = s.spawn(side(2, released.clone(), other.clone()));
-        let mut v = one
-            .join()
-            .map_err(|_| "lock side panicked".to_string())?
-            .map_err(|e| err("flock", e))?;
-        v.extend(
-            two.join()
-                .map_err(|_| "lock side panicked".to_string())?
-                .map_err(|e| err("flock", e))?,
-        );
-        Ok(v)
-    })?;
-    push_latency(out, "lock.flock_handoff", all, Unit::Ms);
-    Ok(())
+    }
 }
 
 fn bigdir(roots: &Roots, a: &DirArgs, out: &mut Results, quiet: bool) -> Result<(), String> {

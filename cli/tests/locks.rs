@@ -820,3 +820,48 @@ fn names_cached_without_default_permissions_never_outlive_search_permission() {
         assert!(!nobody_sees(&a.p(made)), "nobody walked to {made}");
     }
 }
+
+/// `hafs bench dir`'s lock ping-pong: this process is one side, a `hafs
+/// bench lock-peer` process the other, on one mount and across two. Both
+/// lock kinds pass back and forth (an `fcntl` lock can only pass between
+/// processes) and the peer's hand-offs come back; a lock that failed to
+/// exclude would end the run with an error (`Board::enter`).
+#[test]
+fn bench_passes_flock_and_fcntl_between_two_processes() {
+    if !fuse_available() {
+        return;
+    }
+    let cluster = Cluster::new();
+    let (a, b) = (cluster.mount("a", &[]), cluster.mount("b", &[]));
+    for other in [None, Some(&b.path)] {
+        let mut cmd = Command::new(HAFS);
+        cmd.args(["bench", "dir"]).arg(&a.path).args([
+            "--only",
+            "lock",
+            "--handoffs",
+            "30",
+            "--json",
+        ]);
+        if let Some(other) = other {
+            cmd.arg("--other-mount").arg(other);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for kind in ["flock", "fcntl"] {
+            let median = m[format!("lock.{kind}_handoff_median")].as_f64();
+            let p99 = m[format!("lock.{kind}_handoff_p99")].as_f64();
+            let (median, p99) = (median.unwrap(), p99.unwrap());
+            // A hand-off crosses the FUSE daemon at least twice.
+            assert!(median > 0.0 && p99 >= median, "{kind}: {m}");
+        }
+    }
+    assert!(
+        std::fs::read_dir(a.p("")).unwrap().next().is_none(),
+        "the bench removes what it made"
+    );
+}
