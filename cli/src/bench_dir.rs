@@ -232,24 +232,31 @@ fn config(roots: &Roots, a: &DirArgs, out: &mut Results) -> Result<(), String> {
 /// Two processes pass an exclusive lock back and forth, first `flock`, then
 /// whole-file `fcntl`; a hand-off is one side's release to the other side
 /// holding it. This process is side 1; side 2 is `hafs bench lock-peer`
-/// (through the other mount, if any). Both check that they never hold the
-/// lock together ([`crate::bench::Board`]).
+/// (through the other mount, if any). `lock.KIND_overlaps` counts the times
+/// one side took the lock while the other held it, `lock.KIND_stale_reads`
+/// the times a side holding it did not read what the other side wrote under
+/// it ([`crate::bench::Board`]): zero where locks work — not errors of the
+/// benchmark but what the target does (two passthrough FUSE mounts of one
+/// directory share neither locks nor cached data).
 fn lock(roots: &Roots, a: &DirArgs, out: &mut Results) -> Result<(), String> {
     for kind in [Kind::Flock, Kind::Fcntl] {
         let name = format!("{kind:?}").to_lowercase();
-        let samples = pingpong(roots, kind, &name, a.handoffs)
+        let (samples, overlaps, stale) = pingpong(roots, kind, &name, a.handoffs)
             .map_err(|e| format!("{name} ping-pong: {e}"))?;
         push_latency(out, &format!("lock.{name}_handoff"), samples, Unit::Ms);
+        out.push((format!("lock.{name}_overlaps"), overlaps as f64, "times"));
+        out.push((format!("lock.{name}_stale_reads"), stale as f64, "reads"));
     }
     Ok(())
 }
 
+/// Hand-off times of both sides, the overlaps and the stale reads.
 fn pingpong(
     roots: &Roots,
     kind: Kind,
     name: &str,
     handoffs: usize,
-) -> Result<Vec<Duration>, String> {
+) -> Result<(Vec<Duration>, u64, u64), String> {
     let file = roots.via(0).join(format!("lock-{name}"));
     std::fs::write(&file, [0u8]).map_err(|e| err("lock file", e))?;
     let board_path =
@@ -287,18 +294,19 @@ fn pingpong(
                 .join()
                 .map_err(|_| "the lock peer's watcher panicked".to_string())?
                 .map_err(|e| err("lock peer", e))?;
+            // Our own failure first: it is why we killed the peer.
+            let mut all = mine.map_err(|e| e.to_string())?;
             if !output.status.success() {
                 let why = String::from_utf8_lossy(&output.stderr);
                 return Err(format!("lock peer: {} ({})", why.trim(), output.status));
             }
-            let mut all = mine.map_err(|e| e.to_string())?;
             for line in String::from_utf8_lossy(&output.stdout).lines() {
                 let ns: u64 = line
                     .parse()
                     .map_err(|_| format!("lock peer printed {line:?}"))?;
                 all.push(Duration::from_nanos(ns));
             }
-            Ok(all)
+            Ok((all, board.overlaps(), board.stale_reads()))
         })
     })();
     drop(board);
