@@ -178,7 +178,8 @@ pub(crate) fn lock(file: &File, kind: Kind, take: bool) -> std::io::Result<()> {
 pub(crate) struct Board {
     released: [AtomicU64; 2],
     finished: AtomicU64,
-    holder: AtomicU64,
+    /// Whether each side holds the lock now.
+    holding: [AtomicU64; 2],
     /// Set when side 2, a process, has exited.
     peer_exited: AtomicU64,
     overlaps: AtomicU64,
@@ -193,7 +194,8 @@ impl Board {
     /// Side `me` just took the lock: count it if the other side holds it
     /// too (the filesystem's lock did not exclude).
     fn enter(&self, me: u8) {
-        if self.holder.swap(u64::from(me), Ordering::SeqCst) != 0 {
+        self.holding[usize::from(me % 2)].store(1, Ordering::SeqCst);
+        if self.holding[usize::from(1 - me % 2)].load(Ordering::SeqCst) != 0 {
             self.overlaps.fetch_add(1, Ordering::SeqCst);
         }
     }
@@ -208,20 +210,20 @@ impl Board {
         self.stale_reads.load(Ordering::SeqCst)
     }
 
-    /// Side 2 (a process) has exited: side 1 stops waiting for it.
+    /// Side 2 (a process or thread) has ended: side 1 stops waiting for it.
     pub(crate) fn peer_exited(&self) {
         self.peer_exited.store(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn has_peer_exited(&self) -> bool {
+        self.peer_exited.load(Ordering::SeqCst) != 0
     }
 
     /// Side `me` is about to release the lock, at `at` (ns).
     fn leave(&self, me: u8, at: u64) {
         self.released[usize::from(me % 2)].store(at, Ordering::SeqCst);
         self.last.store(u64::from(me), Ordering::SeqCst);
-        // Only if nobody took it over meanwhile (an overlap): then the
-        // other side still holds it, and its next overlap must count too.
-        let _ = self
-            .holder
-            .compare_exchange(u64::from(me), 0, Ordering::SeqCst, Ordering::SeqCst);
+        self.holding[usize::from(me % 2)].store(0, Ordering::SeqCst);
     }
 }
 
@@ -239,8 +241,8 @@ pub(crate) fn monotonic_ns() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
-/// Longest a ping-pong may run: a side whose peer died would otherwise
-/// pass the lock to nobody for ever.
+/// Longest a side goes without a hand-off before it gives up: one whose
+/// peer stopped would otherwise pass the lock to nobody for ever.
 const PINGPONG_LIMIT: Duration = Duration::from_secs(120);
 
 /// One side of the ping-pong: `rounds` hand-offs from the other side.
@@ -254,7 +256,8 @@ pub(crate) fn side(
     let mut handoffs = Vec::with_capacity(rounds);
     let mut byte = [0u8];
     let mut done = false;
-    let give_up = monotonic_ns() + PINGPONG_LIMIT.as_nanos() as u64;
+    let limit = PINGPONG_LIMIT.as_nanos() as u64;
+    let mut give_up = monotonic_ns() + limit;
     loop {
         // Keep passing the lock until both sides have their hand-offs.
         if !done && handoffs.len() >= rounds {
@@ -264,7 +267,7 @@ pub(crate) fn side(
         if done && board.finished.load(Ordering::SeqCst) == 2 {
             return Ok(handoffs);
         }
-        if board.peer_exited.load(Ordering::SeqCst) != 0 {
+        if board.has_peer_exited() {
             return Err(std::io::Error::other(format!(
                 "side {me}: the other side exited ({} of {rounds} hand-offs)",
                 handoffs.len()
@@ -294,6 +297,7 @@ pub(crate) fn side(
                 let other = board.released[usize::from(1 - me % 2)].load(Ordering::SeqCst);
                 handoffs.push(Duration::from_nanos(held.saturating_sub(other)));
             }
+            give_up = held + limit;
         }
         file.write_at(&[me], 0)?;
         board.leave(me, monotonic_ns());
@@ -413,8 +417,8 @@ fn locks(rounds: usize, dir: Option<&Path>, relaxed: bool) -> Result<(), String>
             if relaxed { "relaxed" } else { "full" }
         );
         println!(
-            "{:<6} {:>10} {:>10} {:>10} {:>14} {:>9}",
-            "lock", "median", "p99", "max", "hand-offs/s", "overlaps"
+            "{:<6} {:>10} {:>10} {:>10} {:>14} {:>9} {:>12}",
+            "lock", "median", "p99", "max", "hand-offs/s", "overlaps", "stale reads"
         );
         for kind in [Kind::Flock, Kind::Fcntl] {
             let name = format!("{kind:?}").to_lowercase();
@@ -433,7 +437,13 @@ fn locks(rounds: usize, dir: Option<&Path>, relaxed: bool) -> Result<(), String>
             let epoch = Instant::now();
             let other = {
                 let board = board.clone();
-                std::thread::spawn(move || side(&fb, kind, 2, rounds, &board))
+                std::thread::spawn(move || {
+                    let theirs = side(&fb, kind, 2, rounds, &board);
+                    if theirs.is_err() {
+                        board.peer_exited();
+                    }
+                    theirs
+                })
             };
             let mut all = side(&fa, kind, 1, rounds, &board).map_err(|e| format!("{name}: {e}"))?;
             let theirs = other
@@ -444,13 +454,14 @@ fn locks(rounds: usize, dir: Option<&Path>, relaxed: bool) -> Result<(), String>
             all.extend(theirs);
             all.sort();
             println!(
-                "{:<6} {:>8.2}ms {:>8.2}ms {:>8.2}ms {:>14.0} {:>9}",
+                "{:<6} {:>8.2}ms {:>8.2}ms {:>8.2}ms {:>14.0} {:>9} {:>12}",
                 name,
                 percentile(&all, 0.5).as_secs_f64() * 1e3,
                 percentile(&all, 0.99).as_secs_f64() * 1e3,
                 all.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
                 all.len() as f64 / elapsed.as_secs_f64(),
-                board.overlaps()
+                board.overlaps(),
+                board.stale_reads()
             );
         }
         Ok(())
@@ -478,9 +489,14 @@ mod tests {
         board.enter(1);
         board.enter(2);
         assert_eq!(board.overlaps(), 1);
+        // Side 2 lets go and takes it again while side 1 still holds it.
+        board.leave(2, monotonic_ns());
+        board.enter(2);
+        assert_eq!(board.overlaps(), 2, "side 1 still held it");
         board.leave(1, monotonic_ns());
+        board.leave(2, monotonic_ns());
         board.enter(1);
-        assert_eq!(board.overlaps(), 2, "side 2 still held it");
+        assert_eq!(board.overlaps(), 2, "both had let go");
     }
 
     /// Two threads passing a real flock in turn: hand-offs, no overlap.

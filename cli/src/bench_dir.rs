@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
-use crate::bench::{percentile, side, Kind, SharedBoard};
+use crate::bench::{monotonic_ns, percentile, side, Kind, SharedBoard};
 
 /// Sizes of the `bench dir` workloads.
 #[derive(Debug, Clone, clap::Args)]
@@ -243,6 +243,11 @@ fn lock(roots: &Roots, a: &DirArgs, out: &mut Results) -> Result<(), String> {
         let name = format!("{kind:?}").to_lowercase();
         let (samples, overlaps, stale) = pingpong(roots, kind, &name, a.handoffs)
             .map_err(|e| format!("{name} ping-pong: {e}"))?;
+        out.push((
+            format!("lock.{name}_handoffs"),
+            samples.len() as f64,
+            "hand-offs",
+        ));
         push_latency(out, &format!("lock.{name}_handoff"), samples, Unit::Ms);
         out.push((format!("lock.{name}_overlaps"), overlaps as f64, "times"));
         out.push((format!("lock.{name}_stale_reads"), stale as f64, "reads"));
@@ -259,13 +264,22 @@ fn pingpong(
 ) -> Result<(Vec<Duration>, u64, u64), String> {
     let file = roots.via(0).join(format!("lock-{name}"));
     std::fs::write(&file, [0u8]).map_err(|e| err("lock file", e))?;
-    let board_path =
-        std::env::temp_dir().join(format!("hafs-bench-lock-{}-{name}", std::process::id()));
-    let board = SharedBoard::map(&board_path, true)
-        .map_err(|e| err(&board_path.display().to_string(), e))?;
-    let result = (|| {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&file)
+        .map_err(|e| err("lock file", e))?;
+    // Unique even if an interrupted run left one behind under a reused pid.
+    let board_path = std::env::temp_dir().join(format!(
+        "hafs-bench-lock-{}-{}-{name}",
+        std::process::id(),
+        monotonic_ns()
+    ));
+    let board =
+        SharedBoard::map(&board_path, true).map_err(|e| err(&board_path.display().to_string(), e));
+    let result = board.and_then(|board| {
         let exe = std::env::current_exe().map_err(|e| err("cannot find hafs itself", e))?;
-        let child = std::process::Command::new(exe)
+        let mut child = std::process::Command::new(exe)
             .args(["bench", "lock-peer"])
             .arg(&board_path)
             .arg(roots.via(1).join(format!("lock-{name}")))
@@ -274,33 +288,33 @@ fn pingpong(
             .stderr(std::process::Stdio::piped())
             .spawn()
             .map_err(|e| err("cannot start the lock peer", e))?;
-        let pid = child.id();
+        let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
         std::thread::scope(|s| {
-            let peer = s.spawn(|| {
-                let output = child.wait_with_output();
+            // Its output ends when the peer exits; the child is reaped below,
+            // by this thread, so killing it can never hit a reused pid.
+            let watcher = s.spawn(|| {
+                let (mut out, mut why) = (String::new(), String::new());
+                if let Some(o) = stdout.as_mut() {
+                    let _ = o.read_to_string(&mut out);
+                }
                 board.peer_exited();
-                output
+                if let Some(e) = stderr.as_mut() {
+                    let _ = e.read_to_string(&mut why);
+                }
+                (out, why)
             });
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&file)
-                .map_err(|e| err("lock file", e))?;
             let mine = side(&f, kind, 1, handoffs, &board);
-            if mine.is_err() {
-                kill(pid);
-            }
-            let output = peer
+            let killed = mine.is_err() && !board.has_peer_exited() && child.kill().is_ok();
+            let status = child.wait().map_err(|e| err("lock peer", e))?;
+            let (out, why) = watcher
                 .join()
-                .map_err(|_| "the lock peer's watcher panicked".to_string())?
-                .map_err(|e| err("lock peer", e))?;
-            // Our own failure first: it is why we killed the peer.
-            let mut all = mine.map_err(|e| e.to_string())?;
-            if !output.status.success() {
-                let why = String::from_utf8_lossy(&output.stderr);
-                return Err(format!("lock peer: {} ({})", why.trim(), output.status));
+                .map_err(|_| "the lock peer's watcher panicked".to_string())?;
+            // The peer's own failure is the cause of ours, unless we killed it.
+            if !status.success() && !killed {
+                return Err(format!("lock peer: {} ({status})", why.trim()));
             }
-            for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let mut all = mine.map_err(|e| e.to_string())?;
+            for line in out.lines() {
                 let ns: u64 = line
                     .parse()
                     .map_err(|_| format!("lock peer printed {line:?}"))?;
@@ -308,20 +322,9 @@ fn pingpong(
             }
             Ok((all, board.overlaps(), board.stale_reads()))
         })
-    })();
-    drop(board);
+    });
     let _ = std::fs::remove_file(&board_path);
     result
-}
-
-#[allow(unsafe_code)] // kill(2) of our own child
-fn kill(pid: u32) {
-    if let Ok(pid) = i32::try_from(pid) {
-        // SAFETY: signals a process this one started and has not reaped.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
-    }
 }
 
 fn bigdir(roots: &Roots, a: &DirArgs, out: &mut Results, quiet: bool) -> Result<(), String> {
