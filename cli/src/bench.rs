@@ -36,7 +36,7 @@ pub struct BenchArgs {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchWhat {
-    /// Metadata, config-update, flock, big-directory and I/O workloads on
+    /// Metadata, config-update, lock, big-directory and I/O workloads on
     /// any directory (hafs, bindfs, tmpfs, ...).
     Dir(crate::bench_dir::DirArgs),
     /// Raw durable SQLite commits per second in a directory.
