@@ -147,6 +147,25 @@ pub enum Kind {
     Fcntl,
 }
 
+impl Kind {
+    /// The name in metrics, file names and `--kind` (clap's value name).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Flock => "flock",
+            Kind::Fcntl => "fcntl",
+        }
+    }
+}
+
+/// Open a ping-pong's lock file for reading and writing.
+pub(crate) fn open_lock_file(path: &Path) -> Result<File, String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Take (`true`) or drop the exclusive whole-file lock, waiting to take it.
 #[allow(unsafe_code)] // flock(2)/fcntl(2) locks have no safe std API
 pub(crate) fn lock(file: &File, kind: Kind, take: bool) -> std::io::Result<()> {
@@ -180,7 +199,7 @@ pub(crate) struct Board {
     finished: AtomicU64,
     /// Whether each side holds the lock now.
     holding: [AtomicU64; 2],
-    /// Set when side 2, a process, has exited.
+    /// Set when side 2 (a process or thread) has ended.
     peer_exited: AtomicU64,
     overlaps: AtomicU64,
     /// The side that released the lock last.
@@ -378,11 +397,7 @@ impl Drop for SharedBoard {
 /// `hafs bench lock-peer`: side 2 of a ping-pong started by side 1.
 fn lock_peer(board: &Path, file: &Path, kind: Kind, handoffs: usize) -> Result<(), String> {
     let board = SharedBoard::map(board, false).map_err(|e| format!("{}: {e}", board.display()))?;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(file)
-        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let f = open_lock_file(file)?;
     let mine = side(&f, kind, 2, handoffs, &board).map_err(|e| e.to_string())?;
     for d in mine {
         println!("{}", d.as_nanos());
@@ -421,16 +436,12 @@ fn locks(rounds: usize, dir: Option<&Path>, relaxed: bool) -> Result<(), String>
             "lock", "median", "p99", "max", "hand-offs/s", "overlaps", "stale reads"
         );
         for kind in [Kind::Flock, Kind::Fcntl] {
-            let name = format!("{kind:?}").to_lowercase();
-            std::fs::write(a.path.join(&name), [0u8]).map_err(|e| format!("{name}: {e}"))?;
-            let open = |m: &MountProcess| {
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(m.path.join(&name))
-                    .map_err(|e| format!("{name}: {e}"))
-            };
-            let (fa, fb) = (open(&a)?, open(&b)?);
+            let name = kind.name();
+            std::fs::write(a.path.join(name), [0u8]).map_err(|e| format!("{name}: {e}"))?;
+            let (fa, fb) = (
+                open_lock_file(&a.path.join(name))?,
+                open_lock_file(&b.path.join(name))?,
+            );
             let board = Arc::new(Board::default());
             // A benchmark of real processes outside simulation: the OS clock.
             #[allow(clippy::disallowed_methods)]

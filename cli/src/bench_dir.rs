@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
-use crate::bench::{monotonic_ns, percentile, side, Kind, SharedBoard};
+use crate::bench::{monotonic_ns, open_lock_file, percentile, side, Kind, SharedBoard};
 
 /// Sizes of the `bench dir` workloads.
 #[derive(Debug, Clone, clap::Args)]
@@ -240,9 +240,9 @@ fn config(roots: &Roots, a: &DirArgs, out: &mut Results) -> Result<(), String> {
 /// directory share neither locks nor cached data).
 fn lock(roots: &Roots, a: &DirArgs, out: &mut Results) -> Result<(), String> {
     for kind in [Kind::Flock, Kind::Fcntl] {
-        let name = format!("{kind:?}").to_lowercase();
-        let (samples, overlaps, stale) = pingpong(roots, kind, &name, a.handoffs)
-            .map_err(|e| format!("{name} ping-pong: {e}"))?;
+        let name = kind.name();
+        let (samples, overlaps, stale) =
+            pingpong(roots, kind, a.handoffs).map_err(|e| format!("{name} ping-pong: {e}"))?;
         out.push((
             format!("lock.{name}_handoffs"),
             samples.len() as f64,
@@ -259,16 +259,12 @@ fn lock(roots: &Roots, a: &DirArgs, out: &mut Results) -> Result<(), String> {
 fn pingpong(
     roots: &Roots,
     kind: Kind,
-    name: &str,
     handoffs: usize,
 ) -> Result<(Vec<Duration>, u64, u64), String> {
+    let name = kind.name();
     let file = roots.via(0).join(format!("lock-{name}"));
     std::fs::write(&file, [0u8]).map_err(|e| err("lock file", e))?;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&file)
-        .map_err(|e| err("lock file", e))?;
+    let f = open_lock_file(&file)?;
     // Unique even if an interrupted run left one behind under a reused pid.
     let board_path = std::env::temp_dir().join(format!(
         "hafs-bench-lock-{}-{}-{name}",
