@@ -22,7 +22,7 @@
 //! ("hafs", FS, "ino", INO, "lockver")            -> i64 LE, atomic add on every lock change (waiters watch it)
 //! ("hafs", FS, "unlinked", INO)                  -> free-after wall ns (i64 LE): no links left; freed
 //!                                                   once past it and open nowhere
-//! ("hafs", FS, "client", CLIENT, "idem", SEQ)    -> idempotency marker: the reply
+//! ("hafs", FS, "client", CLIENT, "idem", SEQ)    -> idempotency marker: the reply (stores with ambiguous commits only)
 //! ("hafs", FS, "client", CLIENT, "heartbeat")    -> i64 LE, atomic add by the client
 //! ("hafs", FS, "client", CLIENT, "beat_at")      -> wall ns of the last beat (display only)
 //! ("hafs", FS, "client", CLIENT, "open", INO)    -> ()  index: the client has INO open

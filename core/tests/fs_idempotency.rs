@@ -173,3 +173,153 @@ async fn old_markers_are_cleared_and_recent_ones_kept() {
     let expected: Vec<u64> = (ops + 1 - kept..=ops).collect();
     assert_eq!(seqs, expected);
 }
+
+/// A store whose commits are ambiguous only after a local I/O error, like
+/// SQLite ([`Backend::ambiguous_commits`] false) — here the fault wrapper
+/// underneath still makes them ambiguous when told to.
+#[derive(Debug)]
+struct RarelyAmbiguous(Arc<dyn hafs_core::kv::Backend>);
+
+#[async_trait::async_trait]
+impl hafs_core::kv::Backend for RarelyAmbiguous {
+    fn name(&self) -> &'static str {
+        "rarely-ambiguous"
+    }
+    fn ambiguous_commits(&self) -> bool {
+        false
+    }
+    async fn begin(&self) -> hafs_core::kv::KvResult<Box<dyn hafs_core::kv::BackendTxn>> {
+        self.0.begin().await
+    }
+}
+
+/// The next write commits' fault, switched by the test.
+#[derive(Debug, Default)]
+struct Switch(Mutex<Option<CommitFault>>);
+
+impl FaultPlan for Switch {
+    fn on_commit(&self, request: &CommitRequest) -> CommitFault {
+        match *self.0.lock() {
+            Some(fault) if !request.is_read_only() => fault,
+            _ => CommitFault::None,
+        }
+    }
+    fn on_read(&self) -> ReadFault {
+        ReadFault::None
+    }
+}
+
+/// A new filesystem on `db`, client "c1", with a file "f" holding "abc".
+async fn with_file(db: &Database) -> (Fs, hafs_core::codec::Attr) {
+    mkfs(db, "fs", MkfsOptions::default()).await.unwrap();
+    let fs = Fs::open(db.clone(), "fs", "c1", FsOptions::default())
+        .await
+        .unwrap();
+    let root = Caller::root();
+    let f = fs
+        .create(&root, ROOT_INO, b"f", 0o644, true, perm::WRITE)
+        .await
+        .unwrap();
+    fs.write(&root, f.ino, WriteAt::Append, b"abc")
+        .await
+        .unwrap();
+    (fs, f)
+}
+
+/// Markers a client has stored.
+async fn markers(fs: &Fs) -> usize {
+    let (begin, end) = fs.keys().idempotency_markers(fs.client(), 0, u64::MAX);
+    fs.db()
+        .read(|txn| {
+            let (begin, end) = (begin.clone(), end.clone());
+            async move {
+                let page = txn
+                    .get_range(&begin, &end, hafs_core::kv::RangeOptions::default())
+                    .await?;
+                Ok::<_, hafs_core::kv::KvError>(page.kvs.len())
+            }
+        })
+        .await
+        .unwrap()
+}
+
+/// On a store that is ambiguous only on I/O errors, mutations write no
+/// marker, and a commit whose outcome is unknown is reported (EIO) — never
+/// applied a second time: a create that landed does not turn into EEXIST,
+/// one that did not is not made to land by a retry.
+#[tokio::test]
+async fn without_markers_an_unknown_outcome_is_reported_not_repeated() {
+    let clock = ManualClock::new();
+    let mem = MemBackend::new(clock.clone());
+    let plan = Arc::new(Switch::default());
+    let faulty = FaultyBackend::new(Arc::new(mem.clone()), plan.clone(), clock.clone());
+    let db = Database::new(
+        Arc::new(RarelyAmbiguous(Arc::new(faulty))),
+        clock.clone(),
+        1,
+    );
+    let (fs, f) = with_file(&db).await;
+    let root = Caller::root();
+    fs.rename(&root, ROOT_INO, b"f", ROOT_INO, b"g", 0)
+        .await
+        .unwrap();
+    assert_eq!(markers(&fs).await, 0, "no marker on this store");
+
+    *plan.0.lock() = Some(CommitFault::UnknownApplied);
+    let landed = fs
+        .create(&root, ROOT_INO, b"landed", 0o644, true, perm::WRITE)
+        .await
+        .unwrap_err();
+    let appended = fs
+        .write(&root, f.ino, WriteAt::Append, b"def")
+        .await
+        .unwrap_err();
+    *plan.0.lock() = Some(CommitFault::UnknownNotApplied);
+    let lost = fs
+        .create(&root, ROOT_INO, b"lost", 0o644, true, perm::WRITE)
+        .await
+        .unwrap_err();
+    *plan.0.lock() = None;
+    for e in [&landed, &appended, &lost] {
+        assert_eq!(e.errno(), libc::EIO, "{e}");
+    }
+    fs.lookup(&root, ROOT_INO, b"landed").await.unwrap();
+    assert_eq!(
+        fs.read(&root, f.ino, 0, 100).await.unwrap(),
+        b"abcdef",
+        "appended once"
+    );
+    assert_eq!(
+        fs.lookup(&root, ROOT_INO, b"lost").await.unwrap_err(),
+        hafs_core::error::FsError::NotFound
+    );
+    let report = check_invariants(&db, "fs", |_| {}).await.unwrap();
+    assert!(report.is_clean(), "{:#?}", report.violations);
+
+    // The same store said to be ambiguous: markers, and the retry answers.
+    let db = Database::new(Arc::new(mem), clock, 2);
+    let fs = Fs::open(db, "fs", "c2", FsOptions::default())
+        .await
+        .unwrap();
+    fs.create(&root, ROOT_INO, b"marked", 0o644, true, perm::WRITE)
+        .await
+        .unwrap();
+    assert_eq!(markers(&fs).await, 1);
+}
+
+/// SQLite is such a store: a mount's mutations leave no markers in it.
+#[tokio::test]
+async fn sqlite_mutations_write_no_markers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = hafs_core::clock::TokioClock::new();
+    let sqlite = hafs_core::kv::sqlite::SqliteBackend::open(
+        &tmp.path().join("hafs.db"),
+        Default::default(),
+        clock.clone(),
+    )
+    .unwrap();
+    let db = Database::new(Arc::new(sqlite), clock, 1);
+    let (fs, _) = with_file(&db).await;
+    fs.unlink(&Caller::root(), ROOT_INO, b"f").await.unwrap();
+    assert_eq!(markers(&fs).await, 0);
+}

@@ -12,6 +12,14 @@
 //! the same client are cleared by later operations, [`IDEMPOTENCY_CLEAR_EVERY`]
 //! at a time: clearing one old marker per operation dirtied a second B-tree
 //! page (far from the new marker's) in every mutating transaction.
+//!
+//! Markers are written only where commits can be ambiguous in normal
+//! operation (FoundationDB; the fault-injecting wrapper the simulator and
+//! tests use). On SQLite only a local I/O error during COMMIT leaves the
+//! outcome unknown ([`crate::kv::Backend::ambiguous_commits`]): there a
+//! mutation writes no marker and reports such an error (EIO) instead of
+//! retrying — at most once, never twice, like a local filesystem whose disk
+//! failed mid-write — and every mutation saves a key and often a WAL frame.
 
 pub mod alloc;
 pub mod format;
@@ -109,6 +117,9 @@ pub struct Fs {
     options: FsOptions,
     client: String,
     next_seq: AtomicU64,
+    /// Mutations write idempotency markers: the store's commits can be
+    /// ambiguous ([`crate::kv::Backend::ambiguous_commits`]).
+    markers: bool,
     inodes: alloc::InodeBatch,
     open: crate::ops::open::OpenTable,
     locks: crate::ops::lock::LockTracker,
@@ -154,6 +165,7 @@ impl Fs {
             let _ = crate::session::evict(&db, &keys, &info.id).await;
             return Err(e);
         }
+        let markers = db.backend().ambiguous_commits();
         Ok(Fs {
             db,
             name: name.to_string(),
@@ -162,6 +174,7 @@ impl Fs {
             options,
             client: info.id.clone(),
             next_seq: AtomicU64::new(1),
+            markers,
             inodes: alloc::InodeBatch::default(),
             open: Default::default(),
             locks: Default::default(),
@@ -308,6 +321,9 @@ impl Fs {
         if self.options.read_only {
             return Err(FsError::ReadOnly);
         }
+        if !self.markers {
+            return self.mutate_unmarked(caller, op).await;
+        }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let ctx = self.ctx(caller);
         let marker = self.keys.idempotency_marker(&self.client, seq);
@@ -350,6 +366,32 @@ impl Fs {
                 .await
         })
         .await
+    }
+
+    /// [`Fs::mutate`] on a store whose commits are ambiguous only after a
+    /// local I/O error ([`crate::kv::Backend::ambiguous_commits`]): no
+    /// marker, so an attempt after one whose outcome is unknown cannot tell
+    /// whether it landed — it reports an I/O error rather than apply the
+    /// operation a second time (at most once, never twice).
+    async fn mutate_unmarked<'a, T, F, Fut>(&'a self, caller: &'a Caller, op: F) -> FsResult<T>
+    where
+        F: Fn(Transaction, Ctx<'a>) -> Fut,
+        Fut: Future<Output = FsResult<T>>,
+    {
+        let ctx = self.ctx(caller);
+        let op = &op;
+        // `TimedOut` is never retried by the runner: it reaches the caller.
+        self.db
+            .run(|txn, maybe_committed| async move {
+                if maybe_committed {
+                    return Err(FsError::Kv(KvError::Backend(
+                        "the database could not say whether a commit landed; not retried".into(),
+                    )));
+                }
+                self.fence(&txn).await?;
+                op(txn, ctx).await
+            })
+            .await
     }
 
     /// Settle `TimedOut`: the KV surfaces it because the commit may still

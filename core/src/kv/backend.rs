@@ -36,6 +36,18 @@ pub trait Backend: Send + Sync + Debug {
         false
     }
 
+    /// Whether a commit can end with its outcome unknown in the course of
+    /// normal operation (`CommitUnknownResult` or `TimedOut` from a network,
+    /// a timeout, an injected fault), so that a writer must leave a marker
+    /// in the commit to recognise it on retry (`crate::fs`'s idempotency
+    /// markers). `false` for a store where that happens only on a local I/O
+    /// error (SQLite): the filesystem then reports that error instead of
+    /// retrying, and writes no markers. Wrappers that inject ambiguous
+    /// commits must say `true`.
+    fn ambiguous_commits(&self) -> bool {
+        true
+    }
+
     /// Start a transaction: fix its read version. Every read of the returned
     /// snapshot sees exactly the commits with version ≤ that read version.
     async fn begin(&self) -> KvResult<Box<dyn BackendTxn>>;

@@ -219,6 +219,11 @@ impl Backend for FaultyBackend {
         self.inner.spreads_key_ranges()
     }
 
+    /// Injects them, whatever the store underneath.
+    fn ambiguous_commits(&self) -> bool {
+        true
+    }
+
     async fn begin(&self) -> KvResult<Box<dyn BackendTxn>> {
         self.read_fault().await?;
         Ok(Box::new(FaultyTxn {
