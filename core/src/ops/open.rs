@@ -352,7 +352,17 @@ impl Fs {
             clock.sleep(RELEASE_GATHER).await;
             loop {
                 match self.clear_deferred_releases().await {
-                    Ok(true) => {}
+                    Ok(true) => {
+                        // Closes that came in during that transaction gather
+                        // too, unless a full batch is waiting (or batches are
+                        // failing, `solo`): going straight on cleared them
+                        // one or two per transaction, 1.5 commits per create
+                        // in a loop of creates instead of about 1.1.
+                        let solo = table.solo.load(std::sync::atomic::Ordering::Relaxed);
+                        if !solo && table.deferred.lock().len() < RELEASE_BATCH {
+                            clock.sleep(RELEASE_GATHER).await;
+                        }
+                    }
                     Ok(false) => break,
                     Err(FsError::Fenced) => break,
                     Err(e) => {
