@@ -739,7 +739,8 @@ fn nobody_sees(path: &Path) -> bool {
 /// search-permission check, so a mount caches names only in directories
 /// everyone may search — and a chmod that takes search away, or a rename
 /// into a directory not everyone may search, waits out the names cached
-/// before it returns, also for names mkdir, symlink and link made. Right
+/// before it returns, also for names mkdir, symlink and link made (but a
+/// rename out of a private directory into a public one does not). Right
 /// after either, another user is refused: without
 /// the wait, `nobody` would still reach `D/f` and `R/x` through the names
 /// its earlier stats cached (and the chmod and rename would take
@@ -799,6 +800,18 @@ fn names_cached_without_default_permissions_never_outlive_search_permission() {
         started.elapsed() < Duration::from_millis(500),
         "a rename between private directories waited for names elsewhere"
     );
+    // Nor out of a private directory into one everyone may search, where
+    // names are cached (P/z): the name that moved came from where none is
+    // (a temporary file written in a private directory, renamed into place).
+    std::fs::write(a.p("R/t"), b"t").unwrap();
+    assert!(nobody_sees(&a.p("P/z")));
+    let started = Instant::now();
+    std::fs::rename(a.p("R/t"), a.p("P/t")).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "a rename out of a private directory waited for names in the public one"
+    );
+    assert!(nobody_sees(&a.p("P/t")));
 
     // Names that mkdir, symlink and link made are cached as they reply:
     // the chmod waits for those too. (The kernel looks each name up just

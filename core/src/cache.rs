@@ -476,6 +476,14 @@ impl NameState {
     }
 }
 
+/// Whether the directories of a rename held names the kernel may still
+/// believe ([`NameGrants::moved`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LiveNames {
+    pub from: bool,
+    pub to: bool,
+}
+
 /// Taken before a lookup reads the database; see [`NameGrants::grant`].
 #[derive(Debug, Clone, Copy)]
 pub struct NameTicket(u64);
@@ -534,29 +542,27 @@ impl NameGrants {
         }
     }
 
-    /// A rename between directories `a` and `b` (either way): the kernel
-    /// moves a cached name with its TTL, so from now on names granted in
-    /// either count as granted in both — a later [`NameGrants::revoke_in`]
-    /// of either waits for them. Voids lookups in flight, which may have
-    /// read the name where it was. Returns whether a name granted in
-    /// either may still be believed: if not, nothing that moved is cached.
-    pub fn moved(&self, a: u64, b: u64) -> bool {
+    /// A rename from directory `from` into `to`: the kernel moves the
+    /// cached name with its TTL (under an exchange, both names), so from
+    /// now on names granted in either count as granted in both — a later
+    /// [`NameGrants::revoke_in`] of either waits for them. Voids lookups in
+    /// flight, which may have read the name where it was. Returns which of
+    /// the two had names that may still be believed before the rename: a
+    /// name moved out of a directory with none is not cached.
+    pub fn moved(&self, from: u64, to: u64) -> LiveNames {
         let now = self.clock.monotonic();
         let mut state = self.state.lock();
         state.epoch += 1;
-        let until = match (state.under.get(&a), state.under.get(&b)) {
-            (None, None) => return false,
-            (x, y) => x
-                .copied()
-                .unwrap_or_default()
-                .max(y.copied().unwrap_or_default()),
-        };
-        if until <= now {
-            return false;
+        let live = |dir: u64| state.under.get(&dir).copied().filter(|until| *until > now);
+        let (in_from, in_to) = (live(from), live(to));
+        if let Some(until) = in_from.max(in_to) {
+            state.under.insert(from, until);
+            state.under.insert(to, until);
         }
-        state.under.insert(a, until);
-        state.under.insert(b, until);
-        true
+        LiveNames {
+            from: in_from.is_some(),
+            to: in_to.is_some(),
+        }
     }
 
     async fn wait_until(&self, until: Duration) {

@@ -193,7 +193,7 @@ async fn two_clients_from_the_start_never_cache() {
 /// count for both, and only while one may still be believed.
 #[tokio::test]
 async fn name_grants_are_waited_out_where_search_permission_went() {
-    use hafs_core::cache::NameGrants;
+    use hafs_core::cache::{LiveNames, NameGrants};
     use hafs_core::clock::ManualClock;
     let clock = ManualClock::new();
     let names = NameGrants::new(clock.clone());
@@ -218,14 +218,25 @@ async fn name_grants_are_waited_out_where_search_permission_went() {
 
     // Granted in 20, renamed into 21: revoking 21 waits for it.
     assert_eq!(names.grant(names.ticket(), 20, TTL), TTL);
-    assert!(names.moved(20, 21));
+    let live = |from, to| LiveNames { from, to };
+    assert_eq!(names.moved(20, 21), live(true, false));
     let start = clock.monotonic();
     names.revoke_in(21).await;
     assert_eq!(waited(start), TTL + REVOKE_MARGIN);
     // Both long expired, or never granted: nothing moved is cached.
-    assert!(!names.moved(20, 21));
-    assert!(!names.moved(40, 41));
+    assert_eq!(names.moved(20, 21), live(false, false));
+    assert_eq!(names.moved(40, 41), live(false, false));
     assert_eq!(names.grant(names.ticket(), 30, TTL), TTL);
     clock.advance(TTL / 2);
-    assert!(names.moved(40, 30), "a grant half its TTL old still counts");
+    // Out of 40, where nothing was granted, into 30: nothing moved is
+    // cached, though 30's names may be believed — and 40's wait now covers
+    // them (an exchange may have brought one of them over).
+    assert_eq!(
+        names.moved(40, 30),
+        live(false, true),
+        "a grant half its TTL old still counts"
+    );
+    let start = clock.monotonic();
+    names.revoke_in(40).await;
+    assert_eq!(waited(start), TTL / 2 + REVOKE_MARGIN);
 }

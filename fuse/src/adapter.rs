@@ -387,29 +387,30 @@ impl Inner {
         }
     }
 
-    /// After a rename between `from` and `to`: the kernel moved the cached
-    /// name with its TTL, so the grants of both directories now count for
-    /// both, and if either is one not everyone may search (the name may
-    /// now sit under it, or have come out of it under an exchange), wait
-    /// until none of their names is believed.
-    async fn names_moved(&self, from: u64, to: u64) {
+    /// After a rename from `from` into `to`: the kernel moved the cached
+    /// name from `from` into `to` with its TTL (under an exchange, also the
+    /// one from `to` into `from`). If such a name may still be believed and
+    /// now sits in a directory not everyone may search, wait until it is
+    /// not. A name moved out of a directory with no name believed is not
+    /// cached, so writing a temporary file in a private directory and
+    /// renaming it into a public one never waits (it waited up to a TTL
+    /// whenever a name in the public directory had been looked up).
+    async fn names_moved(&self, from: u64, to: u64, exchange: bool) {
         let Some(names) = &self.names else { return };
-        if !names.moved(from, to) {
-            // No name granted in either may still be believed: whatever
-            // moved is not cached.
-            return;
-        }
+        let live = names.moved(from, to);
         let root = Caller::root();
-        for dir in [from, to] {
+        for (dir, arrived) in [(to, live.from), (from, exchange && live.to)] {
+            if !arrived {
+                continue;
+            }
             let open = match self.fs.getattr(&root, dir).await {
                 Ok(a) => everyone_may_search(a.mode),
                 // Gone or unreadable: assume the worst.
                 Err(_) => false,
             };
             if !open {
-                // Only names granted in `from` or `to` can have moved, and
-                // `moved` made each directory's wait cover both.
-                names.revoke_in(to).await;
+                // `moved` made this directory's wait cover both.
+                names.revoke_in(dir).await;
                 return;
             }
         }
@@ -801,7 +802,8 @@ impl Filesystem for HafsFuse {
                     .await;
             // A timed-out or unknown commit may have landed: assume it did.
             if across && matches!(r, Ok(()) | Err(FsError::Kv(_))) {
-                i.names_moved(from, to).await;
+                i.names_moved(from, to, flags.bits() & libc::RENAME_EXCHANGE != 0)
+                    .await;
             }
             match r {
                 Ok(()) => reply.ok(),
