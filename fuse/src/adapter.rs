@@ -30,7 +30,7 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use hafs_core::cache::{
-    everyone_may_search, CacheGate, CacheGuard, CacheTicket, NameGrants, NameTicket,
+    everyone_may_search, CacheGate, CacheGuard, CacheTicket, KernelCache, NameGrants, NameTicket,
 };
 use hafs_core::codec::{Attr, FileType, LockKind};
 use hafs_core::ctx::{Caller, Groups};
@@ -263,6 +263,33 @@ fn kernel_ino(ino: u64) -> INodeNo {
     INodeNo(swap_ino(ino))
 }
 
+/// The kernel's caches of names and attributes, dropped through FUSE
+/// notifications when the cache lease is given up (`CacheGate::close`).
+#[derive(Debug)]
+pub struct KernelNotify(pub fuser::Notifier);
+
+impl KernelCache for KernelNotify {
+    fn forget_name(&self, parent: u64, name: &[u8]) -> std::io::Result<()> {
+        absent_is_dropped(
+            self.0
+                .inval_entry(kernel_ino(parent), OsStr::from_bytes(name)),
+        )
+    }
+
+    fn forget_attrs(&self, ino: u64) -> std::io::Result<()> {
+        // Offset -1: attributes only (direct I/O caches no pages).
+        absent_is_dropped(self.0.inval_inode(kernel_ino(ino), -1, 0))
+    }
+}
+
+/// The kernel answers ENOENT for a name or inode it no longer holds.
+fn absent_is_dropped(result: std::io::Result<()>) -> std::io::Result<()> {
+    match result {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
 /// For operations on an inode the kernel looked up earlier: a missing
 /// inode means another client removed it since — `ESTALE`, which makes the
 /// kernel redo the lookup once (so an open racing a rename-over opens the
@@ -344,18 +371,27 @@ impl Inner {
         &self,
         tickets: (CacheTicket, Option<NameTicket>),
         parent: u64,
+        name: &[u8],
         reply: ReplyEntry,
         result: FsResult<Made>,
     ) {
         let (ticket, name_ticket) = tickets;
         let ttl = self.cache.enter(ticket);
         match result {
-            Ok(Made { attr: a, dir_mode }) => reply.entry_with_ttls(
-                &attr_ttl(&ttl, &a),
-                &self.name_ttl(&ttl, name_ticket, parent, Some(dir_mode)),
-                &file_attr(&a),
-                Generation(a.generation),
-            ),
+            Ok(Made { attr: a, dir_mode }) => {
+                let (attr_ttl, name_ttl) = (
+                    attr_ttl(&ttl, &a),
+                    self.name_ttl(&ttl, name_ticket, parent, Some(dir_mode)),
+                );
+                ttl.handing_attrs(a.ino, attr_ttl);
+                ttl.handing_name(parent, name, name_ttl);
+                reply.entry_with_ttls(
+                    &attr_ttl,
+                    &name_ttl,
+                    &file_attr(&a),
+                    Generation(a.generation),
+                )
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -424,6 +460,7 @@ impl Inner {
         &self,
         tickets: (CacheTicket, Option<NameTicket>),
         parent: u64,
+        name: &[u8],
         reply: ReplyEntry,
         result: FsResult<Looked>,
     ) {
@@ -434,13 +471,18 @@ impl Inner {
         };
         let ttl = self.cache.enter(ticket);
         let entry_ttl = self.name_ttl(&ttl, name_ticket, parent, Some(looked.dir_mode));
+        ttl.handing_name(parent, name, entry_ttl);
         match looked.found {
-            Some(a) => reply.entry_with_ttls(
-                &attr_ttl(&ttl, &a),
-                &entry_ttl,
-                &file_attr(&a),
-                Generation(a.generation),
-            ),
+            Some(a) => {
+                let attr_ttl = attr_ttl(&ttl, &a);
+                ttl.handing_attrs(a.ino, attr_ttl);
+                reply.entry_with_ttls(
+                    &attr_ttl,
+                    &entry_ttl,
+                    &file_attr(&a),
+                    Generation(a.generation),
+                )
+            }
             None if entry_ttl > Duration::ZERO => {
                 let absent = FileAttr {
                     ino: INodeNo(0),
@@ -468,7 +510,11 @@ impl Inner {
     fn attr(&self, ticket: CacheTicket, reply: ReplyAttr, result: FsResult<Attr>) {
         let ttl = self.cache.enter(ticket);
         match result {
-            Ok(a) => reply.attr(&attr_ttl(&ttl, &a), &file_attr(&a)),
+            Ok(a) => {
+                let attr_ttl = attr_ttl(&ttl, &a);
+                ttl.handing_attrs(a.ino, attr_ttl);
+                reply.attr(&attr_ttl, &file_attr(&a))
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -622,7 +668,7 @@ impl Filesystem for HafsFuse {
             let tickets = i.tickets();
             let parent = hafs_ino(parent);
             let r = i.fs.lookup_in(&c, parent, &name).await;
-            i.lookup_entry(tickets, parent, reply, r)
+            i.lookup_entry(tickets, parent, &name, reply, r)
         });
     }
 
@@ -721,7 +767,7 @@ impl Filesystem for HafsFuse {
             let r =
                 i.fs.mknod_in(&c, parent, &name, mode, u64::from(rdev))
                     .await;
-            i.entry(tickets, parent, reply, r)
+            i.entry(tickets, parent, &name, reply, r)
         });
     }
 
@@ -741,7 +787,7 @@ impl Filesystem for HafsFuse {
             let r =
                 i.fs.mkdir_in(&c, parent, &name, mode & 0o7777 & !umask)
                     .await;
-            i.entry(tickets, parent, reply, r)
+            i.entry(tickets, parent, &name, reply, r)
         });
     }
 
@@ -779,7 +825,7 @@ impl Filesystem for HafsFuse {
             let tickets = i.tickets();
             let parent = hafs_ino(parent);
             let r = i.fs.symlink_in(&c, parent, &name, &target).await;
-            i.entry(tickets, parent, reply, r)
+            i.entry(tickets, parent, &name, reply, r)
         });
     }
 
@@ -796,19 +842,24 @@ impl Filesystem for HafsFuse {
         let (name, newname) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
         let across = parent != newparent;
         let work = move |i: Arc<Inner>, c| async move {
+            let moving = i.cache.moving();
             let (from, to) = (hafs_ino(parent), hafs_ino(newparent));
+            let exchange = flags.bits() & libc::RENAME_EXCHANGE != 0;
             let r =
                 i.fs.rename(&c, from, &name, to, &newname, flags.bits())
                     .await;
             // A timed-out or unknown commit may have landed: assume it did.
-            if across && matches!(r, Ok(()) | Err(FsError::Kv(_))) {
-                i.names_moved(from, to, flags.bits() & libc::RENAME_EXCHANGE != 0)
-                    .await;
+            if matches!(r, Ok(()) | Err(FsError::Kv(_))) {
+                i.cache.renamed(from, &name, to, &newname, exchange);
+                if across {
+                    i.names_moved(from, to, exchange).await;
+                }
             }
             match r {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
+            drop(moving);
         };
         // A rename between directories may wait out a TTL: not on a reader
         // thread, which the mount's other requests need meanwhile.
@@ -832,7 +883,7 @@ impl Filesystem for HafsFuse {
             let tickets = i.tickets();
             let newparent = hafs_ino(newparent);
             let r = i.fs.link_in(&c, hafs_ino(ino), newparent, &newname).await;
-            i.entry(tickets, newparent, reply, r)
+            i.entry(tickets, newparent, &newname, reply, r)
         });
     }
 
@@ -1124,8 +1175,11 @@ impl Filesystem for HafsFuse {
                     let ttl = i.cache.enter(ticket);
                     let name_ttl = i.name_ttl(&ttl, name_ticket, parent, Some(dir_mode));
                     // One TTL for the name and the attributes here.
+                    let both = name_ttl.min(attr_ttl(&ttl, &a));
+                    ttl.handing_attrs(a.ino, both);
+                    ttl.handing_name(parent, &name, both);
                     reply.created(
-                        &name_ttl.min(attr_ttl(&ttl, &a)),
+                        &both,
                         &file_attr(&a),
                         Generation(a.generation),
                         FileHandle(fh),

@@ -322,6 +322,9 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
     );
     let session = fuser::Session::new(adapter, &args.mountpoint, &config)
         .map_err(|e| format!("cannot mount on {}: {e}", args.mountpoint.display()))?;
+    // Giving the lease up then drops what the kernel cached instead of
+    // waiting for it to expire.
+    shutdown_gate.set_kernel(Arc::new(crate::adapter::KernelNotify(session.notifier())));
     let background = session
         .spawn()
         .map_err(|e| format!("cannot serve the mount: {e}"))?;
