@@ -347,37 +347,33 @@ impl CacheGate {
     /// failed, a rename raced the drops), wait until the TTLs have passed.
     pub async fn close(&self) {
         self.state.lock().open = false;
-        while self.state.lock().in_flight > 0 {
-            self.clock.sleep(Duration::from_millis(1)).await;
-        }
-        let last_end = self.state.lock().last_end;
-        self.wait_until(last_end + REVOKE_MARGIN).await;
-        if self.drop_handed().await {
+        // Take stock only once no reply or rename is in flight and the
+        // last one's margin has passed (the kernel applied them all); a
+        // rename after this shows in `renames`.
+        let (last_end, handed, renames) = loop {
+            let settled = {
+                let mut state = self.state.lock();
+                let settled = state.last_end + REVOKE_MARGIN;
+                if state.in_flight == 0 && self.clock.monotonic() >= settled {
+                    break (state.last_end, state.handed.take(), state.renames);
+                }
+                settled
+            };
+            let poll = self.clock.monotonic() + Duration::from_millis(1);
+            self.wait_until(settled.max(poll)).await;
+        };
+        if self.drop_handed(handed, renames).await {
             return;
         }
         let deadline = last_end + self.ttls.longest() + REVOKE_MARGIN;
         self.wait_until(deadline).await;
     }
 
-    /// Drop what the kernel was told to cache; whether all of it is gone.
-    async fn drop_handed(&self) -> bool {
+    /// Drop what the kernel was told to cache (`handed`, taken when
+    /// `renames` renames had been seen); whether all of it is gone.
+    async fn drop_handed(&self, handed: Option<Handed>, renames: u64) -> bool {
         let Some(kernel) = self.kernel.lock().clone() else {
             return false;
-        };
-        // Take stock only once no reply or rename is in flight and the
-        // last one's margin has passed (the kernel applied them all);
-        // a rename after this shows in `renames`.
-        let (handed, renames) = loop {
-            {
-                let mut state = self.state.lock();
-                let settled = state.last_end + REVOKE_MARGIN;
-                if state.in_flight == 0 && self.clock.monotonic() >= settled {
-                    break (state.handed.take(), state.renames);
-                }
-            }
-            let settled = self.state.lock().last_end + REVOKE_MARGIN;
-            self.wait_until(settled.max(self.clock.monotonic() + Duration::from_millis(1)))
-                .await;
         };
         let Some(handed) = handed else { return false };
         let now = self.clock.monotonic();

@@ -282,6 +282,19 @@ impl KernelCache for KernelNotify {
     }
 }
 
+/// Reply with inode `a` for a name cached for `name_ttl` (recorded by the
+/// caller), its attributes cached as `ttl` allows (recorded here).
+fn found_entry(ttl: &CacheGuard<'_>, reply: ReplyEntry, a: &Attr, name_ttl: Duration) {
+    let attr_ttl = attr_ttl(ttl, a);
+    ttl.handing_attrs(a.ino, attr_ttl);
+    reply.entry_with_ttls(
+        &attr_ttl,
+        &name_ttl,
+        &file_attr(a),
+        Generation(a.generation),
+    );
+}
+
 /// The kernel answers ENOENT for a name or inode it no longer holds.
 fn absent_is_dropped(result: std::io::Result<()>) -> std::io::Result<()> {
     match result {
@@ -379,18 +392,9 @@ impl Inner {
         let ttl = self.cache.enter(ticket);
         match result {
             Ok(Made { attr: a, dir_mode }) => {
-                let (attr_ttl, name_ttl) = (
-                    attr_ttl(&ttl, &a),
-                    self.name_ttl(&ttl, name_ticket, parent, Some(dir_mode)),
-                );
-                ttl.handing_attrs(a.ino, attr_ttl);
+                let name_ttl = self.name_ttl(&ttl, name_ticket, parent, Some(dir_mode));
                 ttl.handing_name(parent, name, name_ttl);
-                reply.entry_with_ttls(
-                    &attr_ttl,
-                    &name_ttl,
-                    &file_attr(&a),
-                    Generation(a.generation),
-                )
+                found_entry(&ttl, reply, &a, name_ttl);
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -473,16 +477,7 @@ impl Inner {
         let entry_ttl = self.name_ttl(&ttl, name_ticket, parent, Some(looked.dir_mode));
         ttl.handing_name(parent, name, entry_ttl);
         match looked.found {
-            Some(a) => {
-                let attr_ttl = attr_ttl(&ttl, &a);
-                ttl.handing_attrs(a.ino, attr_ttl);
-                reply.entry_with_ttls(
-                    &attr_ttl,
-                    &entry_ttl,
-                    &file_attr(&a),
-                    Generation(a.generation),
-                )
-            }
+            Some(a) => found_entry(&ttl, reply, &a, entry_ttl),
             None if entry_ttl > Duration::ZERO => {
                 let absent = FileAttr {
                     ino: INodeNo(0),
