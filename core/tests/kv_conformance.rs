@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use conformance::{Factory, SEED};
 use hafs_core::clock::Clock;
 use hafs_core::kv::mem::MemBackend;
-use hafs_core::kv::sqlite::{SqliteBackend, SqliteOptions};
+use hafs_core::kv::sqlite::{Durability, SqliteBackend, SqliteOptions};
 use hafs_core::kv::Database;
 use tempfile::TempDir;
 
@@ -46,12 +46,15 @@ impl Factory for MemFactory {
     }
 }
 
-/// The SQLite backend, default (durable) options; every database is a new
-/// file in a temporary directory owned by the factory (one per test).
+/// The SQLite backend; every database is a new file in a temporary
+/// directory owned by the factory (one per test). Default options are
+/// durable (every commit straight to SQLite); relaxed ones keep commits in
+/// a memtable written out behind them (the backend has its file alone).
 #[derive(Debug)]
 struct SqliteFactory {
     dir: TempDir,
     opened: AtomicU32,
+    options: SqliteOptions,
 }
 
 impl SqliteFactory {
@@ -59,6 +62,18 @@ impl SqliteFactory {
         SqliteFactory {
             dir: tempfile::tempdir().expect("temporary directory"),
             opened: AtomicU32::new(0),
+            options: SqliteOptions::default(),
+        }
+    }
+
+    fn write_behind() -> Self {
+        SqliteFactory {
+            options: SqliteOptions {
+                durability: Durability::Relaxed,
+                write_behind: true,
+                ..SqliteOptions::default()
+            },
+            ..SqliteFactory::new()
         }
     }
 
@@ -71,7 +86,11 @@ impl SqliteFactory {
 #[async_trait]
 impl Factory for SqliteFactory {
     fn name(&self) -> &str {
-        "sqlite"
+        if self.options.write_behind && self.options.durability == Durability::Relaxed {
+            "sqlite-write-behind"
+        } else {
+            "sqlite"
+        }
     }
 
     fn prefix(&self) -> Vec<u8> {
@@ -80,13 +99,13 @@ impl Factory for SqliteFactory {
 
     async fn open(&self, clock: Arc<dyn Clock>) -> Database {
         let path = self.path();
-        let backend = open_sqlite(&path, clock.clone());
+        let backend = open_sqlite(&path, self.options, clock.clone());
         Database::new(Arc::new(backend), clock, SEED)
     }
 }
 
-fn open_sqlite(path: &Path, clock: Arc<dyn Clock>) -> SqliteBackend {
-    SqliteBackend::open(path, SqliteOptions::default(), clock)
+fn open_sqlite(path: &Path, options: SqliteOptions, clock: Arc<dyn Clock>) -> SqliteBackend {
+    SqliteBackend::open(path, options, clock)
         .unwrap_or_else(|e| panic!("open sqlite database {}: {e}", path.display()))
 }
 
@@ -168,6 +187,7 @@ mod fdb_factory {
 
 conformance_tests!(mem, MemFactory);
 conformance_tests!(sqlite, SqliteFactory::new());
+conformance_tests!(sqlite_write_behind, SqliteFactory::write_behind());
 #[cfg(feature = "fdb")]
 conformance_tests!(fdb, fdb_factory::FdbFactory::from_env());
 

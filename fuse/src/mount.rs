@@ -12,7 +12,7 @@ use hafs_core::ctx::FsOptions;
 use hafs_core::error::FsError;
 use hafs_core::fs::{Fs, MkfsOptions};
 use hafs_core::kv::sqlite::Durability;
-use hafs_core::kv::url::{default_sqlite_path, open_backend, KvUrl};
+use hafs_core::kv::url::{default_sqlite_path, open_backend_with, KvUrl};
 use hafs_core::kv::Database;
 use hafs_core::session::SessionOptions;
 
@@ -28,10 +28,17 @@ pub struct KvArgs {
     /// Which filesystem in the database.
     #[arg(long, default_value = "fs", global = true)]
     pub fs_name: String,
-    /// Acknowledge writes before they reach disk (SQLite synchronous=NORMAL):
-    /// faster; a power loss may drop the last commits (never corrupts).
+    /// Acknowledge writes before they reach disk: faster; a power loss, or
+    /// a crash of a hafs process that has the SQLite database to itself,
+    /// may drop the last few milliseconds of commits (never corrupts;
+    /// fsync still makes everything before it durable).
     #[arg(long, global = true)]
     pub relaxed_durability: bool,
+    /// With --relaxed-durability on SQLite: write every commit to the
+    /// database before acknowledging it, even with the database to itself
+    /// (a crash of the hafs process then loses nothing; slower).
+    #[arg(long, global = true)]
+    pub no_write_behind: bool,
 }
 
 impl KvArgs {
@@ -63,8 +70,8 @@ impl KvArgs {
         } else {
             Durability::Durable
         };
-        let backend =
-            open_backend(&parsed, durability, clock.clone()).map_err(|e| e.to_string())?;
+        let backend = open_backend_with(&parsed, durability, !self.no_write_behind, clock.clone())
+            .map_err(|e| e.to_string())?;
         Ok(Database::new(backend, clock, os_seed()))
     }
 }

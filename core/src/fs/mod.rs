@@ -187,6 +187,9 @@ impl Fs {
     pub async fn close(&self) -> FsResult<crate::session::GcStats> {
         let (_, stats) = crate::session::evict(&self.db, &self.keys, &self.client).await?;
         self.fenced.store(true, Ordering::Relaxed);
+        // Everything acknowledged is on disk once a clean unmount returns
+        // (relaxed SQLite, write-behind included).
+        self.db.sync().await?;
         Ok(stats)
     }
 

@@ -20,7 +20,11 @@ pub mod backend;
 mod database;
 pub mod error;
 pub mod fault;
+#[cfg(not(madsim))]
+mod hostlock;
 pub mod mem;
+#[cfg(not(madsim))]
+mod memtable;
 mod overlay;
 pub mod ranges;
 // SQLite and URL opening need OS threads and files, which the simulator

@@ -107,6 +107,18 @@ pub fn open_backend(
     durability: Durability,
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<dyn Backend>, OpenError> {
+    open_backend_with(url, durability, true, clock)
+}
+
+/// [`open_backend`], saying whether a relaxed SQLite backend may keep
+/// commits in memory while it has the database to itself
+/// ([`SqliteOptions::write_behind`]).
+pub fn open_backend_with(
+    url: &KvUrl,
+    durability: Durability,
+    write_behind: bool,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<dyn Backend>, OpenError> {
     match url {
         KvUrl::Mem => Ok(Arc::new(MemBackend::new(clock))),
         KvUrl::Sqlite(path) => {
@@ -118,6 +130,7 @@ pub fn open_backend(
             }
             let options = SqliteOptions {
                 durability,
+                write_behind,
                 ..SqliteOptions::default()
             };
             Ok(Arc::new(SqliteBackend::open(path, options, clock)?))

@@ -1,0 +1,281 @@
+//! Write-behind on a relaxed SQLite backend that has its file alone: what
+//! another opener sees, what a switch does to transactions in flight, what
+//! `sync` and a clean close write out, and what a killed process loses (a
+//! suffix of its commits, never part of one).
+//!
+//! Two backends in one process exclude each other through the lock file as
+//! two processes do (OFD locks belong to the open file), so most of this
+//! runs in one test process; the crash test re-executes its own binary.
+#![allow(clippy::disallowed_methods)] // real time: real threads and processes
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hafs_core::clock::TokioClock;
+use hafs_core::kv::sqlite::{Durability, SqliteBackend, SqliteOptions};
+use hafs_core::kv::{Database, KvError};
+
+fn open(path: &Path, durability: Durability) -> (Arc<SqliteBackend>, Database) {
+    let clock = TokioClock::new();
+    let options = SqliteOptions {
+        durability,
+        ..SqliteOptions::default()
+    };
+    let backend = Arc::new(SqliteBackend::open(path, options, clock.clone()).expect("open"));
+    let db = Database::new(backend.clone(), clock, 11);
+    (backend, db)
+}
+
+fn decode(value: Option<Vec<u8>>) -> u64 {
+    value.map_or(0, |v| u64::from_le_bytes(v.try_into().expect("8 bytes")))
+}
+
+async fn increment(db: &Database, key: &[u8]) {
+    db.run(|txn, _| async move {
+        let n = decode(txn.get(key).await?);
+        txn.set(key, &(n + 1).to_le_bytes());
+        Ok::<_, KvError>(())
+    })
+    .await
+    .expect("increment");
+}
+
+async fn read(db: &Database, key: &[u8]) -> Option<Vec<u8>> {
+    db.run(|txn, _| async move { txn.get(key).await })
+        .await
+        .expect("read")
+}
+
+/// What SQLite itself holds for `key`, read past the backend.
+fn stored(path: &Path, key: &[u8]) -> Option<Vec<u8>> {
+    let conn = rusqlite::Connection::open(path).expect("raw open");
+    conn.query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
+        .ok()
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A relaxed backend alone buffers; a second opener gets every commit the
+/// first acknowledged, both then commit straight to SQLite with conflicts
+/// checked across them, and the first buffers again once alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_sees_every_acknowledged_commit_then_both_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let (a_backend, a) = open(&path, Durability::Relaxed);
+    assert!(a_backend.write_behind_active(), "alone: buffered");
+    for i in 0..100u32 {
+        let key = format!("k/{i:03}");
+        a.run(|txn, _| {
+            let key = key.clone();
+            async move {
+                txn.set(key.as_bytes(), &i.to_le_bytes());
+                Ok::<_, KvError>(())
+            }
+        })
+        .await
+        .unwrap();
+    }
+    let opened = Instant::now();
+    let path_b = path.clone();
+    let (b_backend, b) = tokio::task::spawn_blocking(move || open(&path_b, Durability::Durable))
+        .await
+        .unwrap();
+    println!("hand-over took {:?}", opened.elapsed());
+    assert!(!a_backend.write_behind_active(), "a shares now");
+    assert!(!b_backend.write_behind_active());
+    let listed = b
+        .run(|txn, _| async move {
+            txn.get_range(b"k/", b"k0", Default::default())
+                .await
+                .map(|r| r.kvs)
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 100, "b sees every commit a acknowledged");
+    assert_eq!(listed[42].1, 42u32.to_le_bytes().to_vec());
+
+    // Both increment one counter at once: every increment lands.
+    let tasks: Vec<_> = [a.clone(), b.clone()]
+        .into_iter()
+        .map(|db| {
+            tokio::spawn(async move {
+                for _ in 0..150 {
+                    increment(&db, b"counter").await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(decode(read(&a, b"counter").await), 300);
+    assert_eq!(decode(read(&b, b"counter").await), 300);
+
+    drop(b);
+    drop(b_backend);
+    wait_until("a buffers again once alone", || {
+        a_backend.write_behind_active()
+    })
+    .await;
+    for _ in 0..50 {
+        increment(&a, b"counter").await;
+    }
+    assert_eq!(decode(read(&a, b"counter").await), 350);
+    // Closing writes out what the memtable holds.
+    drop(a);
+    drop(a_backend);
+    assert_eq!(decode(stored(&path, b"counter")), 350);
+    let (_, c) = open(&path, Durability::Relaxed);
+    assert_eq!(decode(read(&c, b"counter").await), 350);
+    assert_eq!(read(&c, b"k/099").await, Some(99u32.to_le_bytes().to_vec()));
+}
+
+/// A transaction that began buffered cannot commit after a hand-over (its
+/// reads came from the memtable); the runner retries it, straight to SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_begun_before_a_hand_over_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let (a_backend, a) = open(&path, Durability::Relaxed);
+    increment(&a, b"n").await;
+    let txn = a.begin().await.unwrap();
+    let n = decode(txn.get(b"n").await.unwrap());
+    txn.set(b"n", &(n + 1).to_le_bytes());
+    let path_b = path.clone();
+    let (_b_backend, b) = tokio::task::spawn_blocking(move || open(&path_b, Durability::Relaxed))
+        .await
+        .unwrap();
+    assert!(!a_backend.write_behind_active());
+    assert_eq!(txn.commit().await, Err(KvError::NotCommitted));
+    increment(&a, b"n").await;
+    assert_eq!(decode(read(&b, b"n").await), 2);
+}
+
+/// `sync` puts every acknowledged commit into SQLite (and its WAL on disk).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_writes_the_memtable_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let (backend, db) = open(&path, Durability::Relaxed);
+    assert!(backend.write_behind_active());
+    for _ in 0..20 {
+        increment(&db, b"n").await;
+    }
+    db.sync().await.unwrap();
+    assert_eq!(decode(stored(&path, b"n")), 20);
+    // Range clears reach SQLite too, in commit order with later writes.
+    db.run(|txn, _| async move {
+        txn.set(b"r/1", b"x");
+        txn.set(b"r/2", b"y");
+        Ok::<_, KvError>(())
+    })
+    .await
+    .unwrap();
+    db.run(|txn, _| async move {
+        txn.clear_range(b"r/", b"r0");
+        txn.set(b"r/2", b"z");
+        Ok::<_, KvError>(())
+    })
+    .await
+    .unwrap();
+    db.sync().await.unwrap();
+    assert_eq!(stored(&path, b"r/1"), None);
+    assert_eq!(stored(&path, b"r/2"), Some(b"z".to_vec()));
+}
+
+const CRASH_ENV: &str = "HAFS_TEST_WRITE_BEHIND_CRASH_DB";
+
+/// A worker that commits `n`, then key `done/<n>`, one transaction each
+/// (both in one), printing each acknowledged `n`.
+fn crash_worker(path: &Path) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (backend, db) = open(path, Durability::Relaxed);
+        assert!(backend.write_behind_active());
+        for n in 1u64.. {
+            db.run(|txn, _| async move {
+                txn.set(b"n", &n.to_le_bytes());
+                txn.set(format!("done/{n:08}").as_bytes(), b"");
+                Ok::<_, KvError>(())
+            })
+            .await
+            .unwrap();
+            println!("{n}");
+        }
+    });
+}
+
+/// `kill -9` of a buffering process loses at most its last milliseconds of
+/// acknowledged commits, and only whole ones from the end: what survives
+/// is exactly the first `n` commits.
+#[test]
+fn a_killed_process_loses_a_suffix_of_whole_commits() {
+    if let Ok(path) = std::env::var(CRASH_ENV) {
+        crash_worker(Path::new(&path));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_killed_process_loses_a_suffix_of_whole_commits",
+            "--nocapture",
+        ])
+        .env(CRASH_ENV, &path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut acknowledged = 0u64;
+    while acknowledged < 3_000 {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Ok(n) = line.trim().parse() {
+                    acknowledged = n;
+                }
+            }
+            _ => panic!("the worker stopped early"),
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (_, db) = open(&path, Durability::Durable);
+        let n = decode(read(&db, b"n").await);
+        let done = db
+            .run(|txn, _| async move {
+                txn.get_range(b"done/", b"done0", Default::default())
+                    .await
+                    .map(|r| r.kvs)
+            })
+            .await
+            .unwrap();
+        println!("acknowledged {acknowledged}+, survived {n}");
+        assert!(n >= 1, "flushes ran before the kill");
+        assert_eq!(
+            done.len() as u64,
+            n,
+            "every surviving commit whole, no later one"
+        );
+        assert_eq!(
+            done.last().map(|(k, _)| k.clone()),
+            Some(format!("done/{n:08}").into_bytes())
+        );
+        assert!(
+            n + 1_000 >= acknowledged,
+            "lost more than a few milliseconds: {n} of {acknowledged}"
+        );
+    });
+}
