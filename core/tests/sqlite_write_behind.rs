@@ -279,3 +279,72 @@ fn a_killed_process_loses_a_suffix_of_whole_commits() {
         );
     });
 }
+
+const STOPPED_ENV: &str = "HAFS_TEST_WRITE_BEHIND_STOPPED_DB";
+
+/// A lone holder that stops answering (SIGSTOP) keeps a newcomer out; the
+/// newcomer gives up after its wait with an error naming the holder, and
+/// gets in once the holder is resumed.
+#[test]
+fn a_stopped_holder_is_named_and_a_resumed_one_hands_over() {
+    if let Ok(path) = std::env::var(STOPPED_ENV) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let (backend, db) = open(Path::new(&path), Durability::Relaxed);
+            assert!(backend.write_behind_active());
+            increment(&db, b"n").await;
+            println!("ready");
+            // Keep the database until killed.
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_stopped_holder_is_named_and_a_resumed_one_hands_over",
+            "--nocapture",
+        ])
+        .env(STOPPED_ENV, &path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while !matches!(lines.next(), Some(Ok(l)) if l.trim() == "ready") {}
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    };
+    signal("STOP");
+    let options = SqliteOptions {
+        durability: Durability::Durable,
+        join_wait: Duration::from_millis(500),
+        ..SqliteOptions::default()
+    };
+    let err = SqliteBackend::open(&path, options, TokioClock::new())
+        .expect_err("the stopped holder keeps the database");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("hafs process {}", child.id())) && message.contains("kill -CONT"),
+        "{message}"
+    );
+    assert!(!message.contains('\n'), "one line: {message}");
+    signal("CONT");
+    let options = SqliteOptions {
+        durability: Durability::Durable,
+        ..SqliteOptions::default()
+    };
+    let backend = SqliteBackend::open(&path, options, TokioClock::new())
+        .expect("the resumed holder hands over");
+    drop(backend);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

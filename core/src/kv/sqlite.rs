@@ -87,9 +87,9 @@ const OPEN_BUSY_ATTEMPTS: u32 = 250;
 /// Prepared statements kept per connection: every statement this backend
 /// runs (about 16), with room to spare, so none is ever parsed twice.
 const STATEMENT_CACHE: usize = 64;
-/// How long opening waits for a process that has the database to itself to
-/// hand it over ([`HostLock`]).
-const JOIN_WAIT: Duration = Duration::from_secs(30);
+/// How long opening waits by default for a process that has the database
+/// to itself to hand it over ([`HostLock`]).
+const JOIN_WAIT: Duration = Duration::from_secs(10);
 /// Write-behind: a commit reaches SQLite at most this long after it was
 /// acknowledged (plus the time to write its batch).
 const FLUSH_INTERVAL: Duration = Duration::from_millis(5);
@@ -126,6 +126,9 @@ pub struct SqliteOptions {
     /// open, keep commits in memory and write them to SQLite in batches
     /// every few milliseconds ([`WriteBehind`]).
     pub write_behind: bool,
+    /// How long opening waits for a process that has the database to
+    /// itself to hand it over ([`HostLock`]) before giving up.
+    pub join_wait: Duration,
     /// How often the watcher looks for commits of other processes.
     pub watch_poll: Duration,
 }
@@ -135,6 +138,7 @@ impl Default for SqliteOptions {
         SqliteOptions {
             durability: Durability::Durable,
             write_behind: true,
+            join_wait: JOIN_WAIT,
             // A waiter on another process's lock release wakes on this poll:
             // at 10 ms, lock hand-off between two mounts took 5.2 ms median;
             // at 2 ms, 1.4 ms (`hafs bench locks`, release build). A poll is one
@@ -370,9 +374,31 @@ impl SqliteBackend {
         // After SQLite had its say about the file (its errors are the more
         // telling ones), before any transaction: a process that has the
         // database to itself hands it over first.
-        let host = HostLock::join(path, JOIN_WAIT).map_err(|e| OpenError::Io {
-            path: lock_path(path).display().to_string(),
-            message: e.to_string(),
+        let host = HostLock::join(path, options.join_wait).map_err(|e| {
+            let message = if e.kind() == std::io::ErrorKind::TimedOut {
+                // Who: the holder wrote its pid when it took the database.
+                let pid: Option<i64> = conn
+                    .query_row(
+                        "SELECT value FROM hafs_meta WHERE name = 'write_behind_pid'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .ok();
+                match pid {
+                    Some(pid) => format!(
+                        "hafs process {pid} has the database to itself and has not handed it over in {:.1} s: \
+                         is it stopped? (resume it with kill -CONT {pid}, or end it)",
+                        options.join_wait.as_secs_f64()
+                    ),
+                    None => e.to_string(),
+                }
+            } else {
+                e.to_string()
+            };
+            OpenError::Io {
+                path: lock_path(path).display().to_string(),
+                message,
+            }
         })?;
         let wb = (options.durability == Durability::Relaxed && options.write_behind)
             .then(WriteBehind::default);
@@ -1702,9 +1728,15 @@ fn check_watches(shared: &Shared, conn: &Connection) {
 /// the memtable only added work.
 ///
 /// While a lone holder is stopped (SIGSTOP, a hung process), a newcomer
-/// cannot open the database: it waits up to `JOIN_WAIT` for the hand-over,
-/// then fails with an error saying so. Without write-behind it could open
-/// and, after the heartbeat expiry, evict the stopped client.
+/// cannot open the database: it waits up to `join_wait` (10 s) for the
+/// hand-over, then fails with an error naming the holder's pid (which the
+/// holder writes into `hafs_meta` when it takes the database). Without
+/// write-behind it could open and, after the heartbeat expiry, evict the
+/// stopped client; with it, the operator resumes or ends that process
+/// (what it buffered is lost with it, as in a crash). Breaking in instead
+/// would need the holder fenced at its next flush *and* every later opener
+/// kept from taking the database while the breaker holds no lock: not
+/// built.
 ///
 /// Handing over: a newcomer (another mount, a `hafs` command) knocks on
 /// the lock file; the flusher sees the knock within `KNOCK_POLL`, stops
@@ -2036,9 +2068,17 @@ fn enter_buffered(shared: &Shared, wb: &WriteBehind, conn: &Connection) -> KvRes
     while st.direct_inflight > 0 {
         wb.changed.wait(&mut st);
     }
+    // The pid tells a newcomer who to wake if this process stops answering.
     let newest = conn
-        .prepare_cached("SELECT max(version) FROM commits")
-        .and_then(|mut s| s.query_row([], |r| r.get::<_, Option<i64>>(0)));
+        .execute(
+            "INSERT INTO hafs_meta(name, value) VALUES ('write_behind_pid', ?1) \
+             ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            params![std::process::id()],
+        )
+        .and_then(|_| {
+            conn.prepare_cached("SELECT max(version) FROM commits")
+                .and_then(|mut s| s.query_row([], |r| r.get::<_, Option<i64>>(0)))
+        });
     st.entering = false;
     let newest = match newest {
         Ok(v) => u64::try_from(v.unwrap_or(0)).unwrap_or(0),
