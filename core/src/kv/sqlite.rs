@@ -31,6 +31,10 @@
 //!   taken queue behind one leader, which writes them together in one
 //!   SQLite transaction, each still checked for conflicts on its own
 //!   ([`GroupCommit`]).
+//! - **Write-behind.** A relaxed backend that is the only one with the file
+//!   open (a lock file says so, [`HostLock`]) keeps commits in a memtable
+//!   and writes them out every few milliseconds, handing the file over to
+//!   any newcomer first ([`WriteBehind`]).
 //! - **Watches** across processes: a watcher thread polls
 //!   `PRAGMA data_version` (it changes when any other connection commits)
 //!   and is woken at once by commits of this process.
