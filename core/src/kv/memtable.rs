@@ -188,10 +188,16 @@ impl Memtable {
         now: Duration,
         mut stored: impl FnMut(&[u8]) -> KvResult<Option<Vec<u8>>>,
     ) -> KvResult<Version> {
+        // A commit only matters to transactions that began before it: keep
+        // the log back to the oldest reader's pin (at most its read
+        // version), and never past the retention. Without readers it is
+        // empty, so the log's memory follows what is running, not the
+        // commit rate.
+        let floor = self.pins.keys().next().copied().unwrap_or(self.version);
         while self
             .log
             .front()
-            .is_some_and(|(_, at, _)| now.saturating_sub(*at) > self.retention)
+            .is_some_and(|(v, at, _)| *v <= floor || now.saturating_sub(*at) > self.retention)
         {
             if let Some((v, _, _)) = self.log.pop_front() {
                 self.horizon = v;
@@ -461,6 +467,7 @@ mod tests {
     #[test]
     fn conflicts_come_from_commits_after_the_read_version_only() {
         let mut t = Memtable::new(0, RETAIN);
+        let _reader = t.pin(); // readers at version 0 are running
         let w = |k: &str| vec![KeyRange::new(k.as_bytes(), format!("{k}\0").into_bytes())];
         t.commit(0, &[], w("a"), vec![set("a", "1")], Duration::ZERO, |_| {
             Ok(None)
@@ -492,6 +499,43 @@ mod tests {
             t.commit(0, &[], w("c"), vec![set("c", "1")], later, |_| Ok(None)),
             Err(KvError::TransactionTooOld)
         );
+    }
+
+    #[test]
+    fn the_log_keeps_only_what_running_readers_can_conflict_with() {
+        let mut t = Memtable::new(0, RETAIN);
+        let w = |k: &str| vec![KeyRange::new(k.as_bytes(), format!("{k}\0").into_bytes())];
+        for i in 0..100 {
+            t.commit(i, &[], w("a"), vec![set("a", "1")], Duration::ZERO, |_| {
+                Ok(None)
+            })
+            .unwrap();
+        }
+        // The log is pruned on each commit down to what readers need.
+        assert!(t.log.len() <= 1, "no reader: {} entries kept", t.log.len());
+        let pin = t.pin(); // a reader at version 100 (nothing flushed: pin 0)
+        let read_version = t.version();
+        for _ in 0..10 {
+            let v = t.version();
+            t.commit(v, &[], w("b"), vec![set("b", "1")], Duration::ZERO, |_| {
+                Ok(None)
+            })
+            .unwrap();
+        }
+        assert!(t.log.len() >= 10, "the reader's conflicts are kept");
+        // The reader still conflicts with what came after it.
+        assert_eq!(
+            t.commit(
+                read_version,
+                &w("b"),
+                w("c"),
+                vec![set("c", "1")],
+                Duration::ZERO,
+                |_| { Ok(None) }
+            ),
+            Err(KvError::NotCommitted)
+        );
+        t.unpin(pin);
     }
 
     #[test]

@@ -168,6 +168,11 @@ struct Closer(Arc<Shared>);
 impl Drop for Closer {
     fn drop(&mut self) {
         let shared = &self.0;
+        // The backend's threads exit at their next wake-up, which comes now:
+        // they hold the connections and the lock file, which a process
+        // opening the file next should not have to wait for.
+        shared.closed.store(true, Ordering::Relaxed);
+        shared.checkpoint_wake.notify_all();
         let Some(wb) = &shared.wb else { return };
         // No more buffering: a transaction that outlives the handles
         // commits straight to SQLite (after one retry).
@@ -233,6 +238,8 @@ struct Shared {
     host: HostLock,
     /// Relaxed backends only.
     wb: Option<WriteBehind>,
+    /// Every handle is gone: the backend's threads exit.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// Commits of this process that could not take SQLite's write lock at
@@ -422,6 +429,7 @@ impl SqliteBackend {
             wal_sync: WalSync::default(),
             host,
             wb,
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
         start_thread(&shared, "hafs-sqlite-ckpt", checkpoint_loop)?;
         if let Some(wb) = &shared.wb {
@@ -1533,6 +1541,9 @@ fn checkpoint_loop(weak: Weak<Shared>) {
                 .checkpoint_wake
                 .wait_for(&mut guard, CHECKPOINT_INTERVAL);
         }
+        if shared.closed.load(Ordering::Relaxed) {
+            return;
+        }
         if conn.is_none() {
             conn = connect(&shared.path).ok();
         }
@@ -1893,6 +1904,9 @@ fn flush_loop(weak: Weak<Shared>) {
     loop {
         let Some(shared) = weak.upgrade() else { return };
         let Some(wb) = shared.wb.as_ref() else { return };
+        if shared.closed.load(Ordering::Relaxed) {
+            return;
+        }
         if conn.is_none() {
             match open_leader(&shared) {
                 Ok(c) => conn = Some(c),
