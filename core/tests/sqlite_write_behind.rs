@@ -348,3 +348,24 @@ fn a_stopped_holder_is_named_and_a_resumed_one_hands_over() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// The lock file is named after the resolved path, as SQLite names its
+/// WAL: an opener through a symlink is a newcomer like any other, and the
+/// lone holder hands the file over to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opener_through_a_symlink_is_a_newcomer_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let (a_backend, a) = open(&path, Durability::Relaxed);
+    increment(&a, b"n").await;
+    let linked = dir.path().join("linked.db");
+    std::os::unix::fs::symlink("kv.db", &linked).unwrap();
+    let (b_backend, b) = tokio::task::spawn_blocking(move || open(&linked, Durability::Relaxed))
+        .await
+        .unwrap();
+    assert!(!a_backend.write_behind_active(), "a handed over");
+    assert!(!b_backend.write_behind_active(), "a is still there");
+    assert_eq!(decode(read(&b, b"n").await), 1, "b sees a's commit");
+    increment(&b, b"n").await;
+    assert_eq!(decode(read(&a, b"n").await), 2, "a sees b's");
+}

@@ -257,6 +257,7 @@ impl Memtable {
             match m {
                 Mutation::Set { key, value } => self.push(key, version, Some(value.clone())),
                 Mutation::Clear { key } => self.push(key, version, None),
+                Mutation::ClearRange { begin, end } if begin >= end => {}
                 Mutation::ClearRange { begin, end } => {
                     // A point event of this same commit after the clear
                     // must win over it: drop this version's earlier points

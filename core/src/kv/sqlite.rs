@@ -188,7 +188,14 @@ impl Drop for Closer {
                     tracing::error!(error = %e, "sqlite: commits lost at close");
                 }
             }
-            Err(e) => tracing::error!(error = %e, "sqlite: cannot write out commits at close"),
+            Err(e) => {
+                let mut st = wb.state.lock();
+                if st.table.has_unflushed() {
+                    let message = format!("sqlite: cannot write out commits at close: {e}");
+                    tracing::error!(%message, "acknowledged commits lost");
+                    st.failed = Some(message);
+                }
+            }
         }
         let mut st = wb.state.lock();
         if st.buffered {
@@ -385,7 +392,13 @@ impl SqliteBackend {
         // After SQLite had its say about the file (its errors are the more
         // telling ones), before any transaction: a process that has the
         // database to itself hands it over first.
-        let host = HostLock::join(path, options.join_wait).map_err(|e| {
+        // Named after the resolved path, as SQLite names its WAL: two
+        // openers through different links must find the same lock file.
+        let canonical = std::fs::canonicalize(path).map_err(|e| OpenError::Io {
+            path: path.display().to_string(),
+            message: format!("cannot resolve the database path: {e}"),
+        })?;
+        let host = HostLock::join(&canonical, options.join_wait).map_err(|e| {
             let message = if e.kind() == std::io::ErrorKind::TimedOut {
                 // Who: the holder wrote its pid when it took the database.
                 let pid: Option<i64> = conn
@@ -407,7 +420,7 @@ impl SqliteBackend {
                 e.to_string()
             };
             OpenError::Io {
-                path: lock_path(path).display().to_string(),
+                path: lock_path(&canonical).display().to_string(),
                 message,
             }
         })?;
@@ -900,7 +913,7 @@ impl Backend for SqliteBackend {
     async fn begin(&self) -> KvResult<Box<dyn BackendTxn>> {
         loop {
             let mode = match &self.shared.wb {
-                Some(wb) => wb.begin(),
+                Some(wb) => wb.begin()?,
                 None => TxnMode::Direct { generation: 0 },
             };
             // Pinned before the snapshot: the memtable keeps every event
@@ -1084,7 +1097,7 @@ impl BackendTxn for SqliteTxn {
             }
             TxnMode::Direct { generation } => generation,
         };
-        let _direct = match DirectCommit::enter(&self.shared, generation) {
+        let direct = match DirectCommit::enter(&self.shared, generation) {
             Ok(guard) => guard,
             Err(e) => {
                 let _ = control(&conn, "ROLLBACK");
@@ -1116,10 +1129,19 @@ impl BackendTxn for SqliteTxn {
         let inline = commit_promoted(&conn, &work);
         self.shared.give_back(conn);
         let result = match inline {
-            Attempt::Done(result) => result,
+            Attempt::Done(result) => {
+                drop(direct);
+                result
+            }
             Attempt::Busy => {
                 let shared = self.shared.clone();
-                off_executor(move || commit_grouped(&shared, work)).await?
+                // The count moves with the work: if this future is
+                // dropped, a commit on the blocking pool is still in flight.
+                off_executor(move || {
+                    let _direct = direct;
+                    commit_grouped(&shared, work)
+                })
+                .await?
             }
         };
         let version = result?;
@@ -1657,7 +1679,7 @@ fn check_watches(shared: &Shared, conn: &Connection) {
     let mut current = Vec::with_capacity(keys.len());
     // With write-behind, the memtable's newest state over a snapshot
     // pinned as a transaction's is.
-    let mode = shared.wb.as_ref().map(WriteBehind::begin);
+    let mode = shared.wb.as_ref().and_then(|wb| wb.begin().ok());
     if control(conn, "BEGIN").is_ok()
         && conn
             .query_row("SELECT count(*) FROM commits WHERE version < 0", [], |_| {
@@ -1812,9 +1834,13 @@ enum TxnMode {
 
 impl WriteBehind {
     /// The mode for a new transaction (pinning the memtable if buffered).
-    fn begin(&self) -> TxnMode {
+    /// Fails once a flush failed: SQLite may lack acknowledged commits.
+    fn begin(&self) -> KvResult<TxnMode> {
         let mut st = self.state.lock();
-        if st.buffered {
+        if let Some(e) = &st.failed {
+            return Err(KvError::Backend(e.clone()));
+        }
+        Ok(if st.buffered {
             let pin = st.table.pin();
             TxnMode::Buffered {
                 generation: st.generation,
@@ -1824,7 +1850,7 @@ impl WriteBehind {
             TxnMode::Direct {
                 generation: st.generation,
             }
-        }
+        })
     }
 
     fn end(&self, mode: TxnMode) {
@@ -1852,10 +1878,11 @@ impl WriteBehind {
         st.draining || st.table.unflushed_bytes() >= 4 * FLUSH_BYTES
     }
 
-    /// Wait until a buffered commit may proceed. Blocks.
+    /// Wait until a buffered commit may proceed, or cannot (failed, or
+    /// no longer buffered: the caller then refuses it). Blocks.
     fn wait_writable(&self) {
         let mut st = self.state.lock();
-        while Self::must_wait(&st) && st.failed.is_none() {
+        while Self::must_wait(&st) && st.failed.is_none() && st.buffered && !st.closed {
             self.wake.notify_one();
             self.changed.wait(&mut st);
         }
@@ -1873,6 +1900,9 @@ impl DirectCommit {
             return Ok(None);
         };
         let mut st = wb.state.lock();
+        if let Some(e) = &st.failed {
+            return Err(KvError::Backend(e.clone()));
+        }
         if st.buffered || st.entering || st.generation != generation {
             return Err(KvError::NotCommitted);
         }
@@ -2042,6 +2072,18 @@ fn hand_over(shared: &Shared, wb: &WriteBehind, conn: &Connection) {
     drain(shared, wb, conn);
     {
         let mut st = wb.state.lock();
+        if st.failed.is_some() {
+            // Acknowledged commits could not be written: sharing the file
+            // would let everyone read (and number versions) without them.
+            // Keep it; the newcomer times out with an error naming us, and
+            // every transaction here fails until a remount.
+            st.draining = false;
+            wb.changed.notify_all();
+            return;
+        }
+    }
+    {
+        let mut st = wb.state.lock();
         st.buffered = false;
         st.draining = false;
         st.generation += 1;
@@ -2066,8 +2108,13 @@ fn drain(shared: &Shared, wb: &WriteBehind, conn: &Connection) {
 /// Alone again? Then take the database: wait for direct commits in flight,
 /// start a memtable at SQLite's newest version.
 fn enter_buffered(shared: &Shared, wb: &WriteBehind, conn: &Connection) -> KvResult<()> {
-    if wb.state.lock().closed {
-        return Ok(());
+    {
+        let st = wb.state.lock();
+        // After a failed flush the memtable may still hold acknowledged
+        // commits: never replace it (the backend stays failed).
+        if st.closed || st.failed.is_some() || st.table.has_unflushed() {
+            return Ok(());
+        }
     }
     if !shared
         .host
@@ -2076,31 +2123,38 @@ fn enter_buffered(shared: &Shared, wb: &WriteBehind, conn: &Connection) -> KvRes
     {
         return Ok(());
     }
-    let mut st = wb.state.lock();
-    if st.closed {
-        drop(st);
+    // The pid tells a newcomer who to wake if this process stops
+    // answering. Written before taking the state lock: it may wait for
+    // SQLite's write lock, and executor threads take the state lock.
+    if let Err(e) = conn.execute(
+        "INSERT INTO hafs_meta(name, value) VALUES ('write_behind_pid', ?1) \
+         ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+        params![std::process::id()],
+    ) {
         let _ = shared.host.share();
-        return Ok(());
+        return Err(map_error(e));
     }
+    let mut st = wb.state.lock();
     st.entering = true;
     while st.direct_inflight > 0 {
         wb.changed.wait(&mut st);
     }
-    // The pid tells a newcomer who to wake if this process stops answering.
+    if st.closed || st.failed.is_some() {
+        // Closed (or failed) while direct commits drained: stay direct.
+        st.entering = false;
+        wb.changed.notify_all();
+        drop(st);
+        let _ = shared.host.share();
+        return Ok(());
+    }
     let newest = conn
-        .execute(
-            "INSERT INTO hafs_meta(name, value) VALUES ('write_behind_pid', ?1) \
-             ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-            params![std::process::id()],
-        )
-        .and_then(|_| {
-            conn.prepare_cached("SELECT max(version) FROM commits")
-                .and_then(|mut s| s.query_row([], |r| r.get::<_, Option<i64>>(0)))
-        });
+        .prepare_cached("SELECT max(version) FROM commits")
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, Option<i64>>(0)));
     st.entering = false;
     let newest = match newest {
         Ok(v) => u64::try_from(v.unwrap_or(0)).unwrap_or(0),
         Err(e) => {
+            wb.changed.notify_all();
             drop(st);
             let _ = shared.host.share();
             return Err(map_error(e));
