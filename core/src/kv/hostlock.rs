@@ -9,6 +9,10 @@
 //!   presence; the exclusive holder polls for it, writes out what it holds
 //!   in memory and downgrades to shared.
 //!
+//! - Byte 2, **breaker**: held shared by a backend that gave up waiting for
+//!   an exclusive holder that does not answer (stopped) and opened without
+//!   presence; while anyone holds it, nobody may become exclusive.
+//!
 //! OFD locks (`F_OFD_SETLK`) belong to the open file, not the process: two
 //! backends in one process exclude each other as two processes do, closing
 //! some other descriptor of the file drops nothing (unlike POSIX record
@@ -22,10 +26,13 @@ use std::time::Duration;
 
 const PRESENCE: i64 = 0;
 const KNOCK: i64 = 1;
+const BREAKER: i64 = 2;
 
 #[derive(Debug)]
 pub struct HostLock {
     file: File,
+    /// Opened without presence, past a holder that did not answer.
+    broke_in: bool,
 }
 
 /// The lock file's name for the database at `db`.
@@ -37,8 +44,10 @@ pub fn lock_path(db: &Path) -> PathBuf {
 
 impl HostLock {
     /// Open the lock file and take presence, knocking until an exclusive
-    /// holder hands over; give up after `wait` (a holder that is stopped or
-    /// hung does not answer).
+    /// holder hands over. After `wait` (a holder that is stopped or hung
+    /// does not answer), break in: hold the breaker byte instead of
+    /// presence ([`HostLock::broke_in`]); the caller must then fence the
+    /// holder out of the database before using it.
     pub fn join(db: &Path, wait: Duration) -> io::Result<HostLock> {
         let path = lock_path(db);
         let file = OpenOptions::new()
@@ -47,7 +56,10 @@ impl HostLock {
             .create(true)
             .truncate(false)
             .open(&path)?;
-        let lock = HostLock { file };
+        let mut lock = HostLock {
+            file,
+            broke_in: false,
+        };
         if lock.set(PRESENCE, libc::F_RDLCK)? {
             return Ok(lock);
         }
@@ -60,13 +72,11 @@ impl HostLock {
                 break Ok(());
             }
             if waited >= wait {
-                break Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "another process has the database to itself and did not hand it over within {} s (is it stopped?)",
-                        wait.as_secs()
-                    ),
-                ));
+                if lock.set(BREAKER, libc::F_RDLCK)? {
+                    lock.broke_in = true;
+                    break Ok(());
+                }
+                break Err(io::Error::other("cannot take the lock file's breaker byte"));
             }
             std::thread::sleep(pause);
             waited += pause;
@@ -76,10 +86,16 @@ impl HostLock {
         joined.map(|()| lock)
     }
 
-    /// Become the only holder if nobody else has the database open and
-    /// nobody is knocking. Never blocks.
+    /// Whether this opener broke in past a holder that did not answer.
+    pub fn broke_in(&self) -> bool {
+        self.broke_in
+    }
+
+    /// Become the only holder if nobody else has the database open, nobody
+    /// is knocking and nobody broke in (a breaker has no presence to
+    /// conflict with). Never blocks.
     pub fn try_exclusive(&self) -> io::Result<bool> {
-        if self.knocked()? {
+        if self.broke_in || self.held_by_others(KNOCK)? || self.held_by_others(BREAKER)? {
             return Ok(false);
         }
         self.set(PRESENCE, libc::F_WRLCK)
@@ -95,10 +111,20 @@ impl HostLock {
         }
     }
 
+    /// Whether some opener broke in (and so has no presence).
+    pub fn breaker_present(&self) -> io::Result<bool> {
+        self.held_by_others(BREAKER)
+    }
+
     /// Whether a newcomer is waiting for the database.
-    #[allow(unsafe_code)] // fcntl(2) OFD locks have no safe std wrapper
     pub fn knocked(&self) -> io::Result<bool> {
-        let mut fl = flock_for(KNOCK, libc::F_WRLCK);
+        self.held_by_others(KNOCK)
+    }
+
+    /// Whether another open file holds a lock on byte `at`.
+    #[allow(unsafe_code)] // fcntl(2) OFD locks have no safe std wrapper
+    fn held_by_others(&self, at: i64) -> io::Result<bool> {
+        let mut fl = flock_for(at, libc::F_WRLCK);
         // SAFETY: a valid descriptor and a valid, initialised flock struct.
         let rc = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
         if rc != 0 {
@@ -169,13 +195,27 @@ mod tests {
     }
 
     #[test]
-    fn a_holder_that_never_shares_times_the_newcomer_out() {
+    fn past_a_holder_that_never_shares_a_newcomer_breaks_in() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("x.db");
         let a = HostLock::join(&db, Duration::from_secs(1)).unwrap();
         assert!(a.try_exclusive().unwrap());
-        let err = HostLock::join(&db, Duration::from_millis(100)).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let b = HostLock::join(&db, Duration::from_millis(100)).unwrap();
+        assert!(b.broke_in());
         assert!(!a.knocked().unwrap(), "the knock is withdrawn");
+        // While the breaker lives, nobody becomes exclusive: not the old
+        // holder once it shares, not a later opener once it is gone.
+        a.share().unwrap();
+        assert!(!a.try_exclusive().unwrap());
+        drop(a);
+        let c = HostLock::join(&db, Duration::from_secs(1)).unwrap();
+        assert!(!c.broke_in());
+        assert!(
+            !c.try_exclusive().unwrap(),
+            "b broke in and has no presence"
+        );
+        assert!(!b.try_exclusive().unwrap());
+        drop(b);
+        assert!(c.try_exclusive().unwrap(), "alone at last");
     }
 }

@@ -92,7 +92,7 @@ const OPEN_BUSY_ATTEMPTS: u32 = 250;
 /// runs (about 16), with room to spare, so none is ever parsed twice.
 const STATEMENT_CACHE: usize = 64;
 /// How long opening waits by default for a process that has the database
-/// to itself to hand it over ([`HostLock`]).
+/// to itself to hand it over ([`HostLock`]) before fencing it out.
 const JOIN_WAIT: Duration = Duration::from_secs(10);
 /// Write-behind: a commit reaches SQLite at most this long after it was
 /// acknowledged (plus the time to write its batch).
@@ -131,7 +131,7 @@ pub struct SqliteOptions {
     /// every few milliseconds ([`WriteBehind`]).
     pub write_behind: bool,
     /// How long opening waits for a process that has the database to
-    /// itself to hand it over ([`HostLock`]) before giving up.
+    /// itself to hand it over ([`HostLock`]) before fencing it out.
     pub join_wait: Duration,
     /// How often the watcher looks for commits of other processes.
     pub watch_poll: Duration,
@@ -398,32 +398,13 @@ impl SqliteBackend {
             path: path.display().to_string(),
             message: format!("cannot resolve the database path: {e}"),
         })?;
-        let host = HostLock::join(&canonical, options.join_wait).map_err(|e| {
-            let message = if e.kind() == std::io::ErrorKind::TimedOut {
-                // Who: the holder wrote its pid when it took the database.
-                let pid: Option<i64> = conn
-                    .query_row(
-                        "SELECT value FROM hafs_meta WHERE name = 'write_behind_pid'",
-                        [],
-                        |r| r.get(0),
-                    )
-                    .ok();
-                match pid {
-                    Some(pid) => format!(
-                        "hafs process {pid} has the database to itself and has not handed it over in {:.1} s: \
-                         is it stopped? (resume it with kill -CONT {pid}, or end it)",
-                        options.join_wait.as_secs_f64()
-                    ),
-                    None => e.to_string(),
-                }
-            } else {
-                e.to_string()
-            };
-            OpenError::Io {
-                path: lock_path(&canonical).display().to_string(),
-                message,
-            }
+        let host = HostLock::join(&canonical, options.join_wait).map_err(|e| OpenError::Io {
+            path: lock_path(&canonical).display().to_string(),
+            message: e.to_string(),
         })?;
+        if host.broke_in() {
+            break_in(&conn, path)?;
+        }
         let wb = (options.durability == Durability::Relaxed && options.write_behind)
             .then(WriteBehind::default);
         let shared = Arc::new(Shared {
@@ -1764,16 +1745,17 @@ fn check_watches(shared: &Shared, conn: &Connection) {
 /// disk either way, four workers give at most four commits per sync, and
 /// the memtable only added work.
 ///
-/// While a lone holder is stopped (SIGSTOP, a hung process), a newcomer
-/// cannot open the database: it waits up to `join_wait` (10 s) for the
-/// hand-over, then fails with an error naming the holder's pid (which the
-/// holder writes into `hafs_meta` when it takes the database). Without
-/// write-behind it could open and, after the heartbeat expiry, evict the
-/// stopped client; with it, the operator resumes or ends that process
-/// (what it buffered is lost with it, as in a crash). Breaking in instead
-/// would need the holder fenced at its next flush *and* every later opener
-/// kept from taking the database while the breaker holds no lock: not
-/// built.
+/// A lone holder that is stopped (SIGSTOP, a hung process) cannot hand
+/// over. A newcomer waits `join_wait` (10 s), then *breaks in*: it holds
+/// the lock file's breaker byte instead of presence (so nobody becomes
+/// exclusive while it is open) and overwrites `write_behind_owner` in
+/// `hafs_meta` under SQLite's write lock. The holder checks that row under
+/// the same lock in every flush: resumed, it finds itself displaced, drops
+/// what it buffered (acknowledged but unwritten: lost, as in a crash),
+/// fails every later transaction and shares the file. This is how hafs
+/// treats a stopped client anyway (evicted, then fenced), and it keeps
+/// `hafs evict` and new mounts working while one is stopped. The holder's
+/// pid (`write_behind_pid`) is logged by the breaker.
 ///
 /// Handing over: a newcomer (another mount, a `hafs` command) knocks on
 /// the lock file; the flusher sees the knock within `KNOCK_POLL`, stops
@@ -1817,6 +1799,12 @@ struct WbState {
     failed: Option<String>,
     /// The last handle is gone: never buffer again.
     closed: bool,
+    /// What this backend wrote as `write_behind_owner` when it took the
+    /// file; a flush finding anything else was broken in on.
+    owner: String,
+    /// Broken in on: another process fenced this one out (it did not
+    /// answer); nothing here is ever written to SQLite again.
+    displaced: bool,
 }
 
 /// How a transaction reads and commits.
@@ -1963,7 +1951,7 @@ fn flush_loop(weak: Weak<Shared>) {
             }
             continue;
         }
-        if shared.host.knocked().unwrap_or(false) {
+        if shared.host.knocked().unwrap_or(false) || wb.state.lock().displaced {
             hand_over(&shared, wb, c);
             next_regain = shared.clock.monotonic() + REGAIN_POLL;
             continue;
@@ -2013,11 +2001,21 @@ fn flush_once(shared: &Shared, wb: &WriteBehind, conn: &Connection) {
         .is_multiple_of(PRUNE_EVERY)
         .then(|| shared.prune_mark(at_ms, last))
         .flatten();
-    let written = write_batch(conn, &batch, prune_through);
+    let owner = wb.state.lock().owner.clone();
+    let written = write_batch(conn, &batch, prune_through, &owner);
     let mut st = wb.state.lock();
     match written {
         Ok(()) => st.table.flushed_through(last),
-        Err(e) => {
+        Err(FlushError::Displaced) => {
+            st.table.restore_unflushed(batch);
+            let message = "sqlite: another process took the database over while this one \
+                           did not answer (was it stopped?); its last commits were lost; remount"
+                .to_string();
+            tracing::error!(%message);
+            st.failed = Some(message);
+            st.displaced = true;
+        }
+        Err(FlushError::Sql(e)) => {
             st.table.restore_unflushed(batch);
             if is_busy(&e) {
                 // Another connection of this process (a checkpoint's
@@ -2033,12 +2031,35 @@ fn flush_once(shared: &Shared, wb: &WriteBehind, conn: &Connection) {
     wb.changed.notify_all();
 }
 
+enum FlushError {
+    Sql(rusqlite::Error),
+    /// Another process broke in: this one no longer owns the file.
+    Displaced,
+}
+
 fn write_batch(
     conn: &Connection,
     batch: &[Unflushed],
     prune_through: Option<Version>,
-) -> rusqlite::Result<()> {
-    control(conn, "BEGIN IMMEDIATE")?;
+    owner: &str,
+) -> Result<(), FlushError> {
+    control(conn, "BEGIN IMMEDIATE").map_err(FlushError::Sql)?;
+    // Checked under SQLite's write lock, which a breaker takes to fence
+    // us: either this batch lands before the break, or not at all.
+    let current: rusqlite::Result<Option<String>> = conn
+        .prepare_cached("SELECT value FROM hafs_meta WHERE name = 'write_behind_owner'")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)).optional());
+    match current {
+        Ok(Some(v)) if v == owner => {}
+        Ok(_) => {
+            let _ = control(conn, "ROLLBACK");
+            return Err(FlushError::Displaced);
+        }
+        Err(e) => {
+            let _ = control(conn, "ROLLBACK");
+            return Err(FlushError::Sql(e));
+        }
+    }
     let written = (|| {
         let mut writes = Vec::new();
         for commit in batch {
@@ -2062,7 +2083,7 @@ fn write_batch(
     if written.is_err() {
         let _ = control(conn, "ROLLBACK");
     }
-    written
+    written.map_err(FlushError::Sql)
 }
 
 /// A newcomer knocked: stop buffered commits, write everything out, switch
@@ -2072,7 +2093,7 @@ fn hand_over(shared: &Shared, wb: &WriteBehind, conn: &Connection) {
     drain(shared, wb, conn);
     {
         let mut st = wb.state.lock();
-        if st.failed.is_some() {
+        if st.failed.is_some() && !st.displaced {
             // Acknowledged commits could not be written: sharing the file
             // would let everyone read (and number versions) without them.
             // Keep it; the newcomer times out with an error naming us, and
@@ -2092,6 +2113,44 @@ fn hand_over(shared: &Shared, wb: &WriteBehind, conn: &Connection) {
     if let Err(e) = shared.host.share() {
         tracing::error!(error = %e, "sqlite: cannot share the database lock");
     }
+}
+
+/// Opened past a lone holder that did not hand the file over within
+/// `join_wait` (stopped, hung): fence it out. Its next flush checks
+/// `write_behind_owner` under SQLite's write lock and, finding it changed,
+/// gives up (the commits it buffered are lost, as in a crash) and fails
+/// every later transaction; the breaker byte keeps anyone from becoming
+/// exclusive while this backend runs without presence.
+fn break_in(conn: &Connection, path: &Path) -> Result<(), OpenError> {
+    let pid: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM hafs_meta WHERE name = 'write_behind_pid'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .ok()
+        .flatten();
+    tracing::warn!(
+        holder_pid = ?pid,
+        "the process that had this database to itself did not hand it over (stopped?): \
+         fencing it out; what it had not written yet is lost"
+    );
+    let fenced = conn.busy_timeout(WRITE_LOCK_WAIT).and_then(|()| {
+        conn.execute(
+            "INSERT INTO hafs_meta(name, value) VALUES ('write_behind_owner', ?1) \
+             ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            params![format!("broken by {}", std::process::id())],
+        )
+    });
+    let _ = conn.busy_timeout(Duration::ZERO);
+    fenced.map(|_| ()).map_err(|e| OpenError::Io {
+        path: path.display().to_string(),
+        message: format!(
+            "cannot fence out the process that has this database to itself{}: {e}",
+            pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+        ),
+    })
 }
 
 /// Flush until nothing is left (new commits wait while `draining`).
@@ -2126,15 +2185,30 @@ fn enter_buffered(shared: &Shared, wb: &WriteBehind, conn: &Connection) -> KvRes
     // The pid tells a newcomer who to wake if this process stops
     // answering. Written before taking the state lock: it may wait for
     // SQLite's write lock, and executor threads take the state lock.
-    if let Err(e) = conn.execute(
-        "INSERT INTO hafs_meta(name, value) VALUES ('write_behind_pid', ?1) \
-         ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-        params![std::process::id()],
-    ) {
+    static TAKEN: AtomicU64 = AtomicU64::new(0);
+    let owner = format!(
+        "{}/{}",
+        std::process::id(),
+        TAKEN.fetch_add(1, Ordering::Relaxed)
+    );
+    let upsert = "INSERT INTO hafs_meta(name, value) VALUES (?1, ?2) \
+                  ON CONFLICT(name) DO UPDATE SET value = excluded.value";
+    let written = conn
+        .execute(upsert, params!["write_behind_pid", std::process::id()])
+        .and_then(|_| conn.execute(upsert, params!["write_behind_owner", owner]));
+    if let Err(e) = written {
         let _ = shared.host.share();
         return Err(map_error(e));
     }
+    // A breaker that fenced the previous owner before this write would be
+    // undone by it: look again now that it is written (one that breaks in
+    // later fences this owner at its first flush).
+    if shared.host.breaker_present().unwrap_or(true) {
+        let _ = shared.host.share();
+        return Ok(());
+    }
     let mut st = wb.state.lock();
+    st.owner = owner;
     st.entering = true;
     while st.direct_inflight > 0 {
         wb.changed.wait(&mut st);
