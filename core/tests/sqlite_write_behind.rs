@@ -195,8 +195,12 @@ async fn sync_writes_the_memtable_out() {
 
 const CRASH_ENV: &str = "HAFS_TEST_WRITE_BEHIND_CRASH_DB";
 
+/// The crash worker syncs after this commit: what survives includes it.
+const SYNCED: u64 = 1_000;
+
 /// A worker that commits `n`, then key `done/<n>`, one transaction each
-/// (both in one), printing each acknowledged `n`.
+/// (both in one), printing each acknowledged `n`; after commit `SYNCED`
+/// it calls `sync`.
 fn crash_worker(path: &Path) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -210,14 +214,19 @@ fn crash_worker(path: &Path) {
             })
             .await
             .unwrap();
+            if n == SYNCED {
+                db.sync().await.unwrap();
+            }
             println!("{n}");
         }
     });
 }
 
-/// `kill -9` of a buffering process loses at most its last milliseconds of
-/// acknowledged commits, and only whole ones from the end: what survives
-/// is exactly the first `n` commits.
+/// `kill -9` of a buffering process loses only acknowledged commits after
+/// its last flush, whole ones from the end: what survives is exactly the
+/// first `n` commits, and at least every commit `sync` covered. (How many
+/// are lost depends on how soon the flusher ran: milliseconds' worth when
+/// it gets a CPU, more on a starved machine — so not asserted.)
 #[test]
 fn a_killed_process_loses_a_suffix_of_whole_commits() {
     if let Ok(path) = std::env::var(CRASH_ENV) {
@@ -263,7 +272,7 @@ fn a_killed_process_loses_a_suffix_of_whole_commits() {
             .await
             .unwrap();
         println!("acknowledged {acknowledged}+, survived {n}");
-        assert!(n >= 1, "flushes ran before the kill");
+        assert!(n >= SYNCED, "what sync covered survives: {n}");
         assert_eq!(
             done.len() as u64,
             n,
@@ -272,10 +281,6 @@ fn a_killed_process_loses_a_suffix_of_whole_commits() {
         assert_eq!(
             done.last().map(|(k, _)| k.clone()),
             Some(format!("done/{n:08}").into_bytes())
-        );
-        assert!(
-            n + 1_000 >= acknowledged,
-            "lost more than a few milliseconds: {n} of {acknowledged}"
         );
     });
 }
@@ -370,16 +375,24 @@ fn a_stopped_holder_is_fenced_out_after_the_wait() {
     });
     signal("CONT");
     use std::io::Write;
-    // Acknowledged from memory, then lost at the flush that finds itself
-    // fenced; from then on every transaction fails.
-    writeln!(to_child, "inc").unwrap();
-    let first = answer();
-    std::thread::sleep(Duration::from_millis(200));
-    writeln!(to_child, "inc").unwrap();
-    let second = answer();
+    // Acknowledged from memory until the holder's next flush finds itself
+    // fenced (and loses them); from then on every transaction fails.
+    let mut answers = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        writeln!(to_child, "inc").unwrap();
+        let a = answer();
+        let failed = a.starts_with("err");
+        answers.push(a);
+        if failed || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let last = answers.last().unwrap();
     assert!(
-        second.starts_with("err") && second.contains("took the database over"),
-        "first {first}, then {second}"
+        last.starts_with("err") && last.contains("took the database over"),
+        "{answers:?}"
     );
     runtime.block_on(async {
         assert_eq!(
