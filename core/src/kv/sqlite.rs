@@ -1729,6 +1729,10 @@ fn check_watches(shared: &Shared, conn: &Connection) {
 /// What it costs: a crash of this *process* (not only of the machine) may
 /// drop the commits of the last few milliseconds — a suffix, never a torn or
 /// reordered state (each flush is one SQLite transaction, in commit order).
+/// "Milliseconds" when the flusher gets a CPU; a starved one can fall
+/// behind by up to `4 × FLUSH_BYTES` of commits, where new ones wait (CI,
+/// a debug build running tests in parallel on 2 cores, lost 1,063 of 3,000
+/// quick commits to `kill -9` where an idle machine loses ~150).
 /// That is the relaxed contract stretched from power loss to process loss;
 /// `sync` (fsync) still makes everything before it durable, and so does a
 /// clean close (the last handle's drop writes the memtable out).
