@@ -193,6 +193,18 @@ async fn sync_writes_the_memtable_out() {
     assert_eq!(stored(&path, b"r/2"), Some(b"z".to_vec()));
 }
 
+/// Run this test binary's `test` as a worker process on the database at
+/// `path` (named in `env`), its stdin and stdout piped.
+fn worker(test: &str, env: &str, path: &Path) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture"])
+        .env(env, path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 const CRASH_ENV: &str = "HAFS_TEST_WRITE_BEHIND_CRASH_DB";
 
 /// The crash worker syncs after this commit: what survives includes it.
@@ -235,16 +247,11 @@ fn a_killed_process_loses_a_suffix_of_whole_commits() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kv.db");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "a_killed_process_loses_a_suffix_of_whole_commits",
-            "--nocapture",
-        ])
-        .env(CRASH_ENV, &path)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = worker(
+        "a_killed_process_loses_a_suffix_of_whole_commits",
+        CRASH_ENV,
+        &path,
+    );
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut acknowledged = 0u64;
     while acknowledged < 3_000 {
@@ -327,17 +334,11 @@ fn a_stopped_holder_is_fenced_out_after_the_wait() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kv.db");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "a_stopped_holder_is_fenced_out_after_the_wait",
-            "--nocapture",
-        ])
-        .env(STOPPED_ENV, &path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = worker(
+        "a_stopped_holder_is_fenced_out_after_the_wait",
+        STOPPED_ENV,
+        &path,
+    );
     let mut to_child = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut answer = || loop {

@@ -197,16 +197,7 @@ impl Drop for Closer {
                 }
             }
         }
-        let mut st = wb.state.lock();
-        if st.buffered {
-            st.buffered = false;
-            st.generation += 1;
-            if let Err(e) = shared.host.share() {
-                tracing::warn!(error = %e, "sqlite: cannot share the database lock");
-            }
-        }
-        st.draining = false;
-        wb.changed.notify_all();
+        stop_buffering(shared, wb);
         wb.wake.notify_all();
     }
 }
@@ -2107,16 +2098,22 @@ fn hand_over(shared: &Shared, wb: &WriteBehind, conn: &Connection) {
             return;
         }
     }
-    {
-        let mut st = wb.state.lock();
+    stop_buffering(shared, wb);
+}
+
+/// Everything is written out (or lost for good): commit straight to
+/// SQLite from now on, in a new generation, and share the file.
+fn stop_buffering(shared: &Shared, wb: &WriteBehind) {
+    let mut st = wb.state.lock();
+    if st.buffered {
         st.buffered = false;
-        st.draining = false;
         st.generation += 1;
-        wb.changed.notify_all();
+        if let Err(e) = shared.host.share() {
+            tracing::error!(error = %e, "sqlite: cannot share the database lock");
+        }
     }
-    if let Err(e) = shared.host.share() {
-        tracing::error!(error = %e, "sqlite: cannot share the database lock");
-    }
+    st.draining = false;
+    wb.changed.notify_all();
 }
 
 /// Opened past a lone holder that did not hand the file over within
