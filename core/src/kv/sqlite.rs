@@ -1585,6 +1585,11 @@ fn checkpoint_loop(weak: Weak<Shared>) {
                 shared.checkpoint_failed(&e);
                 tracing::debug!(error = %e, "sqlite checkpoint incomplete; will retry");
             }
+            // Left inside `presize_wal`'s transaction (its ROLLBACK failed),
+            // it would hold SQLite's write lock for good: closing rolls back.
+            if !c.is_autocommit() {
+                conn = None;
+            }
         }
     }
 }
