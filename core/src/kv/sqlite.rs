@@ -87,10 +87,13 @@ const WAL_AHEAD_BYTES: u64 = 8 << 20;
 /// (`WAL_RESTART_FRAMES` frames of 4 KiB pages) and one step more, which
 /// SQLite then overwrites from the start, cycle after cycle.
 const WAL_PRESIZE_BYTES: u64 =
-    WAL_HEADER_BYTES + WAL_RESTART_FRAMES as u64 * (24 + 4096) + WAL_AHEAD_BYTES;
+    WAL_HEADER_BYTES + WAL_RESTART_FRAMES as u64 * WAL_FRAME_BYTES + WAL_AHEAD_BYTES;
 const _: () = assert!(WAL_PRESIZE_BYTES <= WAL_SIZE_LIMIT_BYTES);
 /// SQLite's WAL file header.
 const WAL_HEADER_BYTES: u64 = 32;
+/// One WAL frame: its 24-byte header and a page (SQLite's default 4 KiB,
+/// which hafs databases keep).
+const WAL_FRAME_BYTES: u64 = 24 + 4096;
 /// How long a RESTART checkpoint waits for readers and writers to drain.
 const CHECKPOINT_RESTART_WAIT: Duration = Duration::from_millis(20);
 /// A restarted WAL file is truncated back to this size.
@@ -684,10 +687,16 @@ impl WalSync {
 /// inode writes for 22,453 cache flushes with `metadata`, 1,954 for 22,737
 /// with this (creates 4,742 → 6,113/s in that run).
 fn file_id(path: &Path) -> std::io::Result<FileId> {
-    use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
-    let st = statx(CWD, path, AtFlags::empty(), StatxFlags::INO)?;
+    let st = statx_only(path, rustix::fs::StatxFlags::INO)?;
     let dev = rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor);
     Ok((dev, st.stx_ino))
+}
+
+/// `statx` of `path` asking for `mask` only (never the timestamps: see
+/// [`file_id`]).
+fn statx_only(path: &Path, mask: rustix::fs::StatxFlags) -> std::io::Result<rustix::fs::Statx> {
+    use rustix::fs::{statx, AtFlags, CWD};
+    Ok(statx(CWD, path, AtFlags::empty(), mask)?)
 }
 
 /// The WAL's name for the database at `path` (which exists): symlinks
@@ -1634,7 +1643,7 @@ fn checkpoint(shared: &Shared, conn: &Connection) -> rusqlite::Result<()> {
 /// sync them poisons the backend like a failed commit sync.
 fn presize_wal(shared: &Shared, conn: &Connection, frames: i64) -> rusqlite::Result<()> {
     use std::os::unix::fs::FileExt;
-    let live_end = WAL_HEADER_BYTES + u64::try_from(frames).unwrap_or(0) * (24 + 4096);
+    let live_end = WAL_HEADER_BYTES + u64::try_from(frames).unwrap_or(0) * WAL_FRAME_BYTES;
     let wanted = (live_end + WAL_AHEAD_BYTES).min(WAL_PRESIZE_BYTES);
     if wal_size(&shared.wal).is_ok_and(|size| size >= wanted) {
         return Ok(());
@@ -1683,8 +1692,7 @@ fn presize_wal(shared: &Shared, conn: &Connection, frames: i64) -> rusqlite::Res
 
 /// The WAL file's length, asking for nothing else (see [`file_id`]).
 fn wal_size(path: &Path) -> std::io::Result<u64> {
-    use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
-    Ok(statx(CWD, path, AtFlags::empty(), StatxFlags::SIZE)?.stx_size)
+    Ok(statx_only(path, rustix::fs::StatxFlags::SIZE)?.stx_size)
 }
 
 fn nudge_watcher(shared: &Shared) {
@@ -2260,20 +2268,30 @@ fn break_in(conn: &Connection, path: &Path) -> Result<(), OpenError> {
          fencing it out; what it had not written yet is lost"
     );
     let fenced = conn.busy_timeout(WRITE_LOCK_WAIT).and_then(|()| {
-        conn.execute(
-            "INSERT INTO hafs_meta(name, value) VALUES ('write_behind_owner', ?1) \
-             ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-            params![format!("broken by {}", std::process::id())],
+        set_meta(
+            conn,
+            "write_behind_owner",
+            &format!("broken by {}", std::process::id()),
         )
     });
     let _ = conn.busy_timeout(Duration::ZERO);
-    fenced.map(|_| ()).map_err(|e| OpenError::Io {
+    fenced.map_err(|e| OpenError::Io {
         path: path.display().to_string(),
         message: format!(
             "cannot fence out the process that has this database to itself{}: {e}",
             pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
         ),
     })
+}
+
+/// Set the `hafs_meta` row `name` (write-behind's owner and pid).
+fn set_meta(conn: &Connection, name: &str, value: &dyn rusqlite::ToSql) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO hafs_meta(name, value) VALUES (?1, ?2) \
+         ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![name, value])
+    .map(|_| ())
 }
 
 /// Flush until nothing is left (new commits wait while `draining`).
@@ -2314,11 +2332,8 @@ fn enter_buffered(shared: &Shared, wb: &WriteBehind, conn: &Connection) -> KvRes
         std::process::id(),
         TAKEN.fetch_add(1, Ordering::Relaxed)
     );
-    let upsert = "INSERT INTO hafs_meta(name, value) VALUES (?1, ?2) \
-                  ON CONFLICT(name) DO UPDATE SET value = excluded.value";
-    let written = conn
-        .execute(upsert, params!["write_behind_pid", std::process::id()])
-        .and_then(|_| conn.execute(upsert, params!["write_behind_owner", owner]));
+    let written = set_meta(conn, "write_behind_pid", &std::process::id())
+        .and_then(|()| set_meta(conn, "write_behind_owner", &owner));
     if let Err(e) = written {
         let _ = shared.host.share();
         return Err(map_error(e));
