@@ -19,11 +19,26 @@ use hafs_core::kv::sqlite::{Durability, SqliteBackend, SqliteOptions};
 use hafs_core::kv::{Database, KvError};
 
 fn open(path: &Path, durability: Durability) -> (Arc<SqliteBackend>, Database) {
-    let clock = TokioClock::new();
     let options = SqliteOptions {
         durability,
         ..SqliteOptions::default()
     };
+    open_with(path, options)
+}
+
+/// A relaxed backend whose flusher never writes to SQLite on its own
+/// (only `sync`'s fallback, a hand-over or a close do).
+fn open_never_flushing(path: &Path) -> (Arc<SqliteBackend>, Database) {
+    let options = SqliteOptions {
+        durability: Durability::Relaxed,
+        flush_interval: Duration::from_secs(3600),
+        ..SqliteOptions::default()
+    };
+    open_with(path, options)
+}
+
+fn open_with(path: &Path, options: SqliteOptions) -> (Arc<SqliteBackend>, Database) {
+    let clock = TokioClock::new();
     let backend = Arc::new(SqliteBackend::open(path, options, clock.clone()).expect("open"));
     let db = Database::new(backend.clone(), clock, 11);
     (backend, db)
@@ -161,18 +176,22 @@ async fn a_transaction_begun_before_a_hand_over_retries() {
     assert_eq!(decode(read(&b, b"n").await), 2);
 }
 
-/// `sync` puts every acknowledged commit into SQLite (and its WAL on disk).
+/// `sync` makes every acknowledged commit durable through the sync log,
+/// before any of it reaches SQLite: a copy of the files taken right after
+/// (the backend still open, as at a power loss) opens with all of it,
+/// range clears in commit order with later writes; then so does the
+/// original once closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sync_writes_the_memtable_out() {
+async fn sync_makes_buffered_commits_durable() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kv.db");
-    let (backend, db) = open(&path, Durability::Relaxed);
+    let (backend, db) = open_never_flushing(&path);
     assert!(backend.write_behind_active());
     for _ in 0..20 {
         increment(&db, b"n").await;
     }
     db.sync().await.unwrap();
-    assert_eq!(decode(stored(&path, b"n")), 20);
+    assert_eq!(stored(&path, b"n"), None, "in the log only");
     // Range clears reach SQLite too, in commit order with later writes.
     db.run(|txn, _| async move {
         txn.set(b"r/1", b"x");
@@ -189,8 +208,28 @@ async fn sync_writes_the_memtable_out() {
     .await
     .unwrap();
     db.sync().await.unwrap();
-    assert_eq!(stored(&path, b"r/1"), None);
-    assert_eq!(stored(&path, b"r/2"), Some(b"z".to_vec()));
+    increment(&db, b"unsynced").await;
+    let image = tempfile::tempdir().unwrap();
+    for suffix in ["", "-wal", "-synclog"] {
+        std::fs::copy(
+            dir.path().join(format!("kv.db{suffix}")),
+            image.path().join(format!("kv.db{suffix}")),
+        )
+        .unwrap();
+    }
+    let copy = image.path().join("kv.db");
+    let (_, restored) = open(&copy, Durability::Durable);
+    assert_eq!(decode(read(&restored, b"n").await), 20);
+    assert_eq!(read(&restored, b"r/1").await, None);
+    assert_eq!(read(&restored, b"r/2").await, Some(b"z".to_vec()));
+    assert_eq!(read(&restored, b"unsynced").await, None, "never synced");
+    drop(restored);
+    // Replayed into SQLite, the log is retired: the copy stands alone.
+    std::fs::remove_file(image.path().join("kv.db-synclog")).unwrap();
+    assert_eq!(decode(stored(&copy, b"n")), 20);
+    drop(db);
+    drop(backend);
+    assert_eq!(decode(stored(&path, b"unsynced")), 1, "a close writes out");
 }
 
 /// Run this test binary's `test` as a worker process on the database at
@@ -210,22 +249,75 @@ const CRASH_ENV: &str = "HAFS_TEST_WRITE_BEHIND_CRASH_DB";
 /// The crash worker syncs after this commit: what survives includes it.
 const SYNCED: u64 = 1_000;
 
-/// A worker that commits `n`, then key `done/<n>`, one transaction each
-/// (both in one), printing each acknowledged `n`; after commit `SYNCED`
-/// it calls `sync`.
+/// Commit `n` and key `done/<n>`, in one transaction.
+async fn commit_numbered(db: &Database, n: u64) {
+    db.run(|txn, _| async move {
+        txn.set(b"n", &n.to_le_bytes());
+        txn.set(format!("done/{n:08}").as_bytes(), b"");
+        Ok::<_, KvError>(())
+    })
+    .await
+    .unwrap();
+}
+
+/// Read the numbers `child` prints until one reaches `until`, then kill
+/// it; the last number read.
+fn kill_at(child: &mut std::process::Child, until: u64) -> u64 {
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut last = 0u64;
+    while last < until {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Ok(n) = line.trim().parse() {
+                    last = n;
+                }
+            }
+            _ => panic!("the worker stopped early"),
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    last
+}
+
+/// Reopen the database of a killed worker: the `n` that survived, checked
+/// to come with exactly the keys `done/1..=n` (whole commits, no hole, no
+/// later one).
+fn survivors(path: &Path) -> u64 {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (_, db) = open(path, Durability::Durable);
+        let n = decode(read(&db, b"n").await);
+        let done = db
+            .run(|txn, _| async move {
+                txn.get_range(b"done/", b"done0", Default::default())
+                    .await
+                    .map(|r| r.kvs)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            done.len() as u64,
+            n,
+            "every surviving commit whole, no later one"
+        );
+        assert_eq!(
+            done.last().map(|(k, _)| k.clone()),
+            (n > 0).then(|| format!("done/{n:08}").into_bytes())
+        );
+        n
+    })
+}
+
+/// A worker that commits `n` and `done/<n>` for n = 1, 2, ..., printing
+/// each acknowledged `n`; after commit `SYNCED` it calls `sync`.
 fn crash_worker(path: &Path) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let (backend, db) = open(path, Durability::Relaxed);
         assert!(backend.write_behind_active());
         for n in 1u64.. {
-            db.run(|txn, _| async move {
-                txn.set(b"n", &n.to_le_bytes());
-                txn.set(format!("done/{n:08}").as_bytes(), b"");
-                Ok::<_, KvError>(())
-            })
-            .await
-            .unwrap();
+            commit_numbered(&db, n).await;
             if n == SYNCED {
                 db.sync().await.unwrap();
             }
@@ -252,44 +344,62 @@ fn a_killed_process_loses_a_suffix_of_whole_commits() {
         CRASH_ENV,
         &path,
     );
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut acknowledged = 0u64;
-    while acknowledged < 3_000 {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Ok(n) = line.trim().parse() {
-                    acknowledged = n;
-                }
-            }
-            _ => panic!("the worker stopped early"),
-        }
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let acknowledged = kill_at(&mut child, 3_000);
+    let n = survivors(&path);
+    println!("acknowledged {acknowledged}+, survived {n}");
+    assert!(n >= SYNCED, "what sync covered survives: {n}");
+}
+
+const LOGGED_ENV: &str = "HAFS_TEST_WRITE_BEHIND_LOGGED_DB";
+
+/// A worker that never flushes on its own: commits `n` and `done/<n>` for
+/// n = 1, 2, ..., syncs after every even `n` and prints it.
+fn logged_worker(path: &Path) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let (_, db) = open(&path, Durability::Durable);
-        let n = decode(read(&db, b"n").await);
-        let done = db
-            .run(|txn, _| async move {
-                txn.get_range(b"done/", b"done0", Default::default())
-                    .await
-                    .map(|r| r.kvs)
-            })
-            .await
-            .unwrap();
-        println!("acknowledged {acknowledged}+, survived {n}");
-        assert!(n >= SYNCED, "what sync covered survives: {n}");
-        assert_eq!(
-            done.len() as u64,
-            n,
-            "every surviving commit whole, no later one"
-        );
-        assert_eq!(
-            done.last().map(|(k, _)| k.clone()),
-            Some(format!("done/{n:08}").into_bytes())
-        );
+        let (backend, db) = open_never_flushing(path);
+        assert!(backend.write_behind_active());
+        for n in 1u64.. {
+            commit_numbered(&db, n).await;
+            if n % 2 == 0 {
+                db.sync().await.unwrap();
+                println!("{n}");
+            }
+        }
     });
+}
+
+/// Synced commits survive `kill -9` when they are in the sync log only:
+/// the next opener applies them. Past 2,000 syncs the log is full once and
+/// starts over (that sync goes through SQLite). The flusher never runs, so
+/// what survives is exactly a synced prefix: the last even `n` or later.
+#[test]
+fn synced_commits_survive_a_kill_from_the_sync_log() {
+    if let Ok(path) = std::env::var(LOGGED_ENV) {
+        logged_worker(Path::new(&path));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let mut child = worker(
+        "synced_commits_survive_a_kill_from_the_sync_log",
+        LOGGED_ENV,
+        &path,
+    );
+    let synced = kill_at(&mut child, 5_000);
+    let in_sqlite = decode(stored(&path, b"n"));
+    let n = survivors(&path);
+    println!("synced {synced}+, in SQLite before reopening {in_sqlite}, survived {n}");
+    assert!(
+        in_sqlite < synced,
+        "the log had more than SQLite: {in_sqlite}"
+    );
+    assert!(
+        in_sqlite >= 4_000,
+        "the full log's sync went through SQLite"
+    );
+    assert!(n >= synced, "every synced commit survives: {n}");
+    assert_eq!(n % 2, 0, "nothing unsynced: {n}");
 }
 
 const STOPPED_ENV: &str = "HAFS_TEST_WRITE_BEHIND_STOPPED_DB";

@@ -296,6 +296,11 @@ impl Memtable {
         events.push((version, value));
     }
 
+    /// The newest commit not yet handed to SQLite.
+    pub fn last_unflushed(&self) -> Option<&Unflushed> {
+        self.unflushed.back()
+    }
+
     /// Everything not yet handed to SQLite, oldest first.
     pub fn take_unflushed(&mut self) -> Vec<Unflushed> {
         self.unflushed_bytes = 0;

@@ -31,6 +31,8 @@ pub mod ranges;
 // (`--cfg madsim`) does not provide; it uses `mem` only.
 #[cfg(not(madsim))]
 pub mod sqlite;
+#[cfg(not(madsim))]
+pub mod synclog;
 mod txn;
 #[cfg(not(madsim))]
 pub mod url;

@@ -55,6 +55,7 @@ use super::backend::{
 };
 use super::hostlock::{lock_path, HostLock};
 use super::memtable::{Memtable, Seen, Unflushed};
+use super::synclog::{self, RecordBuf, SyncLog};
 use super::url::OpenError;
 use super::{KeyRange, KeyValue, KvError, KvResult, Version};
 use crate::clock::Clock;
@@ -150,6 +151,9 @@ pub struct SqliteOptions {
     pub join_wait: Duration,
     /// How often the watcher looks for commits of other processes.
     pub watch_poll: Duration,
+    /// Write-behind: how long an acknowledged commit may wait in memory
+    /// before the flusher writes it to SQLite.
+    pub flush_interval: Duration,
 }
 
 impl Default for SqliteOptions {
@@ -164,6 +168,7 @@ impl Default for SqliteOptions {
             // `PRAGMA data_version` (microseconds), run only while a watch
             // is waiting.
             watch_poll: Duration::from_millis(2),
+            flush_interval: FLUSH_INTERVAL,
         }
     }
 }
@@ -233,6 +238,8 @@ struct Shared {
     /// WAL named after an unresolved symlink would not exist and a sync of
     /// it would silently do nothing).
     wal: PathBuf,
+    /// The sync log next to the database ([`synclog`]).
+    synclog: PathBuf,
     options: SqliteOptions,
     clock: Arc<dyn Clock>,
     pool: Mutex<Vec<Connection>>,
@@ -411,11 +418,14 @@ impl SqliteBackend {
         if host.broke_in() {
             break_in(&conn, path)?;
         }
+        let synclog = synclog::log_path(&canonical);
+        replay_sync_log(&conn, &synclog, &wal)?;
         let wb = (options.durability == Durability::Relaxed && options.write_behind)
             .then(WriteBehind::default);
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
             wal,
+            synclog,
             options,
             clock,
             pool: Mutex::new(vec![conn]),
@@ -604,6 +614,113 @@ impl Shared {
                 Err(SyncError::Sync(e)) => state.poison(e),
             }
             sync.done.notify_all();
+        }
+    }
+
+    /// `sync` on a relaxed backend: every commit acknowledged before this
+    /// call durable. Blocks.
+    ///
+    /// While write-behind buffers, through the sync log ([`synclog`]): the
+    /// commits acknowledged since the last durable point, encoded as they
+    /// were acknowledged, become one record, synced; the flusher writes them
+    /// to SQLite on its own schedule. Otherwise (sharing the file, the
+    /// pending commits too big for a record, or the log full) through
+    /// SQLite: write the memtable out, then sync the WAL.
+    ///
+    /// What keeps replay right (`replay_sync_log`): the log holds every
+    /// commit after a version SQLite has durably (`SyncLog::start` begins
+    /// only after a WAL sync; a restart follows one), in commit order with
+    /// none left out (`pending` is filled under the state lock as commits
+    /// are acknowledged; an overflow or a full log goes through SQLite
+    /// before logging resumes); and only the exclusive holder writes it.
+    fn sync_relaxed(&self) -> KvResult<()> {
+        let Some(wb) = &self.wb else {
+            return self.wait_durable();
+        };
+        // One sync at a time writes the log, in order.
+        let mut log = wb.log.lock();
+        let (through, logging, record) = {
+            let mut st = wb.state.lock();
+            if let Some(e) = &st.failed {
+                return Err(KvError::Backend(e.clone()));
+            }
+            let through = st.table.version();
+            let logging = st.buffered && log.is_some();
+            if logging && log.as_ref().is_some_and(|l| l.through >= through) {
+                return Ok(());
+            }
+            // Logging resumes after `through` whichever way this sync goes
+            // (an overflowed `pending` is `None`).
+            let record = logging
+                .then(|| st.pending.replace(RecordBuf::default()))
+                .flatten();
+            (through, logging, record)
+        };
+        if let (Some(l), Some(mut record)) = (log.as_mut(), record) {
+            match l.append(&mut record, through) {
+                Ok(true) => return self.still_owner(wb),
+                Ok(false) => {} // full: through SQLite, then start over
+                Err(e) => {
+                    *log = None;
+                    let message = format!(
+                        "sqlite: cannot write the sync log {}: {e}",
+                        self.synclog.display()
+                    );
+                    self.poison_syncs(message.clone());
+                    return Err(KvError::Backend(message));
+                }
+            }
+        }
+        self.wait_flushed()?;
+        self.wait_durable()?;
+        // Everything through `through` is durable in SQLite now: the log
+        // starts over after it (a full log must; an overflow may as well).
+        if let Some(l) = log.as_mut().filter(|_| logging) {
+            if let Err(e) = l.restart(through) {
+                *log = None;
+                tracing::warn!(error = %e, "sqlite: sync log unusable; syncs go through SQLite");
+            }
+        }
+        Ok(())
+    }
+
+    /// Start the sync log for buffering from `newest` on, once SQLite has
+    /// everything up to it durably; `None` (syncs then go through SQLite)
+    /// if that cannot be done.
+    fn start_sync_log(&self, newest: Version) -> Option<SyncLog> {
+        let started = self
+            .wait_durable()
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                SyncLog::start(&self.synclog, newest, self.clock.wall_ns() as u64)
+                    .map_err(|e| e.to_string())
+            });
+        match started {
+            Ok(log) => Some(log),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %self.synclog.display(),
+                    "sqlite: no sync log; syncs go through SQLite");
+                None
+            }
+        }
+    }
+
+    /// After a logged sync: fail it if another process broke in meanwhile.
+    /// A breaker fences this backend out (in SQLite) before it reads the
+    /// log, so a record this check finds unfenced was there to be read.
+    fn still_owner(&self, wb: &WriteBehind) -> KvResult<()> {
+        let owner = wb.state.lock().owner.clone();
+        let conn = self.take_connection()?;
+        let current = current_owner(&conn);
+        self.give_back(conn);
+        match current.map_err(map_error)? {
+            Some(v) if v == owner => Ok(()),
+            _ => {
+                let mut st = wb.state.lock();
+                let message = fenced_out(&mut st);
+                wb.changed.notify_all();
+                Err(KvError::Backend(message))
+            }
         }
     }
 
@@ -972,11 +1089,7 @@ impl Backend for SqliteBackend {
             return Ok(());
         }
         let shared = self.shared.clone();
-        off_executor(move || {
-            shared.wait_flushed()?;
-            shared.wait_durable()
-        })
-        .await?
+        off_executor(move || shared.sync_relaxed()).await?
     }
 }
 
@@ -1218,9 +1331,12 @@ impl SqliteTxn {
                     now,
                     |key| read_value(&conn, key).map_err(map_error),
                 );
-                if committed.is_ok() && st.first_unflushed.is_none() {
-                    st.first_unflushed = Some(now);
-                    wb.wake.notify_one();
+                if committed.is_ok() {
+                    if st.first_unflushed.is_none() {
+                        st.first_unflushed = Some(now);
+                        wb.wake.notify_one();
+                    }
+                    log_pending(&mut st);
                 }
                 committed
             }
@@ -1230,6 +1346,21 @@ impl SqliteTxn {
         nudge_watcher(shared);
         arm_watches(shared, request.watches);
         Ok(version)
+    }
+}
+
+/// Encode the commit just acknowledged for the sync log's next record.
+fn log_pending(st: &mut WbState) {
+    let st = &mut *st;
+    let overflow = match (st.pending.as_mut(), st.table.last_unflushed()) {
+        (Some(buf), Some(c)) => {
+            buf.push(c.version, &c.mutations);
+            buf.len() > synclog::RECORD_MAX
+        }
+        _ => false,
+    };
+    if overflow {
+        st.pending = None;
     }
 }
 
@@ -1894,6 +2025,10 @@ struct WriteBehind {
     state: Mutex<WbState>,
     /// Held by whoever writes a batch, so batches reach SQLite in order.
     flushing: Mutex<()>,
+    /// The sync log, while this backend may write it (buffering, and the
+    /// log could be started); held by a sync from start to end. Taken
+    /// before `state`, never while holding it.
+    log: Mutex<Option<SyncLog>>,
     /// A flush ended, the mode changed, or direct commits drained.
     changed: Condvar,
     /// Work for the flusher.
@@ -1930,6 +2065,10 @@ struct WbState {
     /// Broken in on: another process fenced this one out (it did not
     /// answer); nothing here is ever written to SQLite again.
     displaced: bool,
+    /// The commits acknowledged since the sync log's last record, encoded
+    /// for the next one; `None` while not logging, or after more than a
+    /// record's worth (the next sync then goes through SQLite).
+    pending: Option<RecordBuf>,
 }
 
 /// How a transaction reads and commits.
@@ -2088,7 +2227,7 @@ fn flush_loop(weak: Weak<Shared>) {
                 || st.table.unflushed_bytes() >= FLUSH_BYTES
                 || st
                     .first_unflushed
-                    .is_some_and(|at| now.saturating_sub(at) >= FLUSH_INTERVAL));
+                    .is_some_and(|at| now.saturating_sub(at) >= shared.options.flush_interval));
         if due {
             drop(st);
             flush_once(&shared, wb, c);
@@ -2096,7 +2235,7 @@ fn flush_loop(weak: Weak<Shared>) {
         }
         let wait = match st.first_unflushed {
             Some(at) if st.failed.is_none() => {
-                FLUSH_INTERVAL.saturating_sub(now.saturating_sub(at))
+                (shared.options.flush_interval).saturating_sub(now.saturating_sub(at))
             }
             _ => KNOCK_POLL,
         };
@@ -2133,12 +2272,7 @@ fn flush_once(shared: &Shared, wb: &WriteBehind, conn: &Connection) {
         Ok(()) => st.table.flushed_through(last),
         Err(FlushError::Displaced) => {
             st.table.restore_unflushed(batch);
-            let message = "sqlite: another process took the database over while this one \
-                           did not answer (was it stopped?); its last commits were lost; remount"
-                .to_string();
-            tracing::error!(%message);
-            st.failed = Some(message);
-            st.displaced = true;
+            fenced_out(&mut st);
         }
         Err(FlushError::Sql(e)) => {
             st.table.restore_unflushed(batch);
@@ -2156,6 +2290,25 @@ fn flush_once(shared: &Shared, wb: &WriteBehind, conn: &Connection) {
     wb.changed.notify_all();
 }
 
+/// Another process broke in: fail every transaction from now on.
+fn fenced_out(st: &mut WbState) -> String {
+    let message = "sqlite: another process took the database over while this one \
+                   did not answer (was it stopped?); its last commits were lost; remount"
+        .to_string();
+    if !st.displaced {
+        tracing::error!(%message);
+    }
+    st.failed = Some(message.clone());
+    st.displaced = true;
+    message
+}
+
+/// `write_behind_owner` as SQLite holds it now.
+fn current_owner(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT value FROM hafs_meta WHERE name = 'write_behind_owner'")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
+}
+
 enum FlushError {
     Sql(rusqlite::Error),
     /// Another process broke in: this one no longer owns the file.
@@ -2171,10 +2324,7 @@ fn write_batch(
     control(conn, "BEGIN IMMEDIATE").map_err(FlushError::Sql)?;
     // Checked under SQLite's write lock, which a breaker takes to fence
     // us: either this batch lands before the break, or not at all.
-    let current: rusqlite::Result<Option<String>> = conn
-        .prepare_cached("SELECT value FROM hafs_meta WHERE name = 'write_behind_owner'")
-        .and_then(|mut s| s.query_row([], |r| r.get(0)).optional());
-    match current {
+    match current_owner(conn) {
         Ok(Some(v)) if v == owner => {}
         Ok(_) => {
             let _ = control(conn, "ROLLBACK");
@@ -2237,6 +2387,7 @@ fn stop_buffering(shared: &Shared, wb: &WriteBehind) {
     let mut st = wb.state.lock();
     if st.buffered {
         st.buffered = false;
+        st.pending = None;
         st.generation += 1;
         if let Err(e) = shared.host.share() {
             tracing::error!(error = %e, "sqlite: cannot share the database lock");
@@ -2282,6 +2433,94 @@ fn break_in(conn: &Connection, path: &Path) -> Result<(), OpenError> {
             pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
         ),
     })
+}
+
+/// The newest committed version SQLite holds.
+fn newest_version(conn: &Connection) -> rusqlite::Result<Version> {
+    conn.prepare_cached("SELECT max(version) FROM commits")
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, Option<i64>>(0)))
+        .map(|v| u64::try_from(v.unwrap_or(0)).unwrap_or(0))
+}
+
+/// Apply what the sync log holds and SQLite lacks ([`synclog`]): commits
+/// that a process with the database to itself made durable there but had
+/// not written to SQLite when it died or was fenced out, or whose write to
+/// SQLite a power loss undid. Then make SQLite durable and retire the log.
+///
+/// Runs in `open` before the first transaction, holding presence (or the
+/// breaker byte), so nobody is logging: a holder that handed over has
+/// written everything to SQLite first (its records are all at or below
+/// SQLite's newest version: nothing to apply, but its WAL may not be
+/// synced yet, hence the sync before retiring); one that was fenced out
+/// fails any sync it logs after this read (`Shared::still_owner`).
+///
+/// The log starts at a version SQLite had durably, and holds every commit
+/// after it, so SQLite's newest version after any crash is at or above the
+/// log's start and everything above it is applied: a prefix of the
+/// acknowledged commits, never a state with a hole. The applied commits
+/// get one `commits` row with no write ranges: no transaction begun before
+/// this open can still commit.
+fn replay_sync_log(conn: &Connection, log: &Path, wal: &Path) -> Result<(), OpenError> {
+    let failed = |message: String| OpenError::Io {
+        path: log.display().to_string(),
+        message: format!("cannot replay the sync log: {message}"),
+    };
+    let Some((file, commits)) = synclog::read_active(log).map_err(|e| failed(e.to_string()))?
+    else {
+        return Ok(());
+    };
+    let mut applied = 0;
+    let replayed = conn
+        .busy_timeout(WRITE_LOCK_WAIT)
+        .and_then(|()| control(conn, "BEGIN IMMEDIATE"))
+        .and_then(|()| {
+            let newest = newest_version(conn)?;
+            let mut last = None;
+            for c in commits.iter().filter(|c| c.version > newest) {
+                for m in &c.mutations {
+                    apply(conn, m)?;
+                }
+                applied += 1;
+                last = Some(c.version);
+            }
+            if let Some(version) = last {
+                let work = CommitWork {
+                    read_version: version,
+                    mutations: Vec::new(),
+                    read_conflicts: Vec::new(),
+                    writes: Vec::new(),
+                    prune_through: None,
+                    relaxed: true,
+                };
+                write_all(conn, &work, version)?;
+            }
+            control(conn, "COMMIT")
+        });
+    let _ = conn.busy_timeout(Duration::ZERO);
+    if let Err(e) = replayed {
+        let _ = control(conn, "ROLLBACK");
+        return Err(failed(e.to_string()));
+    }
+    if applied > 0 {
+        tracing::warn!(
+            commits = applied,
+            "sqlite: applied synced commits that the database lacked (a process that had it \
+             to itself died or was fenced out before writing them)"
+        );
+    }
+    // Durable in SQLite before the log stops counting.
+    sync_file(wal)
+        .and_then(|()| synclog::retire(&file))
+        .map_err(|e| failed(e.to_string()))
+}
+
+/// fdatasync the file at `path`, if there is one.
+fn sync_file(path: &Path) -> std::io::Result<()> {
+    match std::fs::File::open(path) {
+        Ok(f) => f.sync_data(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Set the `hafs_meta` row `name` (write-behind's owner and pid).
@@ -2359,22 +2598,34 @@ fn enter_buffered(shared: &Shared, wb: &WriteBehind, conn: &Connection) -> KvRes
         let _ = shared.host.share();
         return Ok(());
     }
-    let newest = conn
-        .prepare_cached("SELECT max(version) FROM commits")
-        .and_then(|mut s| s.query_row([], |r| r.get::<_, Option<i64>>(0)));
-    st.entering = false;
-    let newest = match newest {
-        Ok(v) => u64::try_from(v.unwrap_or(0)).unwrap_or(0),
+    let newest = match newest_version(conn) {
+        Ok(v) => v,
         Err(e) => {
+            st.entering = false;
             wb.changed.notify_all();
             drop(st);
             let _ = shared.host.share();
             return Err(map_error(e));
         }
     };
+    // Direct commits stay refused (`entering`) while the log starts: it
+    // holds what comes after `newest`, which must be durable first.
+    drop(st);
+    let log = shared.start_sync_log(newest);
+    let logging = log.is_some();
+    *wb.log.lock() = log;
+    let mut st = wb.state.lock();
+    st.entering = false;
+    if st.closed || st.failed.is_some() {
+        wb.changed.notify_all();
+        drop(st);
+        let _ = shared.host.share();
+        return Ok(());
+    }
     st.generation += 1;
     st.table = Memtable::new(newest, LOG_RETENTION);
     st.table_generation = st.generation;
+    st.pending = logging.then(RecordBuf::default);
     st.buffered = true;
     wb.changed.notify_all();
     Ok(())
