@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 mod support;
+use hafs_core::kv::synclog;
+use hafs_core::kv::Mutation;
 use hafs_core::pagecache::unwritten_pages;
 use support::{errno, fuse_available, Mount};
 
@@ -270,26 +272,52 @@ fn big_trees_and_tar_round_trip() {
 }
 
 /// On a relaxed mount commits are not fsynced one by one, but `fsync`
-/// still means what it says: when it returns, the SQLite WAL holding the
-/// file's writes has no page left unwritten. (The database lives on disk,
-/// under the target directory: on tmpfs every page stays dirty.)
+/// still means what it says. Alone on its database, the mount keeps
+/// changes in memory and `fsync` appends them to the sync log: when it
+/// returns, the log holds the file's bytes and has no page left unwritten.
+/// Once a second mount shares the database, `fsync` syncs SQLite's WAL
+/// instead: it returns with no WAL page holding the file's writes left
+/// unwritten. (The database lives on disk, under the target directory: on
+/// tmpfs every page stays dirty.)
 #[test]
-fn fsync_on_a_relaxed_mount_writes_the_database_out() {
+fn fsync_on_a_relaxed_mount_syncs_the_log_or_the_wal() {
     if !fuse_available() {
         return;
     }
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let m = relaxed_mount(&tmp.path().join("hafs.db"), &tmp.path().join("m"));
+    let db = tmp.path().join("hafs.db");
+    let m = relaxed_mount(&db, &tmp.path().join("m"));
+    let log = tmp.path().join("hafs.db-synclog");
     let wal = tmp.path().join("hafs.db-wal");
     std::fs::write(m.p("first"), b"x").unwrap();
     if unwritten_pages(&wal).is_none() {
         eprintln!("skipped: no cachestat(2) on this kernel");
         return;
     }
-    // The mount's checkpoints sync the WAL too, now and then: test an
-    // fsync that comes while the write (64 pages and more in the WAL) is
-    // still unwritten. Afterwards only the mount's background commits
-    // (heartbeats, a close), a page or two each, may be dirty again.
+    let mut f = std::fs::File::create(m.p("logged")).unwrap();
+    f.write_all(&vec![7u8; 256 << 10]).unwrap();
+    f.sync_all().unwrap();
+    assert_eq!(unwritten_pages(&log), Some(0), "the sync log, synced");
+    let (_, commits) = synclog::read_active(&log).unwrap().expect("an active log");
+    let logged: usize = commits
+        .iter()
+        .flat_map(|c| &c.mutations)
+        .map(|m| match m {
+            Mutation::Set { value, .. } => value.len(),
+            _ => 0,
+        })
+        .sum();
+    assert!(
+        logged >= 256 << 10,
+        "the log holds the file: {logged} bytes"
+    );
+
+    // Shared: every commit goes straight to SQLite's WAL. The mounts'
+    // checkpoints sync the WAL too, now and then: test an fsync that comes
+    // while the write (64 pages and more in the WAL) is still unwritten.
+    // Afterwards only background commits (heartbeats, a close), a page or
+    // two each, may be dirty again.
+    let other = relaxed_mount(&db, &tmp.path().join("other"));
     for attempt in 0..20 {
         let mut f = std::fs::File::create(m.p(&format!("f{attempt}"))).unwrap();
         f.write_all(&vec![7u8; 256 << 10]).unwrap();
@@ -303,6 +331,7 @@ fn fsync_on_a_relaxed_mount_writes_the_database_out() {
             after <= 8,
             "fsync returned with {after} WAL pages unwritten ({before} before)"
         );
+        drop(other);
         return;
     }
     eprintln!("skipped: the WAL's pages never stayed dirty (not a page-cache filesystem?)");
