@@ -639,7 +639,7 @@ impl Shared {
         };
         // One sync at a time writes the log, in order.
         let mut log = wb.log.lock();
-        let (through, logging, record) = {
+        let (through, logging, record, owner) = {
             let mut st = wb.state.lock();
             if let Some(e) = &st.failed {
                 return Err(KvError::Backend(e.clone()));
@@ -649,51 +649,68 @@ impl Shared {
             if logging && log.as_ref().is_some_and(|l| l.through >= through) {
                 return Ok(());
             }
-            // Logging resumes after `through` whichever way this sync goes
-            // (an overflowed `pending` is `None`).
+            // Logging resumes after `through`: the commits up to it leave
+            // `pending` now (an overflowed `pending` is `None`). Should
+            // they fail to become durable below, `pending` becomes `None`
+            // again, so no later record can follow a gap.
             let record = logging
                 .then(|| st.pending.replace(RecordBuf::default()))
                 .flatten();
-            (through, logging, record)
+            (through, logging, record, st.owner.clone())
+        };
+        let gap = || {
+            if logging {
+                wb.state.lock().pending = None;
+            }
         };
         if let (Some(l), Some(mut record)) = (log.as_mut(), record) {
-            match l.append(&mut record, through) {
-                Ok(true) => return self.still_owner(wb),
+            match l.append(&mut record) {
+                Ok(true) => {
+                    let owned = self.still_owner(wb, &owner);
+                    if owned.is_ok() {
+                        l.through = through;
+                    } else {
+                        gap();
+                    }
+                    return owned;
+                }
                 Ok(false) => {} // full: through SQLite, then start over
                 Err(e) => {
+                    // Nothing acknowledged depends on the log yet: go
+                    // through SQLite, and stop logging.
+                    tracing::warn!(error = %e, path = %self.synclog.display(),
+                        "sqlite: cannot write the sync log; syncs go through SQLite");
                     *log = None;
-                    let message = format!(
-                        "sqlite: cannot write the sync log {}: {e}",
-                        self.synclog.display()
-                    );
-                    self.poison_syncs(message.clone());
-                    return Err(KvError::Backend(message));
                 }
             }
         }
-        self.wait_flushed()?;
-        self.wait_durable()?;
+        if let Err(e) = self.wait_flushed().and_then(|()| self.wait_durable()) {
+            gap();
+            return Err(e);
+        }
         // Everything through `through` is durable in SQLite now: the log
         // starts over after it (a full log must; an overflow may as well).
         if let Some(l) = log.as_mut().filter(|_| logging) {
-            if let Err(e) = l.restart(through) {
+            if let Err(e) = self.as_owner(&owner, || l.restart(through)) {
                 *log = None;
-                tracing::warn!(error = %e, "sqlite: sync log unusable; syncs go through SQLite");
+                gap();
+                tracing::warn!(error = %e, "sqlite: sync log not restarted; syncs go through SQLite");
             }
         }
         Ok(())
     }
 
-    /// Start the sync log for buffering from `newest` on, once SQLite has
-    /// everything up to it durably; `None` (syncs then go through SQLite)
-    /// if that cannot be done.
-    fn start_sync_log(&self, newest: Version) -> Option<SyncLog> {
+    /// Start the sync log for buffering from `newest` on, as `owner`, once
+    /// SQLite has everything up to it durably; `None` (syncs then go
+    /// through SQLite) if that cannot be done.
+    fn start_sync_log(&self, newest: Version, owner: &str) -> Option<SyncLog> {
         let started = self
             .wait_durable()
             .map_err(|e| e.to_string())
             .and_then(|()| {
-                SyncLog::start(&self.synclog, newest, self.clock.wall_ns() as u64)
-                    .map_err(|e| e.to_string())
+                self.as_owner(owner, || {
+                    SyncLog::start(&self.synclog, newest, self.clock.wall_ns() as u64)
+                })
             });
         match started {
             Ok(log) => Some(log),
@@ -705,11 +722,39 @@ impl Shared {
         }
     }
 
+    /// Run `activate` (which writes an active sync-log header) holding
+    /// SQLite's write lock, and only if this backend is still `owner`. A
+    /// breaker rewrites the owner under that lock before it reads and
+    /// retires the log, so a holder it fenced out can never make the log
+    /// active again and fill it with commits of a history that was cut off.
+    fn as_owner<T>(
+        &self,
+        owner: &str,
+        activate: impl FnOnce() -> std::io::Result<T>,
+    ) -> Result<T, String> {
+        let mut conn = self.take_connection().map_err(|e| e.to_string())?;
+        let result = conn
+            .busy_handler(Some(wait_for_lock))
+            .and_then(|()| control(&conn, "BEGIN IMMEDIATE"))
+            .and_then(|()| current_owner(&conn))
+            .map_err(|e| e.to_string())
+            .and_then(|current| match current {
+                Some(v) if v == owner => activate().map_err(|e| e.to_string()),
+                _ => Err("another process took the database over".to_string()),
+            });
+        // Nothing was written to SQLite: ROLLBACK only lets go of the lock
+        // (a connection left in a transaction is not pooled again).
+        let _ = control(&conn, "ROLLBACK");
+        if conn.busy_timeout(Duration::ZERO).is_ok() {
+            self.give_back(conn);
+        }
+        result
+    }
+
     /// After a logged sync: fail it if another process broke in meanwhile.
     /// A breaker fences this backend out (in SQLite) before it reads the
     /// log, so a record this check finds unfenced was there to be read.
-    fn still_owner(&self, wb: &WriteBehind) -> KvResult<()> {
-        let owner = wb.state.lock().owner.clone();
+    fn still_owner(&self, wb: &WriteBehind, owner: &str) -> KvResult<()> {
         let conn = self.take_connection()?;
         let current = current_owner(&conn);
         self.give_back(conn);
@@ -2585,7 +2630,7 @@ fn enter_buffered(shared: &Shared, wb: &WriteBehind, conn: &Connection) -> KvRes
         return Ok(());
     }
     let mut st = wb.state.lock();
-    st.owner = owner;
+    st.owner = owner.clone();
     st.entering = true;
     while st.direct_inflight > 0 {
         wb.changed.wait(&mut st);
@@ -2611,7 +2656,7 @@ fn enter_buffered(shared: &Shared, wb: &WriteBehind, conn: &Connection) -> KvRes
     // Direct commits stay refused (`entering`) while the log starts: it
     // holds what comes after `newest`, which must be durable first.
     drop(st);
-    let log = shared.start_sync_log(newest);
+    let log = shared.start_sync_log(newest, &owner);
     let logging = log.is_some();
     *wb.log.lock() = log;
     let mut st = wb.state.lock();

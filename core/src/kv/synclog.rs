@@ -185,11 +185,14 @@ impl SyncLog {
                 file.write_all_at(&zeros, at)?;
                 at += zeros.len() as u64;
             }
-            file.sync_all()?;
-            // The file's name must survive a power loss with its contents.
-            if let Some(dir) = path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
+        }
+        // Every start, not only the one that made the file: a process
+        // killed between writing the zeros and syncing them leaves a
+        // full-sized file whose blocks or name a power loss could still
+        // take.
+        file.sync_all()?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
         }
         let salt = match read_header(&file)? {
             Some((salt, _)) => salt.wrapping_add(1),
@@ -220,11 +223,11 @@ impl SyncLog {
         self.file.sync_data()
     }
 
-    /// Append `buf`'s commits (everything after `self.through`, up to
-    /// `through`) as one record and sync it. `Ok(false)`, writing nothing,
-    /// when the log is full: make them durable in SQLite, then
-    /// [`SyncLog::restart`].
-    pub fn append(&mut self, buf: &mut RecordBuf, through: Version) -> io::Result<bool> {
+    /// Append `buf`'s commits (everything after `self.through`) as one
+    /// record and sync it; the caller moves `through` once it knows the
+    /// sync counts. `Ok(false)`, writing nothing, when the log is full:
+    /// make them durable in SQLite, then [`SyncLog::restart`].
+    pub fn append(&mut self, buf: &mut RecordBuf) -> io::Result<bool> {
         let record = buf.seal(self.salt);
         let len = record.len() as u64;
         if self.tail + len > LOG_BYTES {
@@ -233,7 +236,6 @@ impl SyncLog {
         self.file.write_all_at(record, self.tail)?;
         self.file.sync_data()?;
         self.tail += len;
-        self.through = through;
         Ok(true)
     }
 }
@@ -391,8 +393,11 @@ mod tests {
         for c in commits {
             buf.push(c.version, &c.mutations);
         }
-        let through = commits.last().map_or(log.through, |c| c.version);
-        log.append(&mut buf, through).unwrap()
+        let appended = log.append(&mut buf).unwrap();
+        if appended {
+            log.through = commits.last().map_or(log.through, |c| c.version);
+        }
+        appended
     }
 
     fn read(path: &Path) -> Option<Vec<Logged>> {
@@ -504,7 +509,7 @@ mod tests {
         buf.push(1, &[set("k", "v")]);
         // Claim two commits where one is encoded; checksum it honestly.
         buf.commits = 2;
-        assert!(log.append(&mut buf, 1).unwrap());
+        assert!(log.append(&mut buf).unwrap());
         let err = read_active(&path).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(
