@@ -2724,4 +2724,86 @@ mod tests {
             );
         }
     }
+
+    /// A relaxed backend alone on a new database in `dir` (buffering, its
+    /// sync log started), and a `Database` over it.
+    fn buffering(dir: &Path) -> (SqliteBackend, crate::kv::Database) {
+        let clock = crate::clock::TokioClock::new();
+        let options = SqliteOptions {
+            durability: Durability::Relaxed,
+            flush_interval: Duration::from_secs(3600),
+            ..SqliteOptions::default()
+        };
+        let backend = SqliteBackend::open(&dir.join("kv.db"), options, clock.clone()).unwrap();
+        assert!(backend.write_behind_active());
+        let db = crate::kv::Database::new(Arc::new(backend.clone()), clock, 1);
+        (backend, db)
+    }
+
+    async fn put(db: &crate::kv::Database, key: &[u8]) {
+        db.run(|txn, _| async move {
+            txn.set(key, b"v");
+            Ok::<_, KvError>(())
+        })
+        .await
+        .unwrap();
+    }
+
+    fn sync(backend: &SqliteBackend) -> KvResult<()> {
+        tokio::task::block_in_place(|| backend.shared.sync_relaxed())
+    }
+
+    /// A sync whose commits left `pending` but did not become durable
+    /// (here: the WAL sync fails) must not let a later record, logged
+    /// after that gap, be acknowledged: replay would apply it over a hole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_sync_is_acknowledged_after_a_gap_in_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, db) = buffering(dir.path());
+        put(&db, b"a").await;
+        sync(&backend).unwrap();
+        put(&db, b"b").await;
+        let wb = backend.shared.wb.as_ref().unwrap();
+        // As if `b` overflowed a record: this sync goes through SQLite...
+        wb.state.lock().pending = None;
+        // ... whose WAL sync fails.
+        backend.shared.poison_syncs("planted".into());
+        assert!(sync(&backend).is_err());
+        put(&db, b"c").await;
+        assert!(
+            sync(&backend).is_err(),
+            "c logged after the gap b left, and acknowledged"
+        );
+    }
+
+    /// A holder fenced out by a breaker (who retired the log) never makes
+    /// the log active again: restarting it after a sync through SQLite,
+    /// or starting it, checks the owner under SQLite's write lock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fenced_out_holder_never_reactivates_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, db) = buffering(dir.path());
+        put(&db, b"a").await;
+        sync(&backend).unwrap();
+        // Written out, so the next sync has nothing to flush.
+        tokio::task::block_in_place(|| backend.shared.wait_flushed()).unwrap();
+        // The breaker: fences in SQLite, replays, retires the log.
+        let raw = Connection::open(dir.path().join("kv.db")).unwrap();
+        set_meta(&raw, "write_behind_owner", &"broken by test").unwrap();
+        let log = synclog::log_path(&std::fs::canonicalize(dir.path().join("kv.db")).unwrap());
+        let (file, _) = synclog::read_active(&log).unwrap().expect("active");
+        synclog::retire(&file).unwrap();
+        // The holder's next sync goes through SQLite (as if overflowed),
+        // which then restarts the log.
+        let wb = backend.shared.wb.as_ref().unwrap();
+        wb.state.lock().pending = None;
+        let _ = sync(&backend);
+        assert!(
+            synclog::read_active(&log).unwrap().is_none(),
+            "a fenced-out holder made the log active again"
+        );
+        let owner = wb.state.lock().owner.clone();
+        assert!(backend.shared.start_sync_log(0, &owner).is_none());
+        assert!(synclog::read_active(&log).unwrap().is_none());
+    }
 }
