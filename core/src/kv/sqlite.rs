@@ -688,10 +688,11 @@ impl Shared {
                 Ok(false) => {} // full: through SQLite, then start over
                 Err(e) => {
                     // Nothing acknowledged depends on the log yet: go
-                    // through SQLite, and stop logging.
+                    // through SQLite, and stop logging (and encoding).
                     tracing::warn!(error = %e, path = %self.synclog.display(),
                         "sqlite: cannot write the sync log; syncs go through SQLite");
                     *log = None;
+                    gap();
                 }
             }
         }
@@ -2771,6 +2772,11 @@ mod tests {
         (backend, db)
     }
 
+    /// The sync log of the database `buffering` made in `dir`.
+    fn log_of(dir: &Path) -> PathBuf {
+        synclog::log_path(&std::fs::canonicalize(dir.join("kv.db")).unwrap())
+    }
+
     async fn put(db: &crate::kv::Database, key: &[u8]) {
         db.run(|txn, _| async move {
             txn.set(key, b"v");
@@ -2804,7 +2810,7 @@ mod tests {
         put(&db, b"c").await;
         sync(&backend).unwrap();
         // Whatever the log holds now, it never holds c without b.
-        let log = synclog::log_path(&std::fs::canonicalize(dir.path().join("kv.db")).unwrap());
+        let log = log_of(dir.path());
         let (_, commits) = synclog::read_active(&log).unwrap().expect("active");
         let logged = |key: &[u8]| {
             commits
@@ -2832,7 +2838,7 @@ mod tests {
         // The breaker: fences in SQLite, replays, retires the log.
         let raw = Connection::open(dir.path().join("kv.db")).unwrap();
         set_meta(&raw, "write_behind_owner", &"broken by test").unwrap();
-        let log = synclog::log_path(&std::fs::canonicalize(dir.path().join("kv.db")).unwrap());
+        let log = log_of(dir.path());
         let (file, _) = synclog::read_active(&log).unwrap().expect("active");
         synclog::retire(&file).unwrap();
         // The holder's next sync goes through SQLite (as if overflowed),
