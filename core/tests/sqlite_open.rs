@@ -97,6 +97,39 @@ fn refuses_a_newer_format() {
     assert_one_line(&err, &path);
 }
 
+/// A database of format 1 (before the sync log) is upgraded at its first
+/// open by this build, rows untouched, so that no format-1 build — which
+/// would not replay `<db>-synclog` — opens it afterwards.
+#[test]
+fn upgrades_a_format_1_database_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    drop(open(&path).unwrap());
+    let stored = |conn: &rusqlite::Connection| -> (i64, i64) {
+        let format = conn
+            .query_row(
+                "SELECT value FROM hafs_meta WHERE name = 'format'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let rows = conn
+            .query_row("SELECT count(*) FROM commits", [], |r| r.get(0))
+            .unwrap();
+        (format, rows)
+    };
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    assert_eq!(stored(&conn).0, FORMAT_VERSION, "a new database");
+    const { assert!(FORMAT_VERSION >= 2, "the sync log is format 2") };
+    conn.execute("UPDATE hafs_meta SET value = 1 WHERE name = 'format'", [])
+        .unwrap();
+    let (_, rows) = stored(&conn);
+    drop(conn);
+    drop(open(&path).expect("a format-1 database opens"));
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    assert_eq!(stored(&conn), (FORMAT_VERSION, rows), "upgraded, rows kept");
+}
+
 #[test]
 fn reports_a_path_that_cannot_be_opened() {
     let dir = tempfile::tempdir().unwrap();

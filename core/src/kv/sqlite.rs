@@ -61,8 +61,18 @@ use super::{KeyRange, KeyValue, KvError, KvResult, Version};
 use crate::clock::Clock;
 use crate::limits::TRANSACTION_AGE_MAX;
 
-/// On-disk format of the KV tables. A file with a newer format is refused.
-pub const FORMAT_VERSION: i64 = 1;
+/// On-disk format of the KV tables. A file with a newer format is refused;
+/// an older one is upgraded at open.
+///
+/// - 1: the `hafs_meta`, `kv` and `commits` tables.
+/// - 2: a relaxed mount alone on the file may have acknowledged `fsync`s
+///   whose commits are only in `<db>-synclog`, which every open replays
+///   first (`synclog`). A build of format 1 does not know that file: opening
+///   the database after such a mount crashed, it would miss those commits
+///   and then number its own commits over them, so that a newer build
+///   would later replay the log over a history that had moved on. Hence
+///   every open by this build stamps format 2, which format-1 builds refuse.
+pub const FORMAT_VERSION: i64 = 2;
 /// Conflict-log rows are kept this long (transaction age limit plus margin).
 const LOG_RETENTION: Duration = Duration::from_secs(10);
 const _: () = assert!(LOG_RETENTION.as_secs() > TRANSACTION_AGE_MAX.as_secs());
@@ -1032,6 +1042,13 @@ fn init_schema_locked(conn: &Connection, path: &Path) -> Result<(), OpenError> {
                 found,
                 supported: FORMAT_VERSION,
             }),
+            Some(found) if found < FORMAT_VERSION => conn
+                .execute(
+                    "UPDATE hafs_meta SET value = ?1 WHERE name = 'format'",
+                    params![FORMAT_VERSION],
+                )
+                .map(drop)
+                .map_err(err),
             Some(_) => Ok(()),
             None => Err(OpenError::NotHafs {
                 path: path.display().to_string(),
