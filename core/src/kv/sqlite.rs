@@ -274,6 +274,10 @@ struct Shared {
     /// cannot be opened does (without poisoning the backend).
     #[cfg(test)]
     fail_sql_sync: std::sync::atomic::AtomicBool,
+    /// Tests: run once by the next logged sync after its fdatasync, before
+    /// it checks the owner (to stall it there).
+    #[cfg(test)]
+    after_log_append: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 /// Commits of this process that could not take SQLite's write lock at
@@ -456,6 +460,8 @@ impl SqliteBackend {
             closed: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
             fail_sql_sync: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            after_log_append: Mutex::new(None),
         });
         start_thread(&shared, "hafs-sqlite-ckpt", checkpoint_loop)?;
         if let Some(wb) = &shared.wb {
@@ -687,6 +693,10 @@ impl Shared {
         if let (Some(l), Some(mut record)) = (log.as_mut(), record) {
             match l.append(&mut record) {
                 Ok(true) => {
+                    #[cfg(test)]
+                    if let Some(stall) = self.after_log_append.lock().take() {
+                        stall();
+                    }
                     let owned = self.still_owner(wb, &owner);
                     if owned.is_ok() {
                         l.through = through;
@@ -2839,6 +2849,55 @@ mod tests {
             !logged(b"c") || logged(b"b"),
             "c logged after the gap b left"
         );
+    }
+
+    /// A logged sync that stalls after its fdatasync while this backend
+    /// hands the file over and takes it back must still succeed: the
+    /// regain waits for it (`enter_buffered` takes the log mutex before it
+    /// writes its new owner), so the sync never checks the owner it logged
+    /// under against this backend's next one and fences itself out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sync_outlasting_a_hand_over_and_regain_is_not_fenced_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, db) = buffering(dir.path());
+        put(&db, b"a").await;
+        let (stalled_tx, stalled) = std::sync::mpsc::channel();
+        let (resume, resume_rx) = std::sync::mpsc::channel::<()>();
+        *backend.shared.after_log_append.lock() = Some(Box::new(move || {
+            stalled_tx.send(()).unwrap();
+            resume_rx.recv().unwrap();
+        }));
+        let syncing = {
+            let shared = backend.shared.clone();
+            std::thread::spawn(move || shared.sync_relaxed())
+        };
+        stalled.recv().unwrap();
+        // A newcomer: the holder hands over (the stalled sync holds only
+        // the log), and the newcomer leaves.
+        let path = dir.path().join("kv.db");
+        let clock = crate::clock::TokioClock::new();
+        let newcomer = tokio::task::block_in_place(|| {
+            SqliteBackend::open(&path, SqliteOptions::default(), clock)
+        })
+        .unwrap();
+        assert!(!backend.write_behind_active(), "handed over");
+        drop(newcomer);
+        // Long enough for the flusher to try to take the file back
+        // (`REGAIN_POLL`): with the log mutex taken after the new owner is
+        // written, the sync below then fails as fenced out.
+        tokio::time::sleep(REGAIN_POLL * 5).await;
+        resume.send(()).unwrap();
+        syncing.join().unwrap().expect("the stalled sync");
+        // Taken back, and working.
+        for waited in 0.. {
+            if backend.write_behind_active() {
+                break;
+            }
+            assert!(waited < 500, "never taken back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        put(&db, b"b").await;
+        sync(&backend).expect("a sync after the regain");
     }
 
     /// A holder fenced out by a breaker (who retired the log) never makes
