@@ -28,7 +28,11 @@ pub async fn read_range(
     offset: u64,
     len: u64,
 ) -> FsResult<Vec<u8>> {
-    let mut out = vec![0u8; len as usize];
+    // Filled in chunk order rather than zeroed first: only holes and the
+    // trimmed tails of chunks are written as zeros (a 1 MiB read zeroed
+    // its whole buffer before copying over it: 3% of a sequential read's
+    // daemon time).
+    let mut out = Vec::with_capacity(len as usize);
     if len == 0 {
         return Ok(out);
     }
@@ -54,10 +58,20 @@ pub async fn read_range(
         let from = offset.max(chunk_start);
         let to = (offset + len).min(chunk_start + value.len() as u64);
         if from < to {
-            let src = &value[(from - chunk_start) as usize..(to - chunk_start) as usize];
-            out[(from - offset) as usize..(to - offset) as usize].copy_from_slice(src);
+            // Keys come in ascending order, so chunks do.
+            let at = (from - offset) as usize;
+            if at < out.len() {
+                return Err(FsError::Corrupted(format!(
+                    "chunk {index} of inode {ino} out of order"
+                )));
+            }
+            out.resize(at, 0);
+            out.extend_from_slice(
+                &value[(from - chunk_start) as usize..(to - chunk_start) as usize],
+            );
         }
     }
+    out.resize(len as usize, 0);
     Ok(out)
 }
 
