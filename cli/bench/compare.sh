@@ -42,14 +42,26 @@ args_of() {
     *) echo "$work/mnt/$1" ;;
   esac
 }
+# Before each target: let the previous one's background work end (a hafs
+# mount checkpoints its WAL within a second of the last write; the kernel
+# writes back dirty pages on its own schedule), so that no target is
+# measured against the disk traffic its predecessor left behind. Without
+# this, two identical binaries mounted side by side differed by 3x in
+# sequential writes, whichever ran right after a 128 MiB write.
+settle() {
+  sleep 1.5
+  sync
+}
 : >"$work/results.jsonl"
 for r in $(seq "$rounds"); do
   for t in "${targets[@]}"; do
     echo "round $r/$rounds: $t" >&2
+    settle
     read -ra where <<<"$(args_of "$t")"
     json=$("$hafs" bench dir "${where[@]}" --json "${extra[@]}")
     echo "{\"round\":$r,\"target\":\"$t\",\"m\":$json}" >>"$work/results.jsonl"
   done
+  settle
   sq=$("$hafs" bench sqlite-commits "$work" --json)
   echo "{\"round\":$r,\"target\":\"sqlite\",\"m\":$sq}" >>"$work/results.jsonl"
 done
