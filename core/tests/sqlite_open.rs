@@ -128,6 +128,14 @@ fn upgrades_a_format_1_database_at_open() {
     drop(open(&path).expect("a format-1 database opens"));
     let conn = rusqlite::Connection::open(&path).unwrap();
     assert_eq!(stored(&conn), (FORMAT_VERSION, rows), "upgraded, rows kept");
+    // No hafs ever wrote a format below 1: not ours, and not "upgraded".
+    conn.execute("UPDATE hafs_meta SET value = 0 WHERE name = 'format'", [])
+        .unwrap();
+    drop(conn);
+    let err = open(&path).expect_err("format 0");
+    assert!(matches!(err, OpenError::NotHafs { .. }), "{err:?}");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    assert_eq!(stored(&conn).0, 0, "left as found");
 }
 
 #[test]

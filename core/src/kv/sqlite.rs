@@ -277,8 +277,15 @@ struct Shared {
     /// Tests: run once by the next logged sync after its fdatasync, before
     /// it checks the owner (to stall it there).
     #[cfg(test)]
-    after_log_append: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    after_log_append: Mutex<Option<TestHook>>,
+    /// Tests: run once by the next attempt to take the file back, as it
+    /// reaches the log mutex.
+    #[cfg(test)]
+    regain_at_log: Mutex<Option<TestHook>>,
 }
+
+#[cfg(test)]
+type TestHook = Box<dyn FnOnce() + Send>;
 
 /// Commits of this process that could not take SQLite's write lock at
 /// once, batched: one SQLite transaction for every commit that arrived
@@ -462,6 +469,8 @@ impl SqliteBackend {
             fail_sql_sync: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
             after_log_append: Mutex::new(None),
+            #[cfg(test)]
+            regain_at_log: Mutex::new(None),
         });
         start_thread(&shared, "hafs-sqlite-ckpt", checkpoint_loop)?;
         if let Some(wb) = &shared.wb {
@@ -694,8 +703,11 @@ impl Shared {
             match l.append(&mut record) {
                 Ok(true) => {
                     #[cfg(test)]
-                    if let Some(stall) = self.after_log_append.lock().take() {
-                        stall();
+                    {
+                        let hook = self.after_log_append.lock().take();
+                        if let Some(stall) = hook {
+                            stall();
+                        }
                     }
                     let owned = self.still_owner(wb, &owner);
                     if owned.is_ok() {
@@ -1051,6 +1063,9 @@ fn init_schema_locked(conn: &Connection, path: &Path) -> Result<(), OpenError> {
                 path: path.display().to_string(),
                 found,
                 supported: FORMAT_VERSION,
+            }),
+            Some(found) if found < 1 => Err(OpenError::NotHafs {
+                path: path.display().to_string(),
             }),
             Some(found) if found < FORMAT_VERSION => conn
                 .execute(
@@ -2664,6 +2679,13 @@ fn enter_buffered(shared: &Shared, wb: &WriteBehind, conn: &Connection) -> KvRes
     // last hand-over must finish (and check the owner it logged under)
     // before this backend writes a new owner, or it would find the new
     // owner and take this backend for fenced out.
+    #[cfg(test)]
+    {
+        let hook = shared.regain_at_log.lock().take();
+        if let Some(reached) = hook {
+            reached();
+        }
+    }
     let mut log_slot = wb.log.lock();
     // The pid tells a newcomer who to wake if this process stops
     // answering. Written before taking the state lock: it may wait for
@@ -2861,17 +2883,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (backend, db) = buffering(dir.path());
         put(&db, b"a").await;
+        // Every wait is bounded: a sync that never reaches the log (or a
+        // regain that never comes) fails the test instead of hanging it.
+        let wait = |signal: &std::sync::mpsc::Receiver<()>, what: &str| {
+            tokio::task::block_in_place(|| signal.recv_timeout(Duration::from_secs(30)))
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+        };
         let (stalled_tx, stalled) = std::sync::mpsc::channel();
         let (resume, resume_rx) = std::sync::mpsc::channel::<()>();
         *backend.shared.after_log_append.lock() = Some(Box::new(move || {
             stalled_tx.send(()).unwrap();
-            resume_rx.recv().unwrap();
+            let _ = resume_rx.recv_timeout(Duration::from_secs(60));
+        }));
+        let (regain_tx, regain) = std::sync::mpsc::channel();
+        *backend.shared.regain_at_log.lock() = Some(Box::new(move || {
+            let _ = regain_tx.send(());
         }));
         let syncing = {
             let shared = backend.shared.clone();
             std::thread::spawn(move || shared.sync_relaxed())
         };
-        stalled.recv().unwrap();
+        wait(&stalled, "the sync never reached the log");
         // A newcomer: the holder hands over (the stalled sync holds only
         // the log), and the newcomer leaves.
         let path = dir.path().join("kv.db");
@@ -2882,10 +2914,11 @@ mod tests {
         .unwrap();
         assert!(!backend.write_behind_active(), "handed over");
         drop(newcomer);
-        // Long enough for the flusher to try to take the file back
-        // (`REGAIN_POLL`): with the log mutex taken after the new owner is
-        // written, the sync below then fails as fenced out.
-        tokio::time::sleep(REGAIN_POLL * 5).await;
+        // The flusher tries to take the file back while the sync stalls;
+        // then a little longer, in which a regain that wrote its owner
+        // before taking the log mutex would have written it.
+        wait(&regain, "no attempt to take the file back");
+        tokio::time::sleep(REGAIN_POLL).await;
         resume.send(()).unwrap();
         syncing.join().unwrap().expect("the stalled sync");
         // Taken back, and working.
