@@ -287,6 +287,15 @@ struct Shared {
 #[cfg(test)]
 type TestHook = Box<dyn FnOnce() + Send>;
 
+/// Run the hook in `slot`, if one is set, once (not holding the slot).
+#[cfg(test)]
+fn run_test_hook(slot: &Mutex<Option<TestHook>>) {
+    let hook = slot.lock().take();
+    if let Some(hook) = hook {
+        hook();
+    }
+}
+
 /// Commits of this process that could not take SQLite's write lock at
 /// once, batched: one SQLite transaction for every commit that arrived
 /// while the previous batch was being written. Each commit is still checked
@@ -703,12 +712,7 @@ impl Shared {
             match l.append(&mut record) {
                 Ok(true) => {
                     #[cfg(test)]
-                    {
-                        let hook = self.after_log_append.lock().take();
-                        if let Some(stall) = hook {
-                            stall();
-                        }
-                    }
+                    run_test_hook(&self.after_log_append);
                     let owned = self.still_owner(wb, &owner);
                     if owned.is_ok() {
                         l.through = through;
@@ -2675,17 +2679,12 @@ fn enter_buffered(shared: &Shared, wb: &WriteBehind, conn: &Connection) -> KvRes
     {
         return Ok(());
     }
+    #[cfg(test)]
+    run_test_hook(&shared.regain_at_log);
     // Held until the new log is in place: a sync that began before the
     // last hand-over must finish (and check the owner it logged under)
     // before this backend writes a new owner, or it would find the new
     // owner and take this backend for fenced out.
-    #[cfg(test)]
-    {
-        let hook = shared.regain_at_log.lock().take();
-        if let Some(reached) = hook {
-            reached();
-        }
-    }
     let mut log_slot = wb.log.lock();
     // The pid tells a newcomer who to wake if this process stops
     // answering. Written before taking the state lock: it may wait for
