@@ -883,3 +883,60 @@ fn bench_passes_flock_and_fcntl_between_two_processes() {
         "the bench removes what it made"
     );
 }
+
+/// The open records of a mount's client, by `list-clients`.
+fn open_inodes(cluster: &Cluster, pid: u32) -> u64 {
+    let out = cluster.hafs(&["list-clients", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["pid"] == pid)
+        .and_then(|r| r["open_inodes"].as_u64())
+        .unwrap_or(0)
+}
+
+/// A mount alone opens files without recording them (the cache lease
+/// covers them, `hafs_core::ops::open`). A file it still holds open when a
+/// second mount arrives was recorded before the second got in: when the
+/// second unlinks it, neither the second's sweeps nor `hafs gc` free it past
+/// its grace, and it reads whole through the first's handle until closed.
+#[test]
+fn a_file_opened_by_a_lone_mount_outlives_another_mounts_unlink() {
+    if !fuse_available() {
+        return;
+    }
+    let cluster = Cluster::new();
+    let flags = ["--unlink-grace", "0.1", "--heartbeat", "1"];
+    let a = cluster.mount("a", &flags);
+    until("a to take the lease", || caches(&cluster, a.pid()));
+    std::fs::write(a.p("f"), b"precious").unwrap();
+    let mut held = std::fs::File::open(a.p("f")).unwrap();
+    assert_eq!(
+        open_inodes(&cluster, a.pid()),
+        0,
+        "recorded under the lease"
+    );
+    let b = cluster.mount("b", &flags);
+    assert!(!caches(&cluster, a.pid()));
+    assert_eq!(
+        open_inodes(&cluster, a.pid()),
+        1,
+        "recorded before b got in"
+    );
+    std::fs::remove_file(b.p("f")).unwrap();
+    // Past the grace, through two of b's heartbeats (each sweeps) and a gc.
+    std::thread::sleep(Duration::from_millis(2500));
+    cluster.hafs(&["gc"]);
+    let mut text = String::new();
+    held.seek(SeekFrom::Start(0)).unwrap();
+    held.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "precious");
+    drop(held);
+    until("a's close to clear its record", || {
+        open_inodes(&cluster, a.pid()) == 0
+    });
+    let out = cluster.hafs(&["fsck"]);
+    assert!(!out.contains("violation"), "{out}");
+    drop(b);
+}

@@ -620,6 +620,17 @@ impl crate::fs::Fs {
                 }
                 surely_held = false;
                 if maybe_held {
+                    // Opens the lease covered get their records first
+                    // (`crate::ops::open`); until they have, keep it.
+                    match self.record_unrecorded_opens().await {
+                        Ok(()) => {}
+                        Err(FsError::Fenced) => return FsError::Fenced,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "recording open files failed; keeping the cache lease until it works");
+                            clock.sleep(LEASE_POLL).await;
+                            continue;
+                        }
+                    }
                     let began = clock.monotonic();
                     last_give_up = Some(began);
                     match give_up(db, keys, me).await {
@@ -649,6 +660,9 @@ impl crate::fs::Fs {
                     }
                 }
                 if surely_held && !gate.is_open() {
+                    if self.options().unlink_grace_ns > 0 {
+                        self.open_table().allow_unrecorded();
+                    }
                     gate.open();
                     tracing::info!("kernel caching on: this mount is the only client");
                 }

@@ -29,6 +29,7 @@ use crate::codec::{self, ClientInfo};
 use crate::error::{FsError, FsResult};
 use crate::keys::Keys;
 use crate::kv::{Database, RangeOptions, Transaction};
+use crate::ops::open::Frees;
 
 /// How often a client heartbeats by default.
 pub const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(5);
@@ -295,9 +296,14 @@ async fn release_opens_batch(
     refuse_if_attached(txn, keys, client).await?;
     let (batch, more) = index_batch(txn, keys, client, keys.client_opens(client)).await?;
     let mut freed = 0;
+    // The evicted client's own lease holds nothing back: its opens end now.
+    let frees = Frees {
+        evicting: Some(client),
+        ..Frees::default()
+    };
     for (index_key, ino) in &batch {
         txn.clear(index_key);
-        if crate::ops::open::drop_open_record(txn, keys, *ino, client, now_ns).await? {
+        if crate::ops::open::drop_open_record(txn, keys, *ino, client, now_ns, frees).await? {
             freed += 1;
         }
     }
@@ -352,7 +358,15 @@ pub async fn gc(db: &Database, keys: &Keys) -> FsResult<GcStats> {
 /// each candidate's own keys are read normally, so a racing open either
 /// lands first and keeps the inode or finds it gone. Stateless, so a sweep
 /// cut short is simply resumed by the next one. Returns how many it freed.
+///
+/// Run by a process with no client of its own: it frees nothing while any
+/// client holds the cache lease (`crate::ops::open`, unrecorded opens).
 pub async fn sweep_unlinked(db: &Database, keys: &Keys) -> FsResult<u64> {
+    sweep_unlinked_by(db, keys, Frees::default()).await
+}
+
+/// [`sweep_unlinked`] by the process `frees` describes.
+pub async fn sweep_unlinked_by(db: &Database, keys: &Keys, frees: Frees<'_>) -> FsResult<u64> {
     let (mut begin, end) = keys.unlinked_all();
     let mut freed = 0;
     loop {
@@ -381,7 +395,8 @@ pub async fn sweep_unlinked(db: &Database, keys: &Keys) -> FsResult<u64> {
                         };
                         let attr = crate::codec::decode_attr(ino, &bytes)?;
                         if attr.nlink == 0
-                            && crate::ops::open::free_if_unused(&txn, keys, &attr, now_ns).await?
+                            && crate::ops::open::free_if_unused(&txn, keys, &attr, now_ns, frees)
+                                .await?
                         {
                             n += 1;
                         }
@@ -529,7 +544,11 @@ impl crate::fs::Fs {
                 Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying next period"),
                 Ok(()) => {}
             }
-            if let Err(e) = sweep_unlinked(self.db(), self.keys()).await {
+            let frees = Frees {
+                here: Some((self.client(), self.open_table())),
+                ..Frees::default()
+            };
+            if let Err(e) = sweep_unlinked_by(self.db(), self.keys(), frees).await {
                 tracing::warn!(error = %e, "unlinked-inode sweep failed; retrying next period");
             }
             let swept = tracker

@@ -19,7 +19,10 @@ use hafs_core::error::FsError;
 use hafs_core::fs::{mkfs, Fs, MkfsOptions};
 use hafs_core::keys::{InodeLayout, Keys, ROOT_INO};
 use hafs_core::kv::mem::MemBackend;
-use hafs_core::kv::Database;
+use hafs_core::kv::{Database, RangeOptions};
+use hafs_core::ops::open::Frees;
+use hafs_core::ops::write::WriteAt;
+use hafs_core::session::{self, sweep_unlinked, sweep_unlinked_by};
 
 const TTL: Duration = Duration::from_millis(400);
 
@@ -169,6 +172,158 @@ async fn a_holder_that_stopped_is_evicted_after_its_own_expiry() {
         Err(FsError::Fenced)
     ));
     b.getattr(&Caller::root(), ROOT_INO).await.unwrap();
+}
+
+/// Inodes `client` has an open record of.
+async fn open_records(db: &Database, client: &str) -> Vec<u64> {
+    let keys = Keys::new("fs", InodeLayout::Allocation);
+    let (begin, end) = keys.client_opens(client);
+    db.read(|txn| {
+        let (begin, end, keys) = (begin.clone(), end.clone(), keys.clone());
+        async move {
+            let page = txn.get_range(&begin, &end, RangeOptions::default()).await?;
+            Ok::<_, FsError>(
+                page.kvs
+                    .iter()
+                    .map(|(k, _)| keys.client_index_ino(client, k).unwrap())
+                    .collect(),
+            )
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// While a client holds the lease, its opens of linked files write no
+/// record (`hafs_core::ops::open`, unrecorded opens): a close then writes
+/// nothing, and an open file it unlinks stays parked however often anyone
+/// sweeps — a process with no client (`hafs gc`) because a lease is held,
+/// the holder's own sweep because its table has the file open. Before the
+/// lease goes to a newcomer the holder records what it still has open, so
+/// the newcomer's sweep leaves the file alone too, and the last close frees
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opens_under_the_lease_are_recorded_before_it_goes() {
+    let db = db().await;
+    let options = FsOptions {
+        unlink_grace_ns: 1,
+        ..FsOptions::default()
+    };
+    let a = Arc::new(Fs::open(db.clone(), "fs", "a", options).await.unwrap());
+    let root = Caller::root();
+    let kept = a
+        .create_open(&root, ROOT_INO, b"kept", 0o644, libc::O_RDWR)
+        .await
+        .unwrap();
+    a.release(&root, kept.ino).await.unwrap();
+    let (gate, _task) = keep(&a, Duration::from_secs(30));
+    until("a to take the lease", || gate.is_open()).await;
+
+    // Under the lease: a create and an open of an existing file.
+    let f = a
+        .create_open(&root, ROOT_INO, b"f", 0o644, libc::O_RDWR)
+        .await
+        .unwrap();
+    a.write(&root, f.ino, WriteAt::Append, b"data")
+        .await
+        .unwrap();
+    a.open_file(&root, kept.ino, libc::O_RDONLY).await.unwrap();
+    assert_eq!(open_records(&db, "a").await, Vec::<u64>::new());
+    assert_eq!(a.open_table().unrecorded(), 2);
+    a.release(&root, kept.ino).await.unwrap();
+    assert_eq!(a.open_table().unrecorded(), 1, "a close forgets its open");
+
+    // f, unlinked while open and past its grace, is not freed by anyone.
+    a.unlink(&root, ROOT_INO, b"f").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        sweep_unlinked(&db, a.keys()).await.unwrap(),
+        0,
+        "a lease is held"
+    );
+    assert_eq!(session::gc(&db, a.keys()).await.unwrap().swept_inodes, 0);
+    let as_a = Frees {
+        here: Some(("a", a.open_table())),
+        ..Frees::default()
+    };
+    assert_eq!(
+        sweep_unlinked_by(&db, a.keys(), as_a).await.unwrap(),
+        0,
+        "a has it open"
+    );
+    assert_eq!(a.read(&root, f.ino, 0, 10).await.unwrap(), b"data");
+
+    // b attaches: a records f before giving the lease up.
+    let b = client(&db, "b").await;
+    assert!(!lease_held(&db, "a").await);
+    assert!(!gate.is_open());
+    assert_eq!(open_records(&db, "a").await, vec![f.ino]);
+    assert_eq!(a.open_table().unrecorded(), 0);
+    assert_eq!(
+        sweep_unlinked(&db, b.keys()).await.unwrap(),
+        0,
+        "a's record"
+    );
+    // A new open is recorded now; its close clears the record.
+    a.open_file(&root, kept.ino, libc::O_RDONLY).await.unwrap();
+    assert_eq!(open_records(&db, "a").await.len(), 2);
+    a.release(&root, kept.ino).await.unwrap();
+    assert_eq!(open_records(&db, "a").await, vec![f.ino]);
+    assert_eq!(a.read(&root, f.ino, 0, 10).await.unwrap(), b"data");
+    // The last close frees f.
+    a.release(&root, f.ino).await.unwrap();
+    assert_eq!(open_records(&db, "a").await, Vec::<u64>::new());
+    assert_eq!(b.getattr(&root, f.ino).await, Err(FsError::NotFound));
+}
+
+/// A holder's own sweep frees what it unlinked once it closed it: its
+/// lease holds back only the inodes it has open. An unlinked inode is
+/// opened with a record even under the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_holders_sweep_frees_what_it_closed() {
+    let db = db().await;
+    let options = FsOptions {
+        unlink_grace_ns: 1,
+        ..FsOptions::default()
+    };
+    let a = Arc::new(Fs::open(db.clone(), "fs", "a", options).await.unwrap());
+    let root = Caller::root();
+    let (gate, _task) = keep(&a, Duration::from_secs(30));
+    until("a to take the lease", || gate.is_open()).await;
+    let f = a
+        .create_open(&root, ROOT_INO, b"f", 0o644, libc::O_RDWR)
+        .await
+        .unwrap();
+    a.unlink(&root, ROOT_INO, b"f").await.unwrap();
+    a.release(&root, f.ino).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        sweep_unlinked(&db, a.keys()).await.unwrap(),
+        0,
+        "a lease is held"
+    );
+    let as_a = Frees {
+        here: Some(("a", a.open_table())),
+        ..Frees::default()
+    };
+    assert_eq!(sweep_unlinked_by(&db, a.keys(), as_a).await.unwrap(), 1);
+    assert_eq!(a.getattr(&root, f.ino).await, Err(FsError::NotFound));
+
+    // An unlinked (parked) inode is opened with a record even here, so
+    // that the open conflicts with a sweep freeing it; its last close,
+    // past the grace, frees it.
+    let g = a
+        .create_open(&root, ROOT_INO, b"g", 0o644, libc::O_RDWR)
+        .await
+        .unwrap();
+    a.release(&root, g.ino).await.unwrap();
+    a.unlink(&root, ROOT_INO, b"g").await.unwrap();
+    a.open_file(&root, g.ino, libc::O_RDONLY).await.unwrap();
+    assert_eq!(open_records(&db, "a").await, vec![g.ino]);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    a.release(&root, g.ino).await.unwrap();
+    assert_eq!(open_records(&db, "a").await, Vec::<u64>::new());
+    assert_eq!(a.getattr(&root, g.ino).await, Err(FsError::NotFound));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

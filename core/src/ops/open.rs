@@ -19,6 +19,36 @@
 //! unlinked inode's space comes back those milliseconds later, as if the
 //! close had come later. (Measured on a relaxed SQLite mount: a release
 //! was a quarter of a create's daemon time.)
+//!
+//! **Unrecorded opens under the cache lease.** While a mount holds the cache
+//! lease (`crate::cache`) no other client is attached, so nobody but this
+//! process can free an inode it has open — provided every free decided
+//! elsewhere waits for the lease to go. Then an open of a *linked* file
+//! writes no record ([`OpenTable::allow_unrecorded`]): opening an existing
+//! file is a read-only transaction, a create writes two keys fewer, and
+//! the last close writes nothing at all. The rules that keep it safe:
+//!
+//! - Every free ([`free_if_unused`]) reads the cache leases in its own
+//!   transaction, after its other reads, and frees nothing while a lease
+//!   may cover an unrecorded open of the inode: any lease but the freeing
+//!   process's own (whose [`OpenTable`] it consults) or the one of a client
+//!   being evicted (whose opens end with it). A `hafs gc` thus frees
+//!   nothing while a mount is alone; that mount's own sweep does.
+//! - An inode already unlinked (parked) is always opened with a record, so
+//!   an open racing a free still conflicts with it as before; and only a
+//!   linked inode can be open unrecorded, which nothing frees while it is
+//!   linked. Unrecorded opens need the unlink grace (parking every unlinked
+//!   file): with no grace an unlink would free at once, so they are off.
+//! - An open registers its slot before its transaction begins, and a free
+//!   looks at the table after its reads: if the slot was not there yet,
+//!   the open's transaction begins after the free's and sees the inode
+//!   parked, so it records itself. A slot busy with another operation
+//!   counts as holding the inode.
+//! - Before the holder gives the lease up, it stops unrecorded opens and
+//!   writes a record for every one still open
+//!   ([`Fs::record_unrecorded_opens`]); until that succeeds it keeps the
+//!   lease. A crash needs nothing: the opens end with the process, and the
+//!   parked inodes are freed by a sweep once the holder is evicted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -42,6 +72,8 @@ struct Slot {
     /// A clear of the record failed in a way that may yet land: a reopen
     /// must write the record again.
     unsure: bool,
+    /// The opens counted have no record: the cache lease covers them.
+    unrecorded: bool,
 }
 
 type SlotRef = Arc<tokio::sync::Mutex<Slot>>;
@@ -57,6 +89,9 @@ pub struct OpenTable {
     /// queue is empty, so one bad inode cannot hold back the others.
     solo: std::sync::atomic::AtomicBool,
     wake: tokio::sync::Notify,
+    /// Whether a first open of a linked file may skip its record (this
+    /// client holds the cache lease; module docs).
+    unrecorded_ok: std::sync::atomic::AtomicBool,
 }
 
 /// Pending records cleared per transaction.
@@ -87,6 +122,80 @@ impl OpenTable {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// From now on, first opens of linked files write no record, until
+    /// [`Fs::record_unrecorded_opens`]. Only for the holder of the cache
+    /// lease, with an unlink grace (module docs).
+    pub fn allow_unrecorded(&self) {
+        self.unrecorded_ok
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn unrecorded_ok(&self) -> bool {
+        self.unrecorded_ok.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether this client may hold `ino` open with no record: an
+    /// unrecorded slot with opens, or a slot some operation is busy with
+    /// (an open in progress may be about to count one).
+    pub fn held_unrecorded(&self, ino: u64) -> bool {
+        let Some(slot) = self.inodes.lock().get(&ino).cloned() else {
+            return false;
+        };
+        let held = match slot.try_lock() {
+            Ok(state) => state.unrecorded && state.count > 0,
+            Err(_) => true,
+        };
+        held
+    }
+
+    /// How many inodes this client has open without a record.
+    pub fn unrecorded(&self) -> usize {
+        let slots: Vec<SlotRef> = self.inodes.lock().values().cloned().collect();
+        slots
+            .iter()
+            .filter(|slot| matches!(slot.try_lock(), Ok(s) if s.unrecorded && s.count > 0))
+            .count()
+    }
+}
+
+/// Who is freeing an inode, so that [`free_if_unused`] knows which cache
+/// leases may cover an unrecorded open of it (module docs). The default
+/// (a process with no client, like `hafs gc`) is held back by any lease.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Frees<'a> {
+    /// This process's client and its open table: its own lease holds back
+    /// only inodes the table may hold unrecorded.
+    pub here: Option<(&'a str, &'a OpenTable)>,
+    /// A client being evicted: its lease holds nothing back, its opens end
+    /// with it.
+    pub evicting: Option<&'a str>,
+    /// An inode whose recorded slot this transaction releases (holding the
+    /// slot): its opens on this client all have the record.
+    pub releasing: Option<u64>,
+}
+
+impl Frees<'_> {
+    fn held_back_by(&self, holder: &str, ino: u64) -> bool {
+        if self.evicting == Some(holder) {
+            return false;
+        }
+        match self.here {
+            Some((me, table)) if me == holder => {
+                self.releasing != Some(ino) && table.held_unrecorded(ino)
+            }
+            _ => true,
+        }
+    }
+}
+
+/// Whether an open writes its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Register {
+    No,
+    Yes,
+    /// Only for an inode that is not a linked file (module docs).
+    UnlessLinked,
 }
 
 /// The `perm` mask an open with `flags` needs.
@@ -102,15 +211,16 @@ pub fn access_mask(flags: i32) -> u32 {
     mask
 }
 
-/// Check that the caller may open `ino` with `flags`; with `register`, also
-/// record that this client has it open.
-pub async fn apply(
+/// Check that the caller may open `ino` with `flags` and, as `register`
+/// says, record that this client has it open. Returns the attributes and
+/// whether it wrote the record.
+async fn apply(
     txn: &Transaction,
     ctx: &Ctx<'_>,
     ino: u64,
     flags: i32,
-    register: bool,
-) -> FsResult<Attr> {
+    register: Register,
+) -> FsResult<(Attr, bool)> {
     let attr = read_attr(txn, ctx, ino).await?;
     let mask = access_mask(flags);
     if attr.is_dir() && mask & perm::WRITE != 0 {
@@ -120,7 +230,12 @@ pub async fn apply(
         return Err(FsError::ReadOnly);
     }
     perm::check(&attr, ctx.caller, mask)?;
-    if register {
+    let record = match register {
+        Register::No => false,
+        Register::Yes => true,
+        Register::UnlessLinked => attr.nlink == 0 || attr.is_dir(),
+    };
+    if record {
         // An unlinked inode is still openable while it is parked: the caller
         // looked its name up before the last link went (see
         // `FsOptions::unlink_grace_ns`). Once freed, `read_attr` said NotFound.
@@ -129,7 +244,7 @@ pub async fn apply(
         }
         record_open(txn, ctx, ino);
     }
-    Ok(attr)
+    Ok((attr, record))
 }
 
 /// Record that this client has `ino` open (and index it under the client).
@@ -147,6 +262,7 @@ pub async fn drop_open_record(
     ino: u64,
     client: &str,
     now_ns: i64,
+    frees: Frees<'_>,
 ) -> FsResult<bool> {
     txn.clear(&keys.open_handles(ino, client));
     txn.clear(&keys.client_open(client, ino));
@@ -157,16 +273,18 @@ pub async fn drop_open_record(
     if attr.nlink != 0 {
         return Ok(false);
     }
-    free_if_unused(txn, keys, &attr, now_ns).await
+    free_if_unused(txn, keys, &attr, now_ns, frees).await
 }
 
 /// Free unlinked inode `attr` if its grace is over at `now_ns` and no client
-/// has it open. Returns whether it was freed.
+/// has it open: no open record, and no cache lease that may cover an open
+/// without one (`frees` says whose). Returns whether it was freed.
 pub async fn free_if_unused(
     txn: &Transaction,
     keys: &crate::keys::Keys,
     attr: &Attr,
     now_ns: i64,
+    frees: Frees<'_>,
 ) -> FsResult<bool> {
     let ino = attr.ino;
     let until = match txn.get(&keys.unlinked(ino)).await? {
@@ -182,18 +300,43 @@ pub async fn free_if_unused(
         limit: 1,
         ..Default::default()
     };
-    let others = !txn.get_range(&begin, &end, options).await?.kvs.is_empty();
-    if !others {
-        super::delete_inode_keys(txn, keys, attr);
-        return Ok(true);
+    if !txn.get_range(&begin, &end, options).await?.kvs.is_empty() {
+        return Ok(false);
     }
-    Ok(false)
+    // Last, after every other read (module docs): a lease taken after this
+    // read conflicts with it; an open whose slot appears after the table
+    // is consulted begins after these reads and sees the inode parked.
+    let (begin, end) = keys.cache_leases();
+    let leases = txn
+        .get_range(&begin, &end, crate::kv::RangeOptions::default())
+        .await?;
+    for (key, _) in &leases.kvs {
+        let holder = keys
+            .cache_lease_client(key)
+            .ok_or_else(|| FsError::Corrupted("cache lease key".into()))?;
+        if frees.held_back_by(&holder, ino) {
+            return Ok(false);
+        }
+    }
+    super::delete_inode_keys(txn, keys, attr);
+    Ok(true)
 }
 
 /// The last close of `ino` on this client: drop the client's record and, if
 /// the inode is unlinked and no other client has it open, free it.
-pub async fn apply_release(txn: &Transaction, ctx: &Ctx<'_>, ino: u64) -> FsResult<()> {
-    drop_open_record(txn, ctx.keys, ino, ctx.client, ctx.now_ns).await?;
+/// `table` is this client's, whose slot of `ino` the caller holds.
+pub async fn apply_release(
+    txn: &Transaction,
+    ctx: &Ctx<'_>,
+    table: &OpenTable,
+    ino: u64,
+) -> FsResult<()> {
+    let frees = Frees {
+        here: Some((ctx.client, table)),
+        evicting: None,
+        releasing: Some(ino),
+    };
+    drop_open_record(txn, ctx.keys, ino, ctx.client, ctx.now_ns, frees).await?;
     Ok(())
 }
 
@@ -232,13 +375,15 @@ impl Fs {
         // The slot of the new inode is ours alone: nothing else knows `ino`.
         let slot = self.open_table().slot(ino);
         let mut state = slot.lock().await;
+        // A new file is linked: under the lease it needs no record.
+        let unrecorded = self.open_table().unrecorded_ok();
         let result = self
             .mutate(caller, |txn, ctx| async move {
                 let made = super::create::apply_create_file(
                     &txn, &ctx, parent, name, ino, perm_bits, exclusive, access,
                 )
                 .await?;
-                if made.attr.ino == ino {
+                if made.attr.ino == ino && !unrecorded {
                     record_open(&txn, &ctx, ino);
                 }
                 Ok(made)
@@ -246,6 +391,7 @@ impl Fs {
             .await;
         if matches!(&result, Ok(made) if made.attr.ino == ino) {
             state.count += 1;
+            state.unrecorded = unrecorded;
             return result;
         }
         drop(state);
@@ -272,20 +418,29 @@ impl Fs {
         // A pending record is still stored: reopening needs no write.
         let result = if state.count > 0 || (state.pending && !state.unsure) {
             self.query(caller, |txn, ctx| async move {
-                apply(&txn, &ctx, ino, flags, false).await
+                apply(&txn, &ctx, ino, flags, Register::No).await
             })
             .await
+            .map(|(attr, _)| (attr, state.count > 0 && state.unrecorded))
         } else {
+            // Under the lease a linked file needs no record (module docs).
+            let register = if self.open_table().unrecorded_ok() {
+                Register::UnlessLinked
+            } else {
+                Register::Yes
+            };
             // Setting the record is idempotent: no marker needed. Nor an
             // fsync: a power loss ends every open with it.
             self.run_fenced(caller, |txn, ctx| async move {
                 txn.relax_durability();
-                apply(&txn, &ctx, ino, flags, true).await
+                apply(&txn, &ctx, ino, flags, register).await
             })
             .await
+            .map(|(attr, recorded)| (attr, !recorded))
         };
-        if result.is_ok() {
+        if let Ok((_, unrecorded)) = result {
             state.count += 1;
+            state.unrecorded = unrecorded;
             // The queued clear now skips this inode.
             state.pending = false;
             state.unsure = false;
@@ -295,7 +450,7 @@ impl Fs {
         if idle {
             self.open_table().forget(ino, &slot);
         }
-        result
+        result.map(|(attr, _)| attr)
     }
 
     /// Close one open of `ino` made by [`Fs::open_file`].
@@ -315,6 +470,17 @@ impl Fs {
             state.count -= 1;
             return Ok(());
         }
+        // No record to clear. (Once unrecorded opens are off, the record
+        // may be landing from a failed `record_unrecorded_opens`: clear it
+        // as usual below.)
+        if state.unrecorded && table.unrecorded_ok() {
+            state.count = 0;
+            state.unrecorded = false;
+            drop(state);
+            table.forget(ino, &slot);
+            return Ok(());
+        }
+        state.unrecorded = false;
         if table.defer.load(std::sync::atomic::Ordering::Relaxed) {
             state.count = 0;
             state.pending = true;
@@ -329,7 +495,7 @@ impl Fs {
         let result = self
             .run_fenced(caller, |txn, ctx| async move {
                 txn.relax_durability();
-                apply_release(&txn, &ctx, ino).await
+                apply_release(&txn, &ctx, table, ino).await
             })
             .await;
         if result.is_ok() {
@@ -434,7 +600,7 @@ impl Fs {
                 async move {
                     txn.relax_durability(); // see `Fs::release`
                     for ino in inos {
-                        apply_release(&txn, &ctx, ino).await?;
+                        apply_release(&txn, &ctx, table, ino).await?;
                     }
                     Ok(())
                 }
@@ -475,5 +641,56 @@ impl Fs {
             }
         }
         result.map(|()| !table.deferred.lock().is_empty())
+    }
+}
+
+impl Fs {
+    /// Stop unrecorded opens and write the record of every inode this
+    /// client still has open without one: before the cache lease is given
+    /// up (module docs). On an error some may still be unrecorded; call it
+    /// again before giving the lease up.
+    pub async fn record_unrecorded_opens(&self) -> FsResult<()> {
+        let table = self.open_table();
+        table
+            .unrecorded_ok
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        // Taken after the store: an open that still saw unrecorded opens
+        // allowed had put its slot in the table before it looked.
+        let slots: Vec<(u64, SlotRef)> = table
+            .inodes
+            .lock()
+            .iter()
+            .map(|(ino, slot)| (*ino, slot.clone()))
+            .collect();
+        // Ascending (the map's order), like every holder of several slots.
+        for chunk in slots.chunks(RELEASE_BATCH) {
+            let mut held = Vec::new();
+            for (ino, slot) in chunk {
+                let state = slot.clone().lock_owned().await;
+                if state.unrecorded && state.count > 0 {
+                    held.push((*ino, state));
+                }
+            }
+            if held.is_empty() {
+                continue;
+            }
+            let inos: Vec<u64> = held.iter().map(|(ino, _)| *ino).collect();
+            self.run_fenced(&Caller::root(), |txn, ctx| {
+                let inos = inos.clone();
+                async move {
+                    // No fsync, as for any open record (`Fs::open_file`).
+                    txn.relax_durability();
+                    for ino in inos {
+                        record_open(&txn, &ctx, ino);
+                    }
+                    Ok(())
+                }
+            })
+            .await?;
+            for (_, mut state) in held {
+                state.unrecorded = false;
+            }
+        }
+        Ok(())
     }
 }
