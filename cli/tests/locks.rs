@@ -910,6 +910,8 @@ fn a_file_opened_by_a_lone_mount_outlives_another_mounts_unlink() {
     let flags = ["--unlink-grace", "0.1", "--heartbeat", "1"];
     let a = cluster.mount("a", &flags);
     until("a to take the lease", || caches(&cluster, a.pid()));
+    // The lease is stored a moment before the mount acts on it.
+    std::thread::sleep(Duration::from_millis(100));
     std::fs::write(a.p("f"), b"precious").unwrap();
     let mut held = std::fs::File::open(a.p("f")).unwrap();
     assert_eq!(

@@ -18,8 +18,9 @@ use hafs_core::ctx::{Caller, FsOptions};
 use hafs_core::error::FsError;
 use hafs_core::fs::{mkfs, Fs, MkfsOptions};
 use hafs_core::keys::{InodeLayout, Keys, ROOT_INO};
+use hafs_core::kv::fault::{CommitFault, FaultPlan, FaultyBackend, ReadFault};
 use hafs_core::kv::mem::MemBackend;
-use hafs_core::kv::{Database, RangeOptions};
+use hafs_core::kv::{CommitRequest, Database, Mutation, RangeOptions};
 use hafs_core::ops::open::Frees;
 use hafs_core::ops::write::WriteAt;
 use hafs_core::session::{self, sweep_unlinked, sweep_unlinked_by};
@@ -324,6 +325,94 @@ async fn the_holders_sweep_frees_what_it_closed() {
     a.release(&root, g.ino).await.unwrap();
     assert_eq!(open_records(&db, "a").await, Vec::<u64>::new());
     assert_eq!(a.getattr(&root, g.ino).await, Err(FsError::NotFound));
+}
+
+/// Delays every commit that writes an open record of client "a".
+#[derive(Debug)]
+struct SlowRecords(Keys);
+
+impl FaultPlan for SlowRecords {
+    fn on_commit(&self, request: &CommitRequest) -> CommitFault {
+        let (begin, end) = self.0.client_opens("a");
+        let records = request
+            .mutations
+            .iter()
+            .any(|m| matches!(m, Mutation::Set { key, .. } if *key >= begin && *key < end));
+        if records {
+            CommitFault::Delay(Duration::from_millis(500))
+        } else {
+            CommitFault::None
+        }
+    }
+    fn on_read(&self) -> ReadFault {
+        ReadFault::None
+    }
+}
+
+/// The hand-over race: the holder has stopped unrecorded opens and is still
+/// writing the records of its first batch of open files (slowed down here)
+/// when a file of a later batch is closed (the record's clear deferred) and
+/// opened again. That reopen must write the record: nothing else will, the
+/// recording skips a slot that is no longer unrecorded, and once the lease
+/// is gone the newcomer would free the file under the open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_closed_and_reopened_during_the_hand_over_is_recorded() {
+    let clock: Arc<dyn Clock> = TokioClock::new();
+    let mem = MemBackend::new(clock.clone());
+    let plan = Arc::new(SlowRecords(Keys::new("fs", InodeLayout::Allocation)));
+    let faulty = FaultyBackend::new(Arc::new(mem), plan, clock.clone());
+    let counters = faulty.counters().clone();
+    let db = Database::new(Arc::new(faulty), clock, 5);
+    mkfs(&db, "fs", MkfsOptions::default()).await.unwrap();
+    let options = FsOptions {
+        unlink_grace_ns: 1,
+        ..FsOptions::default()
+    };
+    let a = Arc::new(Fs::open(db.clone(), "fs", "a", options).await.unwrap());
+    // Closes leave a pending clear that nothing runs in this test.
+    a.defer_releases();
+    let root = Caller::root();
+    let (gate, _task) = keep(&a, Duration::from_secs(30));
+    until("a to take the lease", || gate.is_open()).await;
+    // Records are written 64 inodes a batch, in inode order: x is the file
+    // with the highest number, alone in the second batch.
+    let mut files = Vec::new();
+    for i in 0..65 {
+        let name = format!("f{i}");
+        let made = a
+            .create_open(&root, ROOT_INO, name.as_bytes(), 0o644, libc::O_RDWR)
+            .await
+            .unwrap();
+        files.push((made, name));
+    }
+    let (x, x_name) = files.into_iter().max_by_key(|(made, _)| made.ino).unwrap();
+    a.write(&root, x.ino, WriteAt::Append, b"data")
+        .await
+        .unwrap();
+    assert_eq!(a.open_table().unrecorded(), 65);
+
+    let opening = {
+        let db = db.clone();
+        tokio::spawn(async move { client(&db, "b").await })
+    };
+    until("a to write its first records", || {
+        counters
+            .commit_delays
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    })
+    .await;
+    a.release(&root, x.ino).await.unwrap();
+    a.open_file(&root, x.ino, libc::O_RDONLY).await.unwrap();
+    let b = opening.await.unwrap();
+    assert!(
+        open_records(&db, "a").await.contains(&x.ino),
+        "x has no record"
+    );
+    b.unlink(&root, ROOT_INO, x_name.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(sweep_unlinked(&db, b.keys()).await.unwrap(), 0);
+    assert_eq!(a.read(&root, x.ino, 0, 10).await.unwrap(), b"data");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,8 +47,17 @@
 //! - Before the holder gives the lease up, it stops unrecorded opens and
 //!   writes a record for every one still open
 //!   ([`Fs::record_unrecorded_opens`]); until that succeeds it keeps the
-//!   lease. A crash needs nothing: the opens end with the process, and the
-//!   parked inodes are freed by a sweep once the holder is evicted.
+//!   lease. A batch that failed is waited out (it may still land) and its
+//!   slots marked unsure. A close of an unrecorded slot once unrecorded
+//!   opens are off clears the record as usual (a failed batch may have
+//!   written it) and marks the slot unsure, so that a reopen before the
+//!   recording reaches it writes the record itself: the recording skips a
+//!   slot that is no longer unrecorded. A crash needs nothing: the opens
+//!   end with the process, and the parked inodes are freed by a sweep once
+//!   the holder is evicted.
+//! - What it costs: under the lease the last close of an unlinked file
+//!   does not free it (the close writes nothing); the holder's next
+//!   heartbeat sweep does, so its space returns up to a heartbeat later.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -139,23 +148,34 @@ impl OpenTable {
     /// unrecorded slot with opens, or a slot some operation is busy with
     /// (an open in progress may be about to count one).
     pub fn held_unrecorded(&self, ino: u64) -> bool {
-        let Some(slot) = self.inodes.lock().get(&ino).cloned() else {
-            return false;
-        };
-        let held = match slot.try_lock() {
-            Ok(state) => state.unrecorded && state.count > 0,
-            Err(_) => true,
-        };
-        held
+        // Under the map's lock and without a clone of the slot, which
+        // would keep a close from forgetting it.
+        self.inodes.lock().get(&ino).is_some_and(held_unrecorded)
     }
 
     /// How many inodes this client has open without a record.
     pub fn unrecorded(&self) -> usize {
-        let slots: Vec<SlotRef> = self.inodes.lock().values().cloned().collect();
-        slots
-            .iter()
-            .filter(|slot| matches!(slot.try_lock(), Ok(s) if s.unrecorded && s.count > 0))
-            .count()
+        let inodes = self.inodes.lock();
+        inodes.values().filter(|slot| held_unrecorded(slot)).count()
+    }
+
+    /// Forget `ino`'s slot if it is idle and nobody else holds it.
+    fn forget_if_idle(&self, ino: u64) {
+        let mut inodes = self.inodes.lock();
+        let idle = inodes.get(&ino).is_some_and(|slot| {
+            Arc::strong_count(slot) == 1
+                && matches!(slot.try_lock(), Ok(s) if s.count == 0 && !s.pending)
+        });
+        if idle {
+            inodes.remove(&ino);
+        }
+    }
+}
+
+fn held_unrecorded(slot: &SlotRef) -> bool {
+    match slot.try_lock() {
+        Ok(state) => state.unrecorded && state.count > 0,
+        Err(_) => true,
     }
 }
 
@@ -415,16 +435,22 @@ impl Fs {
     pub async fn open_file(&self, caller: &Caller, ino: u64, flags: i32) -> FsResult<Attr> {
         let slot = self.open_table().slot(ino);
         let mut state = slot.lock().await;
-        // A pending record is still stored: reopening needs no write.
-        let result = if state.count > 0 || (state.pending && !state.unsure) {
+        // Open already (recorded, or unrecorded under the lease), or a
+        // pending record still stored: reopening needs no write. Unsure:
+        // the record may be gone, write it again.
+        let covered = (state.count > 0 || state.pending) && !state.unsure;
+        let result = if covered {
+            let unrecorded = state.count > 0 && state.unrecorded;
             self.query(caller, |txn, ctx| async move {
                 apply(&txn, &ctx, ino, flags, Register::No).await
             })
             .await
-            .map(|(attr, _)| (attr, state.count > 0 && state.unrecorded))
+            .map(|(attr, _)| (attr, unrecorded))
         } else {
-            // Under the lease a linked file needs no record (module docs).
-            let register = if self.open_table().unrecorded_ok() {
+            // Under the lease a linked file needs no record (module docs),
+            // unless a record of it may still be stored.
+            let fresh = state.count == 0 && !state.pending && !state.unsure;
+            let register = if fresh && self.open_table().unrecorded_ok() {
                 Register::UnlessLinked
             } else {
                 Register::Yes
@@ -470,17 +496,21 @@ impl Fs {
             state.count -= 1;
             return Ok(());
         }
-        // No record to clear. (Once unrecorded opens are off, the record
-        // may be landing from a failed `record_unrecorded_opens`: clear it
-        // as usual below.)
-        if state.unrecorded && table.unrecorded_ok() {
+        // No record to clear.
+        if state.unrecorded && !state.unsure && table.unrecorded_ok() {
             state.count = 0;
             state.unrecorded = false;
             drop(state);
             table.forget(ino, &slot);
             return Ok(());
         }
-        state.unrecorded = false;
+        if state.unrecorded {
+            // Unrecorded opens are off, or a batch of
+            // `record_unrecorded_opens` failed: the record may or may not
+            // be stored. Clear it as usual, and let no reopen count on it.
+            state.unrecorded = false;
+            state.unsure = true;
+        }
         if table.defer.load(std::sync::atomic::Ordering::Relaxed) {
             state.count = 0;
             state.pending = true;
@@ -656,39 +686,65 @@ impl Fs {
             .store(false, std::sync::atomic::Ordering::SeqCst);
         // Taken after the store: an open that still saw unrecorded opens
         // allowed had put its slot in the table before it looked.
-        let slots: Vec<(u64, SlotRef)> = table
+        let mut slots: std::collections::VecDeque<(u64, SlotRef)> = table
             .inodes
             .lock()
             .iter()
             .map(|(ino, slot)| (*ino, slot.clone()))
             .collect();
         // Ascending (the map's order), like every holder of several slots.
-        for chunk in slots.chunks(RELEASE_BATCH) {
+        while !slots.is_empty() {
             let mut held = Vec::new();
-            for (ino, slot) in chunk {
-                let state = slot.clone().lock_owned().await;
+            while held.len() < RELEASE_BATCH {
+                let Some((ino, slot)) = slots.pop_front() else {
+                    break;
+                };
+                let state = slot.lock_owned().await;
                 if state.unrecorded && state.count > 0 {
-                    held.push((*ino, state));
+                    held.push((ino, state));
+                } else {
+                    // Our clone may have kept a close from forgetting it.
+                    drop(state);
+                    table.forget_if_idle(ino);
                 }
             }
             if held.is_empty() {
                 continue;
             }
             let inos: Vec<u64> = held.iter().map(|(ino, _)| *ino).collect();
-            self.run_fenced(&Caller::root(), |txn, ctx| {
-                let inos = inos.clone();
-                async move {
-                    // No fsync, as for any open record (`Fs::open_file`).
-                    txn.relax_durability();
-                    for ino in inos {
-                        record_open(&txn, &ctx, ino);
+            let result = self
+                .run_fenced(&Caller::root(), |txn, ctx| {
+                    let inos = inos.clone();
+                    async move {
+                        // No fsync, as for any open record (`Fs::open_file`).
+                        txn.relax_durability();
+                        for ino in inos {
+                            record_open(&txn, &ctx, ino);
+                        }
+                        Ok(())
                     }
-                    Ok(())
+                })
+                .await;
+            match result {
+                Ok(()) => {
+                    for (_, mut state) in held {
+                        state.unrecorded = false;
+                        state.unsure = false;
+                    }
                 }
-            })
-            .await?;
-            for (_, mut state) in held {
-                state.unrecorded = false;
+                Err(FsError::Fenced) => return Err(FsError::Fenced),
+                Err(e) => {
+                    // The records may land until the age limit: wait that
+                    // out holding the slots, so that a close clears them
+                    // only after; they stay unrecorded (the next call
+                    // writes them) and unsure (a close clears them).
+                    let clock = self.db().clock().clone();
+                    clock.sleep(crate::limits::SETTLE_AFTER).await;
+                    for (_, mut state) in held {
+                        state.unsure = true;
+                    }
+                    return Err(e);
+                }
             }
         }
         Ok(())
