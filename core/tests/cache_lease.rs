@@ -9,6 +9,7 @@
 // The assertions compare against the OS clock the TokioClock reads.
 #![allow(clippy::disallowed_methods)]
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use hafs_core::kv::mem::MemBackend;
 use hafs_core::kv::{CommitRequest, Database, Mutation, RangeOptions};
 use hafs_core::ops::open::Frees;
 use hafs_core::ops::write::WriteAt;
-use hafs_core::session::{self, sweep_unlinked, sweep_unlinked_by};
+use hafs_core::session::{self, sweep_unlinked, sweep_unlinked_by, SessionOptions};
 
 const TTL: Duration = Duration::from_millis(400);
 
@@ -483,4 +484,100 @@ async fn name_grants_are_waited_out_where_search_permission_went() {
     let start = clock.monotonic();
     names.revoke_in(40).await;
     assert_eq!(waited(start), TTL / 2 + REVOKE_MARGIN);
+}
+
+/// The hand-over under churn: a, alone, creates, opens, closes, unlinks and
+/// reads a few files at random (closes deferred and sessions kept, as on a
+/// mount) while b attaches, unlinks every name, sweeps and leaves, again
+/// and again. Every handle a holds must read its file whole throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handles_survive_hand_overs_under_churn() {
+    use rand::{Rng, SeedableRng};
+    let db = db().await;
+    let options = FsOptions {
+        unlink_grace_ns: 1,
+        ..FsOptions::default()
+    };
+    let a = Arc::new(Fs::open(db.clone(), "fs", "a", options).await.unwrap());
+    let root = Caller::root();
+    {
+        let a = a.clone();
+        tokio::spawn(async move { a.run_deferred_releases().await });
+    }
+    {
+        let a = a.clone();
+        tokio::spawn(async move { a.maintain_session(SessionOptions::default()).await });
+    }
+    let (gate, _task) = keep(&a, Duration::from_secs(30));
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let (a, stop) = (a.clone(), stop.clone());
+        tokio::spawn(async move {
+            let root = Caller::root();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+            let mut held: Vec<(u64, Vec<u8>)> = Vec::new();
+            let mut checked = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("n{}", rng.gen_range(0..8));
+                match rng.gen_range(0..5) {
+                    0 => {
+                        let flags = libc::O_RDWR | libc::O_EXCL;
+                        let made = a.create_open(&root, ROOT_INO, name.as_bytes(), 0o644, flags);
+                        if let Ok(made) = made.await {
+                            let text = format!("{name} as {}", made.ino).into_bytes();
+                            a.write(&root, made.ino, WriteAt::Append, &text)
+                                .await
+                                .unwrap();
+                            held.push((made.ino, text));
+                        }
+                    }
+                    1 => {
+                        if let Ok(found) = a.lookup(&root, ROOT_INO, name.as_bytes()).await {
+                            if a.open_file(&root, found.ino, libc::O_RDONLY).await.is_ok() {
+                                let text = a.read(&root, found.ino, 0, 100).await.unwrap();
+                                held.push((found.ino, text));
+                            }
+                        }
+                    }
+                    2 if !held.is_empty() => {
+                        let (ino, _) = held.swap_remove(rng.gen_range(0..held.len()));
+                        a.release(&root, ino).await.unwrap();
+                    }
+                    3 => {
+                        let _ = a.unlink(&root, ROOT_INO, name.as_bytes()).await;
+                    }
+                    _ => {
+                        for (ino, text) in &held {
+                            let read = a.read(&root, *ino, 0, 100).await;
+                            assert_eq!(read.as_ref(), Ok(text), "inode {ino}");
+                            checked += 1;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            for (ino, text) in &held {
+                assert_eq!(a.read(&root, *ino, 0, 100).await.as_ref(), Ok(text));
+                a.release(&root, *ino).await.unwrap();
+            }
+            checked
+        })
+    };
+    let started = Instant::now();
+    let mut visits = 0;
+    while visits < 2 || started.elapsed() < Duration::from_secs(15) {
+        until("a to take the lease", || gate.is_open()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let b = client(&db, "b").await;
+        for i in 0..8 {
+            let _ = b.unlink(&root, ROOT_INO, format!("n{i}").as_bytes()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        sweep_unlinked(&db, b.keys()).await.unwrap();
+        b.close().await.unwrap();
+        visits += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let checked = churn.await.unwrap();
+    assert!(checked > 100, "only {checked} reads checked");
 }
