@@ -600,7 +600,22 @@ impl crate::fs::Fs {
         // The lease key may exist / surely exists (the gate may open).
         let (mut maybe_held, mut surely_held) = (false, false);
         let (mut last_take, mut last_give_up) = (None, None);
+        // A recording of unrecorded opens failed: until one succeeds the
+        // lease must stay, so neither give it up nor take it again (a take
+        // whose commit was ambiguous clears the lease when it then finds
+        // another client).
+        let mut recording_owed = false;
         loop {
+            if recording_owed {
+                match self.record_opens_for_give_up().await {
+                    Ok(true) => recording_owed = false,
+                    Ok(false) => {
+                        clock.sleep(LEASE_POLL).await;
+                        continue;
+                    }
+                    Err(fenced) => return fenced,
+                }
+            }
             let alone = match others_attached(db, keys, me).await {
                 Err(FsError::Fenced) => {
                     gate.close().await;
@@ -622,14 +637,14 @@ impl crate::fs::Fs {
                 if maybe_held {
                     // Opens the lease covered get their records first
                     // (`crate::ops::open`); until they have, keep it.
-                    match self.record_unrecorded_opens().await {
-                        Ok(()) => {}
-                        Err(FsError::Fenced) => return FsError::Fenced,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "recording open files failed; keeping the cache lease until it works");
+                    match self.record_opens_for_give_up().await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            recording_owed = true;
                             clock.sleep(LEASE_POLL).await;
                             continue;
                         }
+                        Err(fenced) => return fenced,
                     }
                     let began = clock.monotonic();
                     last_give_up = Some(began);
@@ -668,6 +683,22 @@ impl crate::fs::Fs {
                 }
             }
             clock.sleep(LEASE_POLL).await;
+        }
+    }
+}
+
+impl crate::fs::Fs {
+    /// [`crate::fs::Fs::record_unrecorded_opens`] before the lease is given
+    /// up: whether it succeeded (a failure is logged), `Err` only when this
+    /// client is fenced.
+    async fn record_opens_for_give_up(&self) -> FsResult<bool> {
+        match self.record_unrecorded_opens().await {
+            Ok(()) => Ok(true),
+            Err(FsError::Fenced) => Err(FsError::Fenced),
+            Err(e) => {
+                tracing::warn!(error = %e, "recording open files failed; keeping the cache lease until it works");
+                Ok(false)
+            }
         }
     }
 }

@@ -43,12 +43,14 @@
 //!   looks at the table after its reads: if the slot was not there yet,
 //!   the open's transaction begins after the free's and sees the inode
 //!   parked, so it records itself. A slot busy with another operation
-//!   counts as holding the inode.
+//!   counts as holding the inode, and a slot leaves the table only if,
+//!   under the table's lock, nobody else holds it and it counts no open
+//!   (an unrecorded open leaves nothing behind but its slot).
 //! - Before the holder gives the lease up, it stops unrecorded opens and
 //!   writes a record for every one still open
 //!   ([`Fs::record_unrecorded_opens`]); until that succeeds it keeps the
-//!   lease. A batch that failed is waited out (it may still land) and its
-//!   slots marked unsure. A close of an unrecorded slot once unrecorded
+//!   lease (and does not take it again: `keep_cache_lease`). A batch that
+//!   failed is waited out (it may still land) and its slots marked unsure. A close of an unrecorded slot once unrecorded
 //!   opens are off clears the record as usual (a failed batch may have
 //!   written it) and marks the slot unsure, so that a reopen before the
 //!   recording reaches it writes the record itself: the recording skips a
@@ -117,8 +119,13 @@ impl OpenTable {
     /// and nothing pending).
     fn forget(&self, ino: u64, slot: &SlotRef) {
         let mut inodes = self.inodes.lock();
-        // Ours and the map's: no other open or release is waiting on it.
-        if Arc::strong_count(slot) == 2 {
+        // Ours and the map's: no other open or release is waiting on it
+        // (clones are made under the map's lock). Still idle: an open may
+        // have come and gone between the caller's look and this lock, and
+        // an unrecorded open leaves nothing but its slot behind.
+        let idle = Arc::strong_count(slot) == 2
+            && matches!(slot.try_lock(), Ok(s) if s.count == 0 && !s.pending);
+        if idle {
             inodes.remove(&ino);
         }
     }
