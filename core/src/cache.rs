@@ -670,6 +670,12 @@ impl crate::fs::Fs {
                         Ok(false) => maybe_held = before,
                         Err(FsError::Fenced) => return FsError::Fenced,
                         Err(e) => {
+                            // A retry of the take that found another client
+                            // cleared the lease, in a commit that may still
+                            // land: count it as a give-up, so the gate opens
+                            // (and opens go unrecorded) only after a take
+                            // it can no longer undo.
+                            last_give_up = Some(clock.monotonic());
                             tracing::warn!(error = %e, "taking the cache lease failed; retrying")
                         }
                     }

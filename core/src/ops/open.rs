@@ -50,9 +50,10 @@
 //!   writes a record for every one still open
 //!   ([`Fs::record_unrecorded_opens`]); until that succeeds it keeps the
 //!   lease (and does not take it again: `keep_cache_lease`). A batch that
-//!   failed is waited out (it may still land) and its slots marked unsure. A close of an unrecorded slot once unrecorded
-//!   opens are off clears the record as usual (a failed batch may have
-//!   written it) and marks the slot unsure, so that a reopen before the
+//!   failed is waited out (it may still land) and its slots marked unsure.
+//!   A close of an unrecorded slot once unrecorded opens are off clears
+//!   the record as usual (a failed batch may have written it) and marks
+//!   the slot unsure, so that a reopen before the
 //!   recording reaches it writes the record itself: the recording skips a
 //!   slot that is no longer unrecorded. A crash needs nothing: the opens
 //!   end with the process, and the parked inodes are freed by a sweep once
