@@ -104,7 +104,17 @@ pub struct OpenTable {
     /// Whether a first open of a linked file may skip its record (this
     /// client holds the cache lease; module docs).
     unrecorded_ok: std::sync::atomic::AtomicBool,
+    /// Test hook: a close of an unrecorded slot signals the first sender,
+    /// then waits for the second before it forgets the slot.
+    #[cfg(test)]
+    before_forget: parking_lot::Mutex<Option<ForgetHook>>,
 }
+
+#[cfg(test)]
+type ForgetHook = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::sync::oneshot::Receiver<()>,
+);
 
 /// Pending records cleared per transaction.
 const RELEASE_BATCH: usize = 64;
@@ -509,6 +519,14 @@ impl Fs {
             state.count = 0;
             state.unrecorded = false;
             drop(state);
+            #[cfg(test)]
+            {
+                let hook = table.before_forget.lock().take();
+                if let Some((reached, go)) = hook {
+                    let _ = reached.send(());
+                    let _ = go.await;
+                }
+            }
             table.forget(ino, &slot);
             return Ok(());
         }
@@ -756,5 +774,55 @@ impl Fs {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::clock::{Clock, TokioClock};
+    use crate::ctx::{Caller, FsOptions};
+    use crate::fs::{mkfs, Fs, MkfsOptions};
+    use crate::keys::ROOT_INO;
+    use crate::kv::mem::MemBackend;
+    use crate::kv::Database;
+
+    /// An open that comes and goes between a close dropping its slot's lock
+    /// and forgetting the slot: the slot must stay, as it is the only trace
+    /// of an unrecorded open. (`forget` once checked only that nobody else
+    /// held the slot.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_open_between_a_close_and_its_forget_keeps_the_slot() {
+        let clock: Arc<dyn Clock> = TokioClock::new();
+        let db = Database::new(Arc::new(MemBackend::new(clock.clone())), clock, 3);
+        mkfs(&db, "fs", MkfsOptions::default()).await.unwrap();
+        let fs = Arc::new(Fs::open(db, "fs", "a", FsOptions::default()).await.unwrap());
+        // As the cache lease's holder does.
+        fs.open_table().allow_unrecorded();
+        let root = Caller::root();
+        let f = fs
+            .create_open(&root, ROOT_INO, b"f", 0o644, libc::O_RDWR)
+            .await
+            .unwrap();
+        assert!(fs.open_table().held_unrecorded(f.ino));
+        let (reached_tx, reached) = tokio::sync::oneshot::channel();
+        let (go, go_rx) = tokio::sync::oneshot::channel();
+        *fs.open_table().before_forget.lock() = Some((reached_tx, go_rx));
+        let closing = {
+            let fs = fs.clone();
+            tokio::spawn(async move { fs.release(&Caller::root(), f.ino).await })
+        };
+        reached.await.unwrap();
+        fs.open_file(&root, f.ino, libc::O_RDONLY).await.unwrap();
+        go.send(()).unwrap();
+        closing.await.unwrap().unwrap();
+        assert!(
+            fs.open_table().held_unrecorded(f.ino),
+            "the reopen's slot was forgotten"
+        );
+        fs.release(&root, f.ino).await.unwrap();
+        assert!(!fs.open_table().held_unrecorded(f.ino));
+        assert!(fs.open_table().is_empty());
     }
 }
