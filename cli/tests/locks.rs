@@ -664,16 +664,20 @@ fn external_umount_and_sigint_detach_the_client() {
     assert!(!support::is_mounted(&b.path));
 }
 
-/// Whether the mount process `pid` holds the cache lease, by `list-clients`.
-fn caches(cluster: &Cluster, pid: u32) -> bool {
+/// The `list-clients --json` row of the mount process `pid`, if attached.
+fn client_row(cluster: &Cluster, pid: u32) -> Option<serde_json::Value> {
     let out = cluster.hafs(&["list-clients", "--json"]);
     let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
     rows.as_array()
         .unwrap()
         .iter()
         .find(|r| r["pid"] == pid)
-        .map(|r| r["cache_lease"] == true)
-        .unwrap_or(false)
+        .cloned()
+}
+
+/// Whether the mount process `pid` holds the cache lease, by `list-clients`.
+fn caches(cluster: &Cluster, pid: u32) -> bool {
+    client_row(cluster, pid).is_some_and(|r| r["cache_lease"] == true)
 }
 
 fn until(what: &str, cond: impl Fn() -> bool) {
@@ -886,12 +890,7 @@ fn bench_passes_flock_and_fcntl_between_two_processes() {
 
 /// The open records of a mount's client, by `list-clients`.
 fn open_inodes(cluster: &Cluster, pid: u32) -> u64 {
-    let out = cluster.hafs(&["list-clients", "--json"]);
-    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
-    rows.as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["pid"] == pid)
+    client_row(cluster, pid)
         .and_then(|r| r["open_inodes"].as_u64())
         .unwrap_or(0)
 }

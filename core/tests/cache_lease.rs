@@ -176,6 +176,23 @@ async fn a_holder_that_stopped_is_evicted_after_its_own_expiry() {
     b.getattr(&Caller::root(), ROOT_INO).await.unwrap();
 }
 
+/// Client "a" with an unlink grace of 1 ns: what it unlinks may be freed
+/// at once, as soon as nobody holds it.
+async fn short_grace(db: &Database) -> Arc<Fs> {
+    let options = FsOptions {
+        unlink_grace_ns: 1,
+        ..FsOptions::default()
+    };
+    Arc::new(Fs::open(db.clone(), "fs", "a", options).await.unwrap())
+}
+
+/// `fs` keeping the lease with a fresh gate, once it holds it.
+async fn holding(fs: &Arc<Fs>) -> (Arc<CacheGate>, tokio::task::JoinHandle<FsError>) {
+    let (gate, task) = keep(fs, Duration::from_secs(30));
+    until("the lease to be taken", || gate.is_open()).await;
+    (gate, task)
+}
+
 /// Inodes `client` has an open record of.
 async fn open_records(db: &Database, client: &str) -> Vec<u64> {
     let keys = Keys::new("fs", InodeLayout::Allocation);
@@ -207,19 +224,14 @@ async fn open_records(db: &Database, client: &str) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opens_under_the_lease_are_recorded_before_it_goes() {
     let db = db().await;
-    let options = FsOptions {
-        unlink_grace_ns: 1,
-        ..FsOptions::default()
-    };
-    let a = Arc::new(Fs::open(db.clone(), "fs", "a", options).await.unwrap());
+    let a = short_grace(&db).await;
     let root = Caller::root();
     let kept = a
         .create_open(&root, ROOT_INO, b"kept", 0o644, libc::O_RDWR)
         .await
         .unwrap();
     a.release(&root, kept.ino).await.unwrap();
-    let (gate, _task) = keep(&a, Duration::from_secs(30));
-    until("a to take the lease", || gate.is_open()).await;
+    let (gate, _task) = holding(&a).await;
 
     // Under the lease: a create and an open of an existing file.
     let f = a
@@ -284,14 +296,9 @@ async fn opens_under_the_lease_are_recorded_before_it_goes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_holders_sweep_frees_what_it_closed() {
     let db = db().await;
-    let options = FsOptions {
-        unlink_grace_ns: 1,
-        ..FsOptions::default()
-    };
-    let a = Arc::new(Fs::open(db.clone(), "fs", "a", options).await.unwrap());
+    let a = short_grace(&db).await;
     let root = Caller::root();
-    let (gate, _task) = keep(&a, Duration::from_secs(30));
-    until("a to take the lease", || gate.is_open()).await;
+    let (_gate, _task) = holding(&a).await;
     let f = a
         .create_open(&root, ROOT_INO, b"f", 0o644, libc::O_RDWR)
         .await
@@ -365,16 +372,11 @@ async fn a_file_closed_and_reopened_during_the_hand_over_is_recorded() {
     let counters = faulty.counters().clone();
     let db = Database::new(Arc::new(faulty), clock, 5);
     mkfs(&db, "fs", MkfsOptions::default()).await.unwrap();
-    let options = FsOptions {
-        unlink_grace_ns: 1,
-        ..FsOptions::default()
-    };
-    let a = Arc::new(Fs::open(db.clone(), "fs", "a", options).await.unwrap());
+    let a = short_grace(&db).await;
     // Closes leave a pending clear that nothing runs in this test.
     a.defer_releases();
     let root = Caller::root();
-    let (gate, _task) = keep(&a, Duration::from_secs(30));
-    until("a to take the lease", || gate.is_open()).await;
+    let (_gate, _task) = holding(&a).await;
     // Records are written 64 inodes a batch, in inode order: x is the file
     // with the highest number, alone in the second batch.
     let mut files = Vec::new();
@@ -494,11 +496,7 @@ async fn name_grants_are_waited_out_where_search_permission_went() {
 async fn handles_survive_hand_overs_under_churn() {
     use rand::{Rng, SeedableRng};
     let db = db().await;
-    let options = FsOptions {
-        unlink_grace_ns: 1,
-        ..FsOptions::default()
-    };
-    let a = Arc::new(Fs::open(db.clone(), "fs", "a", options).await.unwrap());
+    let a = short_grace(&db).await;
     let root = Caller::root();
     {
         let a = a.clone();
