@@ -1,10 +1,11 @@
 //! Group commit on the durable SQLite backend: concurrent commits of one
-//! process share WAL fsyncs and still conflict with each other exactly as
-//! if committed one by one — whether they commit inline or queue for the
-//! write lock and share a SQLite transaction (a batch that checked its
-//! commits only against the state before the batch would lose increments
-//! here) — and a durable commit is on disk when it is acknowledged while a
-//! relaxed one need not be.
+//! process share fsyncs — of the WAL when they go to SQLite, of the sync
+//! log when write-behind buffers them — and still conflict with each other
+//! exactly as if committed one by one — whether they commit inline or
+//! queue for the write lock and share a SQLite transaction (a batch that
+//! checked its commits only against the state before the batch would lose
+//! increments here), or meet in the memtable — and a durable commit is on
+//! disk when it is acknowledged while a relaxed one need not be.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,22 +24,64 @@ fn decode(value: Option<Vec<u8>>) -> u64 {
     })
 }
 
-#[test]
-fn concurrent_durable_commits_share_fsyncs_and_lose_nothing() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
+fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
         .enable_all()
         .build()
-        .expect("runtime");
+        .expect("runtime")
+}
+
+#[test]
+fn concurrent_durable_commits_share_wal_fsyncs_and_lose_nothing() {
+    let backend = concurrent_increments(false);
+    assert_shared(backend.group_commit_stats(), "WAL fsyncs");
+}
+
+#[test]
+fn buffered_durable_commits_share_log_syncs_and_lose_nothing() {
+    let backend = concurrent_increments(true);
+    assert_shared(backend.sync_log_stats(), "sync-log records");
+}
+
+/// `(commits, syncs)`: every durable commit synced once, no relaxed one,
+/// and some syncs shared.
+fn assert_shared((commits, syncs): (u64, u64), what: &str) {
+    assert_eq!(
+        commits,
+        durable_commits(),
+        "every durable commit synced once, no relaxed one waited"
+    );
+    println!("{commits} durable commits in {syncs} {what}");
+    assert!(
+        syncs < commits,
+        "no two commits ever shared a sync ({syncs} {what})"
+    );
+}
+
+/// The commits `concurrent_increments` makes durable.
+fn durable_commits() -> u64 {
+    let relaxed = (0..TASKS)
+        .map(|t| (0..2 * INCREMENTS).filter(|r| r % 3 == t % 3).count() as u64)
+        .sum::<u64>();
+    2 * TASKS * INCREMENTS - relaxed
+}
+
+/// `TASKS` tasks increment a shared counter and their own on a durable
+/// backend, every third commit relaxed; checks that no increment was lost.
+fn concurrent_increments(write_behind: bool) -> Arc<SqliteBackend> {
+    let runtime = runtime(4);
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = runtime.block_on(async { TokioClock::new() });
     let options = SqliteOptions {
         durability: Durability::Durable,
+        write_behind,
         ..SqliteOptions::default()
     };
     let backend = Arc::new(
         SqliteBackend::open(&dir.path().join("hafs.db"), options, clock.clone()).expect("open"),
     );
+    assert_eq!(backend.write_behind_active(), write_behind);
     let db = Database::new(backend.clone(), clock, 7);
     runtime.block_on(async {
         let tasks: Vec<_> = (0..TASKS)
@@ -98,31 +141,14 @@ fn concurrent_durable_commits_share_fsyncs_and_lose_nothing() {
             "own counters: {own:?}"
         );
     });
-    let (commits, fsyncs) = backend.group_commit_stats();
-    let relaxed = (0..TASKS)
-        .map(|t| (0..2 * INCREMENTS).filter(|r| r % 3 == t % 3).count() as u64)
-        .sum::<u64>();
-    assert_eq!(
-        commits,
-        2 * TASKS * INCREMENTS - relaxed,
-        "every durable commit synced once, no relaxed one waited"
-    );
-    println!("{commits} durable commits in {fsyncs} WAL fsyncs");
-    assert!(
-        fsyncs < commits,
-        "no two commits ever shared an fsync ({fsyncs} fsyncs)"
-    );
+    backend
 }
 
 /// Commit about 270 KiB (some 70 WAL pages) to the database opened at
 /// `open`, and count the pages of the WAL `wal` still unwritten in the
 /// page cache when the commit returns.
 fn unwritten_after_commit(open: &Path, wal: &Path, durability: Durability) -> Option<u64> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = runtime(2);
     let clock = runtime.block_on(async { TokioClock::new() });
     // Write-behind would keep a relaxed commit out of the WAL altogether
     // for a few milliseconds: this compares commits that went to SQLite.
@@ -157,6 +183,18 @@ fn syncs_write_pages_out(dir: &Path) -> Option<bool> {
     Some(unwritten_pages(&path)? == 0)
 }
 
+/// A directory where the page cache shows what fdatasync wrote out; `None`
+/// (saying why the test is skipped) where it cannot.
+fn synced_dir() -> Option<tempfile::TempDir> {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    match syncs_write_pages_out(dir.path()) {
+        None => eprintln!("skipped: no cachestat(2) on this kernel"),
+        Some(false) => eprintln!("skipped: fdatasync leaves pages dirty here (tmpfs?)"),
+        Some(true) => return Some(dir),
+    }
+    None
+}
+
 /// The durable backend fsyncs after COMMIT, outside SQLite (`WalSync`):
 /// a commit must not be acknowledged before that sync — also when the
 /// database is opened through a symlink, where SQLite names the WAL after
@@ -166,12 +204,7 @@ fn syncs_write_pages_out(dir: &Path) -> Option<bool> {
 /// first checkpoint comes after a second.)
 #[test]
 fn a_durable_commit_is_on_disk_when_acknowledged() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-    match syncs_write_pages_out(dir.path()) {
-        None => return eprintln!("skipped: no cachestat(2) on this kernel"),
-        Some(false) => return eprintln!("skipped: fdatasync leaves pages dirty here (tmpfs?)"),
-        Some(true) => {}
-    }
+    let Some(dir) = synced_dir() else { return };
     let wal = |name: &str| dir.path().join(format!("{name}-wal"));
     let relaxed = unwritten_after_commit(
         &dir.path().join("relaxed.db"),
@@ -200,5 +233,100 @@ fn a_durable_commit_is_on_disk_when_acknowledged() {
     assert!(
         via_symlink <= 2,
         "a durable commit through a symlinked path returned with {via_symlink} WAL pages unwritten"
+    );
+}
+
+/// With write-behind (the backend has its file alone), a small durable
+/// commit is acknowledged once a synced record of the sync log holds it:
+/// SQLite does not have it yet (this flusher waits an hour), a copy of the
+/// files — what a crash would leave — has it through the log, and no page
+/// of the log is left unwritten. A big one goes through SQLite instead (in
+/// the WAL, synced, when acknowledged), and logging goes on after it.
+#[test]
+fn a_buffered_durable_commit_is_on_disk_when_acknowledged() {
+    let Some(dir) = synced_dir() else { return };
+    let runtime = runtime(2);
+    let clock = runtime.block_on(async { TokioClock::new() });
+    let options = SqliteOptions {
+        durability: Durability::Durable,
+        flush_interval: std::time::Duration::from_secs(3600),
+        ..SqliteOptions::default()
+    };
+    let path = dir.path().join("durable.db");
+    let backend = Arc::new(SqliteBackend::open(&path, options, clock.clone()).expect("open"));
+    assert!(backend.write_behind_active());
+    let db = Database::new(backend.clone(), clock.clone(), 7);
+    let raw = rusqlite::Connection::open(&path).expect("raw open");
+    let stored = |key: &[u8]| -> Option<Vec<u8>> {
+        raw.query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
+            .ok()
+    };
+    // Three values of `size` bytes under keys `prefix`0..2.
+    let commit = |prefix: u8, size: usize| {
+        runtime.block_on(db.run(|txn, _| async move {
+            for k in 0..3u8 {
+                txn.set(&[prefix, k], &vec![k; size]);
+            }
+            Ok::<_, KvError>(())
+        }))
+    };
+
+    commit(b'b', 90_000).expect("big commit");
+    assert_eq!(
+        stored(b"b\x02"),
+        Some(vec![2; 90_000]),
+        "the big one went to SQLite"
+    );
+    let wal_unwritten = unwritten_pages(&dir.path().join("durable.db-wal")).expect("cachestat");
+    assert!(
+        wal_unwritten <= 2,
+        "acknowledged with {wal_unwritten} WAL pages unwritten"
+    );
+    assert_eq!(
+        backend.sync_log_stats(),
+        (0, 0),
+        "the big one was not logged"
+    );
+
+    commit(b's', 5_000).expect("small commit");
+    let log_unwritten = unwritten_pages(&dir.path().join("durable.db-synclog")).expect("cachestat");
+    assert_eq!(
+        stored(b"s\x00"),
+        None,
+        "the small one reached SQLite itself"
+    );
+    assert_eq!(backend.sync_log_stats(), (1, 1), "logged in one record");
+
+    let image = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    for suffix in ["", "-wal", "-synclog"] {
+        let from = dir.path().join(format!("durable.db{suffix}"));
+        if from.exists() {
+            std::fs::copy(&from, image.path().join(format!("durable.db{suffix}"))).expect("copy");
+        }
+    }
+    let copy = SqliteBackend::open(&image.path().join("durable.db"), options, clock.clone())
+        .expect("open the copy");
+    let restored = Database::new(Arc::new(copy), clock, 7);
+    let (small, big) = runtime.block_on(async {
+        restored
+            .read(|txn| async move {
+                Ok::<_, KvError>((txn.get(b"s\x01").await?, txn.get(b"b\x01").await?))
+            })
+            .await
+            .expect("read the copy")
+    });
+    assert_eq!(
+        small,
+        Some(vec![1; 5_000]),
+        "the small commit is not in the files"
+    );
+    assert_eq!(
+        big,
+        Some(vec![1; 90_000]),
+        "the big commit is not in the files"
+    );
+    assert_eq!(
+        log_unwritten, 0,
+        "the small commit was acknowledged before its log record was on disk"
     );
 }

@@ -1,7 +1,8 @@
-//! Write-behind on a relaxed SQLite backend that has its file alone: what
-//! another opener sees, what a switch does to transactions in flight, what
-//! `sync` and a clean close write out, and what a killed process loses (a
-//! suffix of its commits, never part of one).
+//! Write-behind on a SQLite backend that has its file alone: what another
+//! opener sees, what a switch does to transactions in flight, what `sync`
+//! and a clean close write out, and what a killed process loses (a suffix
+//! of its commits, never part of one; no acknowledged commit of a durable
+//! backend).
 //!
 //! Two backends in one process exclude each other through the lock file as
 //! two processes do (OFD locks belong to the open file), so most of this
@@ -26,11 +27,11 @@ fn open(path: &Path, durability: Durability) -> (Arc<SqliteBackend>, Database) {
     open_with(path, options)
 }
 
-/// A relaxed backend whose flusher never writes to SQLite on its own
-/// (only `sync`'s fallback, a hand-over or a close do).
-fn open_never_flushing(path: &Path) -> (Arc<SqliteBackend>, Database) {
+/// A backend whose flusher never writes to SQLite on its own (only a sync
+/// through SQLite, a hand-over or a close do).
+fn open_never_flushing(path: &Path, durability: Durability) -> (Arc<SqliteBackend>, Database) {
     let options = SqliteOptions {
-        durability: Durability::Relaxed,
+        durability,
         flush_interval: Duration::from_secs(3600),
         ..SqliteOptions::default()
     };
@@ -185,7 +186,7 @@ async fn a_transaction_begun_before_a_hand_over_retries() {
 async fn sync_makes_buffered_commits_durable() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kv.db");
-    let (backend, db) = open_never_flushing(&path);
+    let (backend, db) = open_never_flushing(&path, Durability::Relaxed);
     assert!(backend.write_behind_active());
     for _ in 0..20 {
         increment(&db, b"n").await;
@@ -280,6 +281,18 @@ fn kill_at(child: &mut std::process::Child, until: u64) -> u64 {
     last
 }
 
+/// Run `test`'s worker on a new database, kill it once it printed `until`,
+/// reopen: the last number it printed, the `n` SQLite itself held, and the
+/// `n` that survived (`survivors`).
+fn killed_at(test: &str, env: &str, until: u64) -> (u64, u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let mut child = worker(test, env, &path);
+    let printed = kill_at(&mut child, until);
+    let in_sqlite = decode(stored(&path, b"n"));
+    (printed, in_sqlite, survivors(&path))
+}
+
 /// Reopen the database of a killed worker: the `n` that survived, checked
 /// to come with exactly the keys `done/1..=n` (whole commits, no hole, no
 /// later one).
@@ -357,7 +370,7 @@ const LOGGED_ENV: &str = "HAFS_TEST_WRITE_BEHIND_LOGGED_DB";
 fn logged_worker(path: &Path) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let (backend, db) = open_never_flushing(path);
+        let (backend, db) = open_never_flushing(path, Durability::Relaxed);
         assert!(backend.write_behind_active());
         for n in 1u64.. {
             commit_numbered(&db, n).await;
@@ -379,16 +392,11 @@ fn synced_commits_survive_a_kill_from_the_sync_log() {
         logged_worker(Path::new(&path));
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kv.db");
-    let mut child = worker(
+    let (synced, in_sqlite, n) = killed_at(
         "synced_commits_survive_a_kill_from_the_sync_log",
         LOGGED_ENV,
-        &path,
+        5_000,
     );
-    let synced = kill_at(&mut child, 5_000);
-    let in_sqlite = decode(stored(&path, b"n"));
-    let n = survivors(&path);
     println!("synced {synced}+, in SQLite before reopening {in_sqlite}, survived {n}");
     assert!(
         in_sqlite < synced,
@@ -402,6 +410,45 @@ fn synced_commits_survive_a_kill_from_the_sync_log() {
     assert_eq!(n % 2, 0, "nothing unsynced: {n}");
 }
 
+const DURABLE_ENV: &str = "HAFS_TEST_WRITE_BEHIND_DURABLE_DB";
+
+/// A durable backend alone (buffering) whose flusher never writes to SQLite
+/// on its own: commits `n` and `done/<n>` for n = 1, 2, ..., printing each
+/// acknowledged `n`.
+fn durable_worker(path: &Path) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (backend, db) = open_never_flushing(path, Durability::Durable);
+        assert!(backend.write_behind_active());
+        for n in 1u64.. {
+            commit_numbered(&db, n).await;
+            println!("{n}");
+        }
+    });
+}
+
+/// A durable backend that buffers acknowledges each commit once the sync
+/// log holding it is synced: `kill -9` loses none of them, though SQLite
+/// itself lagged behind (the next opener applies the rest from the log).
+#[test]
+fn a_killed_durable_process_loses_no_acknowledged_commit() {
+    if let Ok(path) = std::env::var(DURABLE_ENV) {
+        durable_worker(Path::new(&path));
+        return;
+    }
+    let (acknowledged, in_sqlite, n) = killed_at(
+        "a_killed_durable_process_loses_no_acknowledged_commit",
+        DURABLE_ENV,
+        3_000,
+    );
+    println!("acknowledged {acknowledged}+, in SQLite before reopening {in_sqlite}, survived {n}");
+    assert!(
+        in_sqlite < acknowledged,
+        "the log had more than SQLite: {in_sqlite}"
+    );
+    assert!(n >= acknowledged, "every acknowledged commit survives: {n}");
+}
+
 const STOPPED_ENV: &str = "HAFS_TEST_WRITE_BEHIND_STOPPED_DB";
 
 /// A child that has the database to itself: one increment made durable,
@@ -413,22 +460,81 @@ fn stopped_worker(path: &Path) {
         assert!(backend.write_behind_active());
         increment(&db, b"n").await;
         db.sync().await.unwrap();
-        println!("ready");
-        let stdin = std::io::stdin();
-        for _ in stdin.lock().lines() {
-            let result = db
-                .run(|txn, _| async move {
-                    let n = decode(txn.get(b"n").await?);
-                    txn.set(b"n", &(n + 1).to_le_bytes());
-                    Ok::<_, KvError>(())
-                })
-                .await;
-            match result {
-                Ok(()) => println!("ok"),
-                Err(e) => println!("err {e}"),
+        answer_increments(&db).await;
+    });
+}
+
+/// Print `ready`, then increment `n` once per line on stdin, answering `ok`
+/// or `err <why>`.
+async fn answer_increments(db: &Database) {
+    println!("ready");
+    for _ in std::io::stdin().lock().lines() {
+        let result = db
+            .run(|txn, _| async move {
+                let n = decode(txn.get(b"n").await?);
+                txn.set(b"n", &(n + 1).to_le_bytes());
+                Ok::<_, KvError>(())
+            })
+            .await;
+        match result {
+            Ok(()) => println!("ok"),
+            Err(e) => println!("err {e}"),
+        }
+    }
+}
+
+/// A worker child running `answer_increments`, stopped and resumed at will.
+struct Answering {
+    child: std::process::Child,
+    to_child: std::process::ChildStdin,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Answering {
+    /// Start `test`'s worker on `path` and wait for its `ready`.
+    fn start(test: &str, env: &str, path: &Path) -> Answering {
+        let mut child = worker(test, env, path);
+        let to_child = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut this = Answering {
+            child,
+            to_child,
+            lines,
+        };
+        assert_eq!(this.answer(), "ready");
+        this
+    }
+
+    fn answer(&mut self) -> String {
+        loop {
+            let line = self.lines.next().expect("the worker answers").unwrap();
+            if line == "ready" || line == "ok" || line.starts_with("err") {
+                return line;
             }
         }
-    });
+    }
+
+    /// One increment, answered.
+    fn increment(&mut self) -> String {
+        use std::io::Write;
+        writeln!(self.to_child, "inc").unwrap();
+        self.answer()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    fn kill(mut self) {
+        drop(self.to_child);
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
 }
 
 /// A lone holder that stops answering (SIGSTOP) keeps a newcomer out only
@@ -444,29 +550,12 @@ fn a_stopped_holder_is_fenced_out_after_the_wait() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kv.db");
-    let mut child = worker(
+    let mut child = Answering::start(
         "a_stopped_holder_is_fenced_out_after_the_wait",
         STOPPED_ENV,
         &path,
     );
-    let mut to_child = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut answer = || loop {
-        let line = lines.next().expect("the worker answers").unwrap();
-        if line == "ready" || line == "ok" || line.starts_with("err") {
-            return line;
-        }
-    };
-    assert_eq!(answer(), "ready");
-    let signal = |sig: &str| {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig}");
-    };
-    signal("STOP");
+    child.signal("STOP");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let options = SqliteOptions {
         durability: Durability::Relaxed,
@@ -484,15 +573,13 @@ fn a_stopped_holder_is_fenced_out_after_the_wait() {
         assert_eq!(decode(read(&db, b"n").await), 1, "the synced increment");
         increment(&db, b"n").await;
     });
-    signal("CONT");
-    use std::io::Write;
+    child.signal("CONT");
     // Acknowledged from memory until the holder's next flush finds itself
     // fenced (and loses them); from then on every transaction fails.
     let mut answers = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        writeln!(to_child, "inc").unwrap();
-        let a = answer();
+        let a = child.increment();
         let failed = a.starts_with("err");
         answers.push(a);
         if failed || Instant::now() > deadline {
@@ -512,9 +599,7 @@ fn a_stopped_holder_is_fenced_out_after_the_wait() {
             "nothing of the fenced holder's"
         );
     });
-    drop(to_child);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     // The holder is gone, the breaker still open: nobody may buffer yet.
     let options = SqliteOptions {
         durability: Durability::Relaxed,
@@ -536,6 +621,73 @@ fn a_stopped_holder_is_fenced_out_after_the_wait() {
 /// The lock file is named after the resolved path, as SQLite names its
 /// WAL: an opener through a symlink is a newcomer like any other, and the
 /// lone holder hands the file over to it.
+const STOPPED_DURABLE_ENV: &str = "HAFS_TEST_WRITE_BEHIND_STOPPED_DURABLE_DB";
+
+/// How many increments the stopped durable holder acknowledges first.
+const DURABLE_INCREMENTS: u64 = 50;
+
+/// A durable child that has the database to itself and never flushes on
+/// its own: `DURABLE_INCREMENTS` increments (durable in the sync log only),
+/// then one more per line on stdin, answering `ok` or `err`.
+fn stopped_durable_worker(path: &Path) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (backend, db) = open_never_flushing(path, Durability::Durable);
+        assert!(backend.write_behind_active());
+        for _ in 0..DURABLE_INCREMENTS {
+            increment(&db, b"n").await;
+        }
+        answer_increments(&db).await;
+    });
+}
+
+/// A stopped durable holder's acknowledged commits live in its sync log
+/// (SQLite has none of them): the breaker applies them, and the holder,
+/// resumed, has its very next commit refused — its sync finds itself
+/// fenced out — rather than acknowledged into a history nobody reads.
+#[test]
+fn a_breaker_keeps_every_commit_a_stopped_durable_holder_acknowledged() {
+    if let Ok(path) = std::env::var(STOPPED_DURABLE_ENV) {
+        stopped_durable_worker(Path::new(&path));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let mut child = Answering::start(
+        "a_breaker_keeps_every_commit_a_stopped_durable_holder_acknowledged",
+        STOPPED_DURABLE_ENV,
+        &path,
+    );
+    assert_eq!(stored(&path, b"n"), None, "in the sync log only");
+    child.signal("STOP");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let options = SqliteOptions {
+        join_wait: Duration::from_millis(300),
+        ..SqliteOptions::default()
+    };
+    let breaker = Arc::new(
+        SqliteBackend::open(&path, options, TokioClock::new()).expect("breaks in after the wait"),
+    );
+    let db = Database::new(breaker.clone(), TokioClock::new(), 3);
+    runtime.block_on(async {
+        assert_eq!(
+            decode(read(&db, b"n").await),
+            DURABLE_INCREMENTS,
+            "every acknowledged increment"
+        );
+    });
+    child.signal("CONT");
+    let resumed = child.increment();
+    assert!(
+        resumed.starts_with("err") && resumed.contains("took the database over"),
+        "{resumed}"
+    );
+    runtime.block_on(async {
+        assert_eq!(decode(read(&db, b"n").await), DURABLE_INCREMENTS);
+    });
+    child.kill();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_opener_through_a_symlink_is_a_newcomer_too() {
     let dir = tempfile::tempdir().unwrap();

@@ -34,9 +34,9 @@ pub struct KvArgs {
     /// fsync still makes everything before it durable).
     #[arg(long, global = true)]
     pub relaxed_durability: bool,
-    /// With --relaxed-durability on SQLite: write every commit to the
-    /// database before acknowledging it, even with the database to itself
-    /// (a crash of the hafs process then loses nothing; slower).
+    /// On SQLite: write every commit to the database itself before
+    /// acknowledging it, even with the database to itself (slower; with
+    /// --relaxed-durability a crash of the hafs process then loses nothing).
     #[arg(long, global = true)]
     pub no_write_behind: bool,
 }

@@ -351,7 +351,8 @@ impl Memtable {
     }
 }
 
-fn mutation_bytes(m: &Mutation) -> usize {
+/// Key and value bytes of `m`: what it costs held in memory or logged.
+pub(crate) fn mutation_bytes(m: &Mutation) -> usize {
     match m {
         Mutation::Set { key, value } => key.len() + value.len(),
         Mutation::Clear { key } | Mutation::Add { key, .. } => key.len(),
