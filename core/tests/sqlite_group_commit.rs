@@ -241,7 +241,7 @@ fn a_durable_commit_is_on_disk_when_acknowledged() {
 /// SQLite does not have it yet (this flusher waits an hour), a copy of the
 /// files — what a crash would leave — has it through the log, and no page
 /// of the log is left unwritten. A big one goes through SQLite instead (in
-/// the WAL, synced, when acknowledged), and logging goes on after it.
+/// the WAL, synced, when acknowledged).
 #[test]
 fn a_buffered_durable_commit_is_on_disk_when_acknowledged() {
     let Some(dir) = synced_dir() else { return };

@@ -442,10 +442,9 @@ fn a_killed_durable_process_loses_no_acknowledged_commit() {
         3_000,
     );
     println!("acknowledged {acknowledged}+, in SQLite before reopening {in_sqlite}, survived {n}");
-    assert!(
-        in_sqlite < acknowledged,
-        "the log had more than SQLite: {in_sqlite}"
-    );
+    // SQLite itself gets the commits only when the log is full (every
+    // 2,047 records): what it lacked came from the log.
+    assert!(n > in_sqlite, "the log had more than SQLite: {in_sqlite}");
     assert!(n >= acknowledged, "every acknowledged commit survives: {n}");
 }
 
@@ -618,9 +617,6 @@ fn a_stopped_holder_is_fenced_out_after_the_wait() {
     });
 }
 
-/// The lock file is named after the resolved path, as SQLite names its
-/// WAL: an opener through a symlink is a newcomer like any other, and the
-/// lone holder hands the file over to it.
 const STOPPED_DURABLE_ENV: &str = "HAFS_TEST_WRITE_BEHIND_STOPPED_DURABLE_DB";
 
 /// How many increments the stopped durable holder acknowledges first.
@@ -688,6 +684,9 @@ fn a_breaker_keeps_every_commit_a_stopped_durable_holder_acknowledged() {
     child.kill();
 }
 
+/// The lock file is named after the resolved path, as SQLite names its
+/// WAL: an opener through a symlink is a newcomer like any other, and the
+/// lone holder hands the file over to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_opener_through_a_symlink_is_a_newcomer_too() {
     let dir = tempfile::tempdir().unwrap();

@@ -141,14 +141,6 @@ const REGAIN_POLL: Duration = Duration::from_millis(100);
 const SYNCS_IN_FLIGHT: u32 = 2;
 /// Idle connections kept for reuse.
 const POOL_IDLE_MAX: usize = 32;
-/// A sync whose pending commits hold more bytes than this goes through
-/// SQLite rather than the sync log (`log_pending`): logged, big writes
-/// reach the disk three times (log, WAL, database file) instead of twice.
-/// A durable mount's sequential 64 MiB write ran at 0.75× the speed of
-/// committing straight to SQLite when every write was logged too (`hafs
-/// bench dir --only io`, 3 rounds); metadata changes and small files take a
-/// few KiB. (`synclog::RECORD_MAX`, what replay accepts, stays larger.)
-const LOGGED_RECORD_MAX: usize = 64 << 10;
 
 /// What an acknowledged commit survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -280,12 +272,13 @@ struct Shared {
     wal_sync: WalSync,
     /// Presence in the lock file next to the database ([`HostLock`]).
     host: HostLock,
-    /// Relaxed backends only.
+    /// Unless `SqliteOptions::write_behind` is off.
     wb: Option<WriteBehind>,
     /// Every handle is gone: the backend's threads exit.
     closed: std::sync::atomic::AtomicBool,
-    /// Tests: fail the next sync that goes through SQLite, as a WAL that
-    /// cannot be opened does (without poisoning the backend).
+    /// Tests: fail the next sync that goes through SQLite (after it wrote
+    /// and synced) without poisoning the backend, with an error retryable
+    /// elsewhere, as a connection that stays busy gives.
     #[cfg(test)]
     fail_sql_sync: std::sync::atomic::AtomicBool,
     /// Tests: run once by the next logged sync after its fdatasync, before
@@ -535,9 +528,8 @@ impl SqliteBackend {
         (state.tickets_synced, state.syncs)
     }
 
-    /// Syncs (durable commits and syncs asked for) the sync log made
-    /// durable so far, and the records it synced for them: `(syncs,
-    /// records)`.
+    /// Syncs (durable commits and syncs asked for) answered while the sync
+    /// log was in use, and the records synced for them: `(syncs, records)`.
     pub fn sync_log_stats(&self) -> (u64, u64) {
         self.shared.wb.as_ref().map_or((0, 0), |wb| {
             (
@@ -779,7 +771,7 @@ impl Shared {
         #[cfg(test)]
         let through_sql = through_sql.and_then(|()| {
             if self.fail_sql_sync.swap(false, Ordering::Relaxed) {
-                return Err(KvError::Backend("planted".into()));
+                return Err(KvError::Unavailable("planted".into()));
             }
             Ok(())
         });
@@ -1511,10 +1503,20 @@ impl SqliteTxn {
         let version = result?;
         nudge_watcher(shared);
         if durable {
-            // As a direct commit: visible now, acknowledged once durable; a
-            // failed sync is not retried (a retry would apply it twice).
+            // As a direct commit: visible now, acknowledged once durable. A
+            // failed sync must not be retried — the commit is in the
+            // memtable, maybe in the log on disk, and a retry would apply it
+            // twice — so every failure is a `Backend` error (EIO), even one
+            // that is retryable elsewhere (a BUSY connection: `Unavailable`).
             let syncer = shared.clone();
-            off_executor(move || syncer.sync_through(version)).await??;
+            off_executor(move || syncer.sync_through(version))
+                .await?
+                .map_err(|e| match e {
+                    KvError::Backend(_) => e,
+                    other => KvError::Backend(format!(
+                        "sqlite: a durable commit could not be made durable: {other}"
+                    )),
+                })?;
         }
         arm_watches(shared, request.watches);
         Ok(version)
@@ -1522,7 +1524,7 @@ impl SqliteTxn {
 }
 
 /// Encode the commit just acknowledged for the sync log's next record —
-/// unless that would take the record past `LOGGED_RECORD_MAX`: then
+/// unless that would take the record past `synclog::RECORD_MAX`: then
 /// `pending` becomes `None` without encoding it, and the next sync goes
 /// through SQLite.
 fn log_pending(st: &mut WbState) {
@@ -1530,7 +1532,7 @@ fn log_pending(st: &mut WbState) {
     let overflow = match (st.pending.as_mut(), st.table.last_unflushed()) {
         (Some(buf), Some(c)) => {
             let bytes: usize = c.mutations.iter().map(memtable::mutation_bytes).sum();
-            let fits = buf.len() + bytes <= LOGGED_RECORD_MAX;
+            let fits = buf.len() + bytes <= synclog::RECORD_MAX;
             if fits {
                 buf.push(c.version, &c.mutations);
             }
@@ -2212,8 +2214,9 @@ struct WriteBehind {
     changed: Condvar,
     /// Work for the flusher.
     wake: Condvar,
-    /// Syncs (durable commits and `sync` calls) the sync log made durable,
-    /// and the records it synced for them.
+    /// Syncs (durable commits and `sync` calls) answered while the sync
+    /// log was in use — by a record, or by an earlier sync (logged or
+    /// through SQLite) that covered them — and the records synced.
     answered_by_log: AtomicU64,
     log_records: AtomicU64,
 }
@@ -2874,9 +2877,13 @@ mod tests {
     /// A relaxed backend alone on a new database in `dir` (buffering, its
     /// sync log started), and a `Database` over it.
     fn buffering(dir: &Path) -> (SqliteBackend, crate::kv::Database) {
+        buffering_as(dir, Durability::Relaxed)
+    }
+
+    fn buffering_as(dir: &Path, durability: Durability) -> (SqliteBackend, crate::kv::Database) {
         let clock = crate::clock::TokioClock::new();
         let options = SqliteOptions {
-            durability: Durability::Relaxed,
+            durability,
             flush_interval: Duration::from_secs(3600),
             ..SqliteOptions::default()
         };
@@ -2998,16 +3005,82 @@ mod tests {
         sync(&backend).expect("a sync after the regain");
     }
 
+    /// A durable commit whose sync fails is not retried, even when the
+    /// failure is one retried elsewhere: the commit is visible already (in
+    /// SQLite here), and a retry would apply it a second time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_durable_commit_whose_sync_fails_is_applied_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, db) = buffering_as(dir.path(), Durability::Durable);
+        backend.shared.fail_sql_sync.store(true, Ordering::Relaxed);
+        let result = db
+            .run(|txn, _| async move {
+                let n = txn.get(b"n").await?.map_or(0, |v| v[0]);
+                txn.set(b"n", &[n + 1]);
+                // Too big for the log: through SQLite, where the sync fails.
+                txn.set(b"pad", &vec![0; synclog::RECORD_MAX]);
+                Ok::<_, KvError>(())
+            })
+            .await;
+        assert!(matches!(result, Err(KvError::Backend(_))), "{result:?}");
+        let n = db
+            .run(|txn, _| async move { txn.get(b"n").await })
+            .await
+            .unwrap();
+        assert_eq!(n, Some(vec![1]), "applied once");
+    }
+
+    /// A sync too big for the log goes through SQLite, unencoded, and the
+    /// log goes on after it rather than starting over: the next record
+    /// follows the earlier ones (replay skips what SQLite has).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn logging_goes_on_after_a_sync_through_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, db) = buffering(dir.path());
+        put(&db, b"a").await;
+        sync(&backend).unwrap();
+        db.run(|txn, _| async move {
+            txn.set(b"big", &vec![1; synclog::RECORD_MAX]);
+            Ok::<_, KvError>(())
+        })
+        .await
+        .unwrap();
+        let wb = backend.shared.wb.as_ref().unwrap();
+        assert!(wb.state.lock().pending.is_none(), "too big to encode");
+        sync(&backend).unwrap();
+        let raw = Connection::open(dir.path().join("kv.db")).unwrap();
+        assert!(
+            read_value(&raw, b"big").unwrap().is_some(),
+            "through SQLite"
+        );
+        put(&db, b"c").await;
+        sync(&backend).unwrap();
+        let (_, logged) = synclog::read_active(&log_of(dir.path()))
+            .unwrap()
+            .expect("active");
+        let keys: Vec<&[u8]> = logged
+            .iter()
+            .flat_map(|c| &c.mutations)
+            .map(|m| match m {
+                Mutation::Set { key, .. } => key.as_slice(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(keys, vec![b"a".as_slice(), b"c"], "records of one log");
+    }
+
     /// A holder fenced out by a breaker (who retired the log) never makes
-    /// the log active again: restarting it after a sync through SQLite,
-    /// or starting it, checks the owner under SQLite's write lock.
+    /// the log active again: restarting a full log after a sync through
+    /// SQLite, or starting it, checks the owner under SQLite's write lock.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fenced_out_holder_never_reactivates_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let (backend, db) = buffering(dir.path());
         put(&db, b"a").await;
         sync(&backend).unwrap();
-        // Written out, so the next sync has nothing to flush.
+        // One more commit, pending for the log but written out, so the
+        // next sync has a record to log and nothing to flush.
+        put(&db, b"b").await;
         tokio::task::block_in_place(|| backend.shared.wait_flushed()).unwrap();
         // The breaker: fences in SQLite, replays, retires the log.
         let raw = Connection::open(dir.path().join("kv.db")).unwrap();
@@ -3015,11 +3088,15 @@ mod tests {
         let log = log_of(dir.path());
         let (file, _) = synclog::read_active(&log).unwrap().expect("active");
         synclog::retire(&file).unwrap();
-        // The holder's next sync goes through SQLite (as if overflowed),
-        // which then restarts the log.
+        // The holder's next sync finds the log full, goes through SQLite
+        // and then would start the log over.
         let wb = backend.shared.wb.as_ref().unwrap();
-        wb.state.lock().pending = None;
-        let _ = sync(&backend);
+        wb.log.lock().as_mut().expect("logging").fill_up();
+        let synced = sync(&backend);
+        assert!(
+            wb.log.lock().is_none(),
+            "the restart was not refused (sync: {synced:?})"
+        );
         assert!(
             synclog::read_active(&log).unwrap().is_none(),
             "a fenced-out holder made the log active again"
