@@ -376,13 +376,33 @@ struct WalSync {
     state: Mutex<WalSyncState>,
     /// A sync ended.
     done: Condvar,
-    /// The WAL, open since the first sync: Linux reports a failed
-    /// writeback to every descriptor open when it happened but to a new
-    /// one only if nobody reported it yet, so a descriptor opened per sync
-    /// could miss the error that lost a commit's pages. Kept with its
-    /// (device, inode), and reopened if the file at the path is another one
-    /// (a WAL deleted and created again).
-    file: Mutex<Option<(Arc<std::fs::File>, FileId)>>,
+    /// The WAL, open since the first sync, once per sync that may be in
+    /// flight (`SYNCS_IN_FLIGHT`; a sync uses its slot's). Linux reports a
+    /// failed writeback once to each open file description that was open
+    /// when it happened (errseq), and to a new one only if nobody reported
+    /// it yet: so a descriptor opened per sync could miss the error that
+    /// lost a commit's pages, and two syncs in flight on one descriptor
+    /// could see it reported to the first while the second returns success
+    /// and acknowledges commits behind the lost pages before the first's
+    /// poison lands. One descriptor per slot, all opened together, reports
+    /// every error to each slot's next sync. Kept with the file's (device,
+    /// inode), and reopened if the file at the path is another one (a WAL
+    /// deleted and created again).
+    files: Mutex<Option<(Vec<Arc<std::fs::File>>, FileId)>>,
+    /// Tests: the descriptors syncs in flight use.
+    #[cfg(test)]
+    probe: Mutex<SyncProbe>,
+}
+
+/// Tests: what `WalSync::sync` saw of syncs in flight.
+#[cfg(test)]
+#[derive(Default)]
+struct SyncProbe {
+    in_flight: Vec<i32>,
+    /// Most syncs in flight at once.
+    most: usize,
+    /// Two in flight on one descriptor.
+    shared: bool,
 }
 
 /// A file's (device, inode).
@@ -396,6 +416,8 @@ struct WalSyncState {
     synced: u64,
     /// Syncs running now.
     running: u32,
+    /// Which of the `SYNCS_IN_FLIGHT` descriptors a running sync holds.
+    slots_busy: [bool; SYNCS_IN_FLIGHT as usize],
     /// The newest ticket a sync in flight covers.
     running_through: u64,
     /// A sync failed: after a failed fsync the kernel may have dropped the
@@ -644,17 +666,27 @@ impl Shared {
                 sync.done.wait(&mut state);
                 continue;
             }
+            let Some(slot) = state.slots_busy.iter().position(|busy| !busy) else {
+                unreachable!("fewer than SYNCS_IN_FLIGHT running, yet no free slot");
+            };
+            state.slots_busy[slot] = true;
             state.running += 1;
             let through = state.issued;
             state.running_through = state.running_through.max(through);
             let result = parking_lot::MutexGuard::unlocked(&mut state, || {
                 // A panic must not leave `running` counted: every durable
                 // commit could wait for good.
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sync.sync(&self.wal)))
-                    .unwrap_or_else(|_| Err(SyncError::Sync("the sync panicked".into())))
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    sync.sync(&self.wal, slot)
+                }))
+                .unwrap_or_else(|_| Err(SyncError::Sync("the sync panicked".into())))
             });
             state.running -= 1;
+            state.slots_busy[slot] = false;
             match result {
+                // A sync that failed meanwhile on the other descriptor
+                // poisoned everything: credit nothing after it.
+                Ok(()) if state.failed.is_some() => {}
                 Ok(()) => {
                     state.syncs += 1;
                     if through > state.synced {
@@ -908,11 +940,11 @@ enum SyncError {
 }
 
 impl WalSync {
-    /// fdatasync the WAL at `path` on the long-lived descriptor. A missing
-    /// WAL has nothing to sync (everything is in the database file, which
-    /// checkpoints sync).
-    fn sync(&self, path: &Path) -> Result<(), SyncError> {
-        let mut file = self.file.lock();
+    /// fdatasync the WAL at `path` on `slot`'s long-lived descriptor. A
+    /// missing WAL has nothing to sync (everything is in the database file,
+    /// which checkpoints sync).
+    fn sync(&self, path: &Path, slot: usize) -> Result<(), SyncError> {
+        let mut files = self.files.lock();
         let current = match file_id(path) {
             Ok(id) => id,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -923,19 +955,40 @@ impl WalSync {
                 )))
             }
         };
-        let f = match file.as_ref() {
-            Some((f, id)) if *id == current => f.clone(),
+        let f = match files.as_ref() {
+            Some((fs, id)) if *id == current => fs[slot].clone(),
             _ => {
-                let opened = std::fs::File::open(path).map_err(|e| {
-                    SyncError::Open(format!("sqlite: cannot open {}: {e}", path.display()))
-                })?;
-                file.insert((Arc::new(opened), current)).0.clone()
+                // Every slot's at once: each then reports every later error.
+                let opened = (0..SYNCS_IN_FLIGHT)
+                    .map(|_| std::fs::File::open(path).map(Arc::new))
+                    .collect::<std::io::Result<Vec<_>>>()
+                    .map_err(|e| {
+                        SyncError::Open(format!("sqlite: cannot open {}: {e}", path.display()))
+                    })?;
+                files.insert((opened, current)).0[slot].clone()
             }
         };
         // Not under the lock: another sync may start meanwhile.
-        drop(file);
-        f.sync_data()
-            .map_err(|e| SyncError::Sync(format!("sqlite: cannot sync {}: {e}", path.display())))
+        drop(files);
+        #[cfg(test)]
+        let fd = {
+            use std::os::fd::AsRawFd;
+            let fd = f.as_raw_fd();
+            let mut probe = self.probe.lock();
+            probe.shared |= probe.in_flight.contains(&fd);
+            probe.in_flight.push(fd);
+            probe.most = probe.most.max(probe.in_flight.len());
+            fd
+        };
+        let synced = f.sync_data();
+        #[cfg(test)]
+        {
+            let mut probe = self.probe.lock();
+            if let Some(i) = probe.in_flight.iter().position(|&x| x == fd) {
+                probe.in_flight.swap_remove(i);
+            }
+        }
+        synced.map_err(|e| SyncError::Sync(format!("sqlite: cannot sync {}: {e}", path.display())))
     }
 }
 
@@ -3003,6 +3056,53 @@ mod tests {
         }
         put(&db, b"b").await;
         sync(&backend).expect("a sync after the regain");
+    }
+
+    /// Two WAL syncs in flight never share a descriptor: on one, a
+    /// writeback error would be reported to only one of them, and the
+    /// other could acknowledge commits whose pages were lost (`WalSync`).
+    /// On a disk (fdatasync takes long enough for syncs to overlap).
+    #[test]
+    fn wal_syncs_in_flight_never_share_a_descriptor() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        let under = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+        std::fs::create_dir_all(&under).unwrap();
+        let dir = tempfile::tempdir_in(under).unwrap();
+        let clock = runtime.block_on(async { crate::clock::TokioClock::new() });
+        let options = SqliteOptions {
+            write_behind: false,
+            ..SqliteOptions::default()
+        };
+        let backend =
+            SqliteBackend::open(&dir.path().join("kv.db"), options, clock.clone()).unwrap();
+        let db = crate::kv::Database::new(Arc::new(backend.clone()), clock, 1);
+        runtime.block_on(async {
+            let tasks: Vec<_> = (0..8u8)
+                .map(|t| {
+                    let db = db.clone();
+                    tokio::spawn(async move {
+                        for i in 0..100u8 {
+                            db.run(|txn, _| async move {
+                                txn.set(&[t, i], b"v");
+                                Ok::<_, KvError>(())
+                            })
+                            .await
+                            .unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+        });
+        let probe = backend.shared.wal_sync.probe.lock();
+        assert!(probe.most >= 2, "no two syncs ever ran at once");
+        assert!(!probe.shared, "two syncs in flight shared a descriptor");
     }
 
     /// A durable commit whose sync fails is not retried, even when the
