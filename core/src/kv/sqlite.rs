@@ -662,7 +662,10 @@ impl Shared {
             }
             // A sync in flight that began after this ticket covers it;
             // otherwise start one, unless enough are in flight already.
-            if state.running_through >= ticket || state.running >= SYNCS_IN_FLIGHT {
+            // (`running_through` may name a sync that failed to open the
+            // WAL and synced nothing: with nothing running, start one.)
+            let covered = state.running_through >= ticket && state.running > 0;
+            if covered || state.running >= SYNCS_IN_FLIGHT {
                 sync.done.wait(&mut state);
                 continue;
             }
@@ -696,7 +699,8 @@ impl Shared {
                 }
                 Err(SyncError::Open(e)) => {
                     // Nothing was synced and nothing was lost: this waiter
-                    // fails, the next one tries again.
+                    // fails, the next one tries again — and so does any
+                    // waiter this sync was to cover, once none is running.
                     sync.done.notify_all();
                     return Err(KvError::Backend(e));
                 }
@@ -958,7 +962,10 @@ impl WalSync {
         let f = match files.as_ref() {
             Some((fs, id)) if *id == current => fs[slot].clone(),
             _ => {
-                // Every slot's at once: each then reports every later error.
+                // Every slot's at once: each then reports every later error
+                // (one landing between the opens and collected elsewhere in
+                // those microseconds could escape the later descriptors: the
+                // limit of any descriptor opened after the fact).
                 let opened = (0..SYNCS_IN_FLIGHT)
                     .map(|_| std::fs::File::open(path).map(Arc::new))
                     .collect::<std::io::Result<Vec<_>>>()
@@ -3056,6 +3063,34 @@ mod tests {
         }
         put(&db, b"b").await;
         sync(&backend).expect("a sync after the regain");
+    }
+
+    /// A durable commit never waits for a sync that is not running. A sync
+    /// that cannot open the WAL syncs nothing and fails only its own
+    /// waiter, leaving `running_through` at the tickets it was to cover:
+    /// the state set up here. The next waiter, covered on paper, must
+    /// start a sync of its own rather than wait for good.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sync_that_could_not_open_the_wal_leaves_no_waiter_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteOptions {
+            write_behind: false,
+            ..SqliteOptions::default()
+        };
+        let clock = crate::clock::TokioClock::new();
+        let backend = SqliteBackend::open(&dir.path().join("kv.db"), options, clock).unwrap();
+        let shared = backend.shared.clone();
+        {
+            let mut state = shared.wal_sync.state.lock();
+            state.running_through = state.issued + 10;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(shared.wait_durable()));
+        let waited = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the waiter waits for a sync nobody runs");
+        waited.unwrap();
+        assert!(backend.group_commit_stats().1 >= 1, "it synced");
     }
 
     /// Two WAL syncs in flight never share a descriptor: on one, a
