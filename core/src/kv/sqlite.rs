@@ -414,9 +414,8 @@ struct WalSyncState {
     issued: u64,
     /// Every ticket up to this one is durable.
     synced: u64,
-    /// Syncs running now.
-    running: u32,
-    /// Which of the `SYNCS_IN_FLIGHT` descriptors a running sync holds.
+    /// Which of the `SYNCS_IN_FLIGHT` descriptors a running sync holds
+    /// (one per sync running now).
     slots_busy: [bool; SYNCS_IN_FLIGHT as usize],
     /// The newest ticket a sync in flight covers.
     running_through: u64,
@@ -664,27 +663,24 @@ impl Shared {
             // otherwise start one, unless enough are in flight already.
             // (`running_through` may name a sync that failed to open the
             // WAL and synced nothing: with nothing running, start one.)
-            let covered = state.running_through >= ticket && state.running > 0;
-            if covered || state.running >= SYNCS_IN_FLIGHT {
+            let free = state.slots_busy.iter().position(|busy| !busy);
+            let running = state.slots_busy.iter().any(|busy| *busy);
+            let covered = state.running_through >= ticket && running;
+            let Some(slot) = free.filter(|_| !covered) else {
                 sync.done.wait(&mut state);
                 continue;
-            }
-            let Some(slot) = state.slots_busy.iter().position(|busy| !busy) else {
-                unreachable!("fewer than SYNCS_IN_FLIGHT running, yet no free slot");
             };
             state.slots_busy[slot] = true;
-            state.running += 1;
             let through = state.issued;
             state.running_through = state.running_through.max(through);
             let result = parking_lot::MutexGuard::unlocked(&mut state, || {
-                // A panic must not leave `running` counted: every durable
+                // A panic must not leave the slot busy: every durable
                 // commit could wait for good.
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     sync.sync(&self.wal, slot)
                 }))
                 .unwrap_or_else(|_| Err(SyncError::Sync("the sync panicked".into())))
             });
-            state.running -= 1;
             state.slots_busy[slot] = false;
             match result {
                 // A sync that failed meanwhile on the other descriptor
@@ -708,6 +704,12 @@ impl Shared {
             }
             sync.done.notify_all();
         }
+    }
+
+    /// Whether a commit (`relaxed`: it asked for no fsync) is acknowledged
+    /// only once durable.
+    fn waits_for_disk(&self, relaxed: bool) -> bool {
+        self.options.durability == Durability::Durable && !relaxed
     }
 
     /// `sync` on a relaxed backend: every commit acknowledged before this
@@ -1465,7 +1467,7 @@ impl BackendTxn for SqliteTxn {
                 .flatten(),
             relaxed: request.relaxed,
         };
-        let durable = self.shared.options.durability == Durability::Durable && !work.relaxed;
+        let durable = self.shared.waits_for_disk(work.relaxed);
         // No fsync at COMMIT (`WalSync`; checkpoints run on their own
         // thread), so an uncontended commit runs inline. If another commit
         // holds the lock or landed since the snapshot, the group committer
@@ -1516,7 +1518,7 @@ impl SqliteTxn {
         let Some(wb) = shared.wb.as_ref() else {
             return Err(KvError::Backend("sqlite: no memtable".into()));
         };
-        let durable = shared.options.durability == Durability::Durable && !request.relaxed;
+        let durable = shared.waits_for_disk(request.relaxed);
         // The snapshot is done with: the connection now reads what SQLite
         // holds at this moment (atomic adds on keys the memtable lacks).
         let ended = control(&conn, "ROLLBACK").map_err(map_error);
