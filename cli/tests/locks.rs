@@ -18,7 +18,7 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -940,4 +940,85 @@ fn a_file_opened_by_a_lone_mount_outlives_another_mounts_unlink() {
     let out = cluster.hafs(&["fsck"]);
     assert!(!out.contains("violation"), "{out}");
     drop(b);
+}
+
+/// `pread` of the whole small file `f`.
+fn read_all(f: &std::fs::File) -> String {
+    let mut buf = vec![0u8; 64];
+    let n = f.read_at(&mut buf, 0).unwrap();
+    String::from_utf8(buf[..n].to_vec()).unwrap()
+}
+
+/// Overwrite the file open as `w` in place with `text` (same size) and set
+/// its mtime back to what it was, as `touch -r` after an edit would: the
+/// kernel's own check (size or mtime changed) cannot see this change.
+fn rewrite_keeping_mtime(w: &std::fs::File, text: &str) {
+    let before = w.metadata().unwrap().modified().unwrap();
+    w.write_at(text.as_bytes(), 0).unwrap();
+    w.set_modified(before).unwrap();
+    assert_eq!(w.metadata().unwrap().modified().unwrap(), before);
+}
+
+fn open_w(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new().write(true).open(path).unwrap()
+}
+
+/// Under the cache lease a read-only descriptor of a small file is served
+/// from the kernel's page cache (cachestat shows its pages). Those pages
+/// never outlive a change: a write through another descriptor of the same
+/// mount (the kernel drops the pages it overwrites, and the changed mtime
+/// drops the rest); that write with the mtime set back; the same done by a
+/// second mount after the lease is revoked; and, once the second mount
+/// leaves and the first takes the lease back, a new open. Each change keeps
+/// the size, and those with the mtime set back keep that too, so the
+/// kernel's own check (size or mtime changed) cannot see them: without the
+/// drop at revocation the first mount reads "v3" where "v4" was written,
+/// and with `FOPEN_KEEP_CACHE` on the first open of an opening "v5" where
+/// "v6" was (both checked). The SETATTR drop is not what passes the "v3"
+/// step on Linux 6.18, whose direct writes drop the pages they overwrite.
+#[test]
+fn cached_pages_never_outlive_a_change() {
+    if !fuse_available() {
+        return;
+    }
+    let cluster = Cluster::new();
+    let a = cluster.mount("a", &[]);
+    until("a to take the lease", || caches(&cluster, a.pid()));
+    std::thread::sleep(Duration::from_millis(100));
+    std::fs::write(a.p("f"), "v1").unwrap();
+    let held = std::fs::File::open(a.p("f")).unwrap();
+    assert_eq!(read_all(&held), "v1");
+    let Some(pages) = hafs_core::pagecache::cached_pages(&held) else {
+        eprintln!("skipped: no cachestat(2) on this kernel");
+        return;
+    };
+    assert!(pages > 0, "a read under the lease left no page cached");
+    // Opened before the reads below: an open without FOPEN_KEEP_CACHE (a
+    // writer's) drops the pages itself.
+    let w = open_w(&a.p("f"));
+    assert_eq!(read_all(&held), "v1");
+    w.write_all_at(b"v2", 0).unwrap();
+    assert_eq!(read_all(&held), "v2", "a write through the same mount");
+    rewrite_keeping_mtime(&w, "v3");
+    assert_eq!(read_all(&held), "v3", "a write, then the mtime set back");
+    drop(w);
+    let b = cluster.mount("b", &[]);
+    assert!(!caches(&cluster, a.pid()));
+    let w = open_w(&b.p("f"));
+    rewrite_keeping_mtime(&w, "v4");
+    assert_eq!(read_all(&held), "v4", "another mount's change");
+    w.write_all_at(b"v5", 0).unwrap();
+    assert_eq!(read_all(&held), "v5", "another mount's plain write");
+    rewrite_keeping_mtime(&w, "v6");
+    drop(w);
+    drop(b);
+    until("a to take the lease back", || caches(&cluster, a.pid()));
+    std::thread::sleep(Duration::from_millis(100));
+    let again = std::fs::File::open(a.p("f")).unwrap();
+    assert_eq!(
+        read_all(&again),
+        "v6",
+        "a new open after the lease came back"
+    );
+    drop(held);
 }

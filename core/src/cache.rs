@@ -48,11 +48,18 @@
 //! cached (the kernel moves the cached name with its TTL). Changes by other
 //! clients are covered by the lease, as for attributes.
 //!
+//! Data: under the lease a read-only open of a small file goes through the
+//! kernel's page cache (the FUSE adapter's `open_mode` says what keeps the
+//! pages right: direct writers, `FUSE_AUTO_INVAL_DATA`, a drop on SETATTR);
+//! closing the gate drops the pages of every such file with its attributes
+//! ([`CacheGuard::handing_data`]).
+//!
 //! The one exception, written down rather than hidden: a mount evicted
 //! while it held the lease (an operator's `hafs evict` of a live mount)
-//! may answer `stat` from its kernel cache for up to one TTL after the
-//! eviction. Reads and writes of data, and every lookup after the TTL,
-//! fail as for any fenced client.
+//! may answer `stat`, and reads of small files it opened read-only, from
+//! its kernel cache for up to one TTL after the eviction (a read checks
+//! the attributes once they expire, and that check fails). Writes, and
+//! every lookup and read after the TTL, fail as for any fenced client.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -107,7 +114,7 @@ pub struct CacheGate {
 pub trait KernelCache: Send + Sync + std::fmt::Debug {
     /// Drop the cached name `name` in directory `parent`.
     fn forget_name(&self, parent: u64, name: &[u8]) -> std::io::Result<()>;
-    /// Drop the cached attributes of `ino`.
+    /// Drop the cached attributes of `ino`, and any pages of its data.
     fn forget_attrs(&self, ino: u64) -> std::io::Result<()>;
 }
 
@@ -177,6 +184,8 @@ pub struct CacheGuard<'a> {
     gate: &'a CacheGate,
     ttls: CacheTtls,
     counted: bool,
+    /// The gate's opening this reply belongs to, if it may be cached.
+    generation: Option<u64>,
 }
 
 impl CacheGuard<'_> {
@@ -186,6 +195,14 @@ impl CacheGuard<'_> {
 
     pub fn entry_ttl(&self) -> Duration {
         self.ttls.entry
+    }
+
+    /// The opening of the gate this reply falls in, if the kernel may cache
+    /// what it says: everything that changes the filesystem until the gate
+    /// closes passes through this mount's kernel. Replies in one opening
+    /// share the number; a later opening has a larger one.
+    pub fn opening(&self) -> Option<u64> {
+        self.generation
     }
 
     /// This reply tells the kernel to cache the name `name` in `parent`
@@ -205,6 +222,17 @@ impl CacheGuard<'_> {
         });
     }
 
+    /// This reply lets the kernel cache the data of `ino` in its page
+    /// cache (an open without direct I/O). Pages have no TTL: closing the
+    /// gate drops them with the attributes, so that they cannot outlive the
+    /// lease even where the kernel's own check (a GETATTR showing another
+    /// size or mtime) would not notice a change.
+    pub fn handing_data(&self, ino: u64) {
+        self.record(Duration::MAX, |handed, _| {
+            handed.attrs.insert(ino, Duration::MAX);
+        });
+    }
+
     fn record(&self, ttl: Duration, add: impl FnOnce(&mut Handed, Duration)) {
         if !self.counted || ttl.is_zero() {
             return;
@@ -215,7 +243,10 @@ impl CacheGuard<'_> {
             Some(handed) => {
                 // The kernel starts the TTL when it takes the reply, a
                 // little later.
-                add(handed, now + ttl + REVOKE_MARGIN);
+                add(
+                    handed,
+                    now.saturating_add(ttl).saturating_add(REVOKE_MARGIN),
+                );
                 handed.prune(now)
             }
             None => true,
@@ -255,6 +286,11 @@ impl CacheGate {
     /// instead of waiting for it to expire.
     pub fn set_kernel(&self, kernel: Arc<dyn KernelCache>) {
         *self.kernel.lock() = Some(kernel);
+    }
+
+    /// Where the kernel's caches can be dropped, if anywhere.
+    pub fn kernel(&self) -> Option<Arc<dyn KernelCache>> {
+        self.kernel.lock().clone()
     }
 
     /// A rename from `from`/`name` to `to`/`new_name` (`exchange`: both
@@ -308,12 +344,14 @@ impl CacheGate {
                 gate: self,
                 ttls: self.ttls,
                 counted: true,
+                generation: Some(state.generation),
             }
         } else {
             CacheGuard {
                 gate: self,
                 ttls: CacheTtls::default(),
                 counted: false,
+                generation: None,
             }
         }
     }
@@ -328,6 +366,7 @@ impl CacheGate {
             gate: self,
             ttls: CacheTtls::default(),
             counted: true,
+            generation: None,
         }
     }
 

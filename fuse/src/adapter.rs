@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -74,7 +74,27 @@ struct Inner {
     names: Option<NameGrants>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_handle: AtomicU64,
+    /// Whether files may be opened through the page cache: the kernel
+    /// agreed to `FUSE_AUTO_INVAL_DATA` ([`Inner::open_mode`]).
+    page_cache: AtomicBool,
+    /// Inodes opened through the page cache, each with the gate opening it
+    /// last was in: a later open in that same opening keeps the pages.
+    kept: Mutex<HashMap<u64, u64>>,
 }
+
+/// Files bigger than this at open are direct I/O even under the lease. A
+/// big file is mostly streamed, and the page cache slows that down: the
+/// kernel reads ahead 128 KiB per request where a direct read asks for the
+/// caller's whole buffer (1 MiB reads of a 64 MiB file just written: 920 →
+/// 400–690 MiB/s through the page cache, 2026-12-05, the first read after a
+/// write drops the pages as the mtime changed), and its pages would push
+/// out the small files — configuration, metadata — that gain from it
+/// (4 KiB random reads of a cached file ×50).
+const PAGE_CACHE_FILE_MAX: u64 = 1 << 20;
+
+/// Inodes [`Inner::kept`] remembers; past this it starts over (each inode's
+/// next open then drops its pages once more).
+const KEPT_MAX: usize = 65_536;
 
 /// The filesystem fuser drives.
 #[derive(Debug)]
@@ -103,6 +123,8 @@ impl HafsFuse {
                 names,
                 handles: Mutex::new(HashMap::new()),
                 next_handle: AtomicU64::new(1),
+                page_cache: AtomicBool::new(false),
+                kept: Mutex::new(HashMap::new()),
             }),
             runtime,
         }
@@ -277,8 +299,8 @@ impl KernelCache for KernelNotify {
     }
 
     fn forget_attrs(&self, ino: u64) -> std::io::Result<()> {
-        // Offset -1: attributes only (direct I/O caches no pages).
-        absent_is_dropped(self.0.inval_inode(kernel_ino(ino), -1, 0))
+        // Offset 0, length 0: the attributes and every page.
+        absent_is_dropped(self.0.inval_inode(kernel_ino(ino), 0, 0))
     }
 }
 
@@ -514,6 +536,65 @@ impl Inner {
         }
     }
 
+    /// How an open of the file `a` with `flags`, answered under `ttl`, may
+    /// use the kernel's page cache.
+    ///
+    /// Without the cache lease every file is direct I/O: each read is a
+    /// round trip, so every mount sees every committed change at once.
+    /// While the lease is held (the reply falls in an opening of the gate),
+    /// every change passes through this mount, so a read-only open of a
+    /// file up to [`PAGE_CACHE_FILE_MAX`] goes through the page cache —
+    /// keeping the pages already there (`FOPEN_KEEP_CACHE`) if an earlier
+    /// open of the inode fell in the same opening; the first open in an
+    /// opening lets the kernel drop them, as they may date from before the
+    /// lease. What keeps those pages right:
+    /// - writers stay direct I/O, and a write makes the kernel mark the
+    ///   file's attributes stale; before each read the kernel refreshes
+    ///   stale or expired attributes (TTL 0 once the lease is gone) and
+    ///   drops the pages when the size or mtime changed
+    ///   (`FUSE_AUTO_INVAL_DATA`); truncation drops them itself;
+    /// - a SETATTR reply is the one the kernel does not compare, so
+    ///   `setattr` drops the pages of such a file first;
+    /// - closing the gate drops the pages of every inode opened this way
+    ///   (`CacheGuard::handing_data`), so none read under the lease
+    ///   outlives it.
+    ///
+    /// Writers stay direct so that a write never waits for the kernel to
+    /// fill pages or to look up the file's `security.capability` (a GETXATTR
+    /// per write), and so that hafs places `O_APPEND` data at the real end.
+    /// `O_DIRECT` asks for direct I/O.
+    fn open_mode(&self, ttl: &CacheGuard<'_>, a: &Attr, flags: i32) -> FopenFlags {
+        let ino = a.ino;
+        let direct = flags & libc::O_ACCMODE != libc::O_RDONLY
+            || flags & libc::O_DIRECT != 0
+            || a.size > PAGE_CACHE_FILE_MAX;
+        let opening = ttl.opening().filter(|_| !direct);
+        let Some(opening) = opening.filter(|_| self.page_cache.load(Ordering::Relaxed)) else {
+            return FopenFlags::FOPEN_DIRECT_IO;
+        };
+        ttl.handing_data(ino);
+        let mut kept = self.kept.lock();
+        if kept.len() >= KEPT_MAX {
+            kept.clear();
+        }
+        match kept.insert(ino, opening) {
+            Some(before) if before == opening => FopenFlags::FOPEN_KEEP_CACHE,
+            _ => FopenFlags::empty(),
+        }
+    }
+
+    /// Drop the kernel's pages (and attributes) of `ino`; off the executor,
+    /// as the kernel may wait for a read in flight.
+    async fn drop_pages(&self, ino: u64) {
+        let Some(kernel) = self.cache.kernel() else {
+            return;
+        };
+        let dropped = tokio::task::spawn_blocking(move || kernel.forget_attrs(ino)).await;
+        if !matches!(dropped, Ok(Ok(()))) {
+            tracing::warn!(ino, "could not drop a file's cached pages");
+        }
+    }
+
     fn add_handle(&self, handle: Handle) -> u64 {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, Arc::new(handle));
@@ -644,10 +725,19 @@ impl Filesystem for HafsFuse {
                 "kernel lacks lock capabilities; locks stay local to this mount"
             );
         }
-        // Files are DIRECT_IO (every read and write goes to the database);
+        // Under the cache lease files go through the page cache, which
+        // needs the kernel to check a file's size and mtime before each
+        // read once attributes expire (`Inner::open_mode`); without it
+        // every file is direct I/O.
+        match config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA) {
+            Ok(()) => self.inner.page_cache.store(true, Ordering::Relaxed),
+            Err(_) => tracing::info!("kernel lacks FUSE_AUTO_INVAL_DATA: files are direct I/O"),
+        }
+        // Direct I/O files (every read and write goes to the database):
         // without this (Linux 6.6+) the kernel refuses shared mmap on them.
         // A mapping is served from this mount's page cache: it sees this
-        // mount's writes, not later writes from other mounts.
+        // mount's writes, and other mounts' once a read or stat finds the
+        // size or mtime changed.
         if config
             .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
             .is_err()
@@ -704,12 +794,24 @@ impl Filesystem for HafsFuse {
             by_handle: fh.is_some(),
         };
         let may_wait = mode.is_some() && self.inner.names.is_some();
+        // The kernel takes a SETATTR reply's mtime without comparing it with
+        // the one its pages were read under (it does on every other reply,
+        // `FUSE_AUTO_INVAL_DATA`): where a direct write leaves the pages it
+        // overwrote (kernels before the ones that drop them, as 6.18 does),
+        // a chmod or touch right after it would make them look current. So
+        // the pages of a file read through the page cache go first — from a
+        // task, as dropping a page may wait for a read in flight, which a
+        // reader thread must be free to serve.
+        let drop_pages = self.inner.kept.lock().contains_key(&hafs_ino(ino));
         let work = move |i: Arc<Inner>, c| async move {
             let ticket = i.cache.ticket();
             let r =
                 i.fs.setattr(&c, hafs_ino(ino), changes)
                     .await
                     .map_err(stale);
+            if drop_pages {
+                i.drop_pages(hafs_ino(ino)).await;
+            }
             if let (Some(names), Some(_)) = (&i.names, mode) {
                 match &r {
                     // Took search permission away from someone: names
@@ -728,7 +830,7 @@ impl Filesystem for HafsFuse {
         };
         // A chmod may wait out a TTL: not on a reader thread, which the
         // mount's other requests need meanwhile.
-        if may_wait {
+        if may_wait || drop_pages {
             self.spawn_task(req, work);
         } else {
             self.spawn(req, work);
@@ -884,17 +986,15 @@ impl Filesystem for HafsFuse {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.spawn(req, move |i, c| async move {
-            match i
-                .fs
-                .open_file(&c, hafs_ino(ino), flags.0)
-                .await
-                .map_err(stale)
-            {
-                Ok(_) => {
+            let ticket = i.cache.ticket();
+            let ino = hafs_ino(ino);
+            match i.fs.open_file(&c, ino, flags.0).await.map_err(stale) {
+                Ok(a) => {
                     let fh = i.add_handle(Handle::File {
                         append: flags.0 & libc::O_APPEND != 0,
                     });
-                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+                    let ttl = i.cache.enter(ticket);
+                    reply.opened(FileHandle(fh), i.open_mode(&ttl, &a, flags.0));
                 }
                 Err(e) => reply.error(errno(&e)),
             }
@@ -1178,7 +1278,7 @@ impl Filesystem for HafsFuse {
                         &file_attr(&a),
                         Generation(a.generation),
                         FileHandle(fh),
-                        FopenFlags::FOPEN_DIRECT_IO,
+                        i.open_mode(&ttl, &a, flags),
                     );
                 }
                 Err(e) => reply.error(errno(&e)),
