@@ -968,14 +968,19 @@ fn open_w(path: &Path) -> std::fs::File {
 /// never outlive a change: a write through another descriptor of the same
 /// mount (the kernel drops the pages it overwrites, and the changed mtime
 /// drops the rest); that write with the mtime set back; the same done by a
-/// second mount after the lease is revoked; and, once the second mount
-/// leaves and the first takes the lease back, a new open. Each change keeps
-/// the size, and those with the mtime set back keep that too, so the
-/// kernel's own check (size or mtime changed) cannot see them: without the
-/// drop at revocation the first mount reads "v3" where "v4" was written,
-/// and with `FOPEN_KEEP_CACHE` on the first open of an opening "v5" where
-/// "v6" was (both checked). The SETATTR drop is not what passes the "v3"
-/// step on Linux 6.18, whose direct writes drop the pages they overwrite.
+/// second mount after the lease is revoked, before and after the first
+/// mount read the file again; and, once the second mount leaves and the
+/// first takes the lease back, through the old descriptor and through a
+/// new open of another file changed meanwhile. Each change keeps the size,
+/// and those with the mtime set back keep that too, so the kernel's own
+/// check (size or mtime changed) cannot see them. The mount's own drops
+/// catch them (each checked by removing it): without the drop at the first
+/// GETATTR after the lease the first mount reads "v3" where "v4" was
+/// written, without the one when the ctime moved "v5" where "v6" was,
+/// without the one at the first GETATTR in a lease "v6" where "v7" was,
+/// and without the one at the first open in a lease "g1" where "g2" was.
+/// The SETATTR drop is not what passes the "v3" step on Linux 6.18, whose
+/// direct writes drop the pages they overwrite.
 #[test]
 fn cached_pages_never_outlive_a_change() {
     if !fuse_available() {
@@ -986,6 +991,14 @@ fn cached_pages_never_outlive_a_change() {
     until("a to take the lease", || caches(&cluster, a.pid()));
     std::thread::sleep(Duration::from_millis(100));
     std::fs::write(a.p("f"), "v1").unwrap();
+    std::fs::write(a.p("g"), "g1").unwrap();
+    std::fs::write(a.p("probe"), "p").unwrap();
+    let g = std::fs::File::open(a.p("g")).unwrap();
+    assert_eq!(read_all(&g), "g1");
+    drop(g);
+    // Past the TTLs: closing the gate will not drop g's name, so its inode
+    // (and its pages) stays in a's kernel.
+    std::thread::sleep(Duration::from_millis(1500));
     let held = std::fs::File::open(a.p("f")).unwrap();
     assert_eq!(read_all(&held), "v1");
     let Some(pages) = hafs_core::pagecache::cached_pages(&held) else {
@@ -1010,15 +1023,32 @@ fn cached_pages_never_outlive_a_change() {
     w.write_all_at(b"v5", 0).unwrap();
     assert_eq!(read_all(&held), "v5", "another mount's plain write");
     rewrite_keeping_mtime(&w, "v6");
+    assert_eq!(
+        read_all(&held),
+        "v6",
+        "another mount's change, pages cached"
+    );
+    // A drop makes the kernel set the reply of the GETATTR it answers
+    // aside (its attributes may predate the drop): let it take the current
+    // mtime and read again, so that it holds pages under current
+    // attributes and only hafs can see the next change.
+    held.metadata().unwrap();
+    assert_eq!(read_all(&held), "v6");
+    assert!(hafs_core::pagecache::cached_pages(&held).unwrap() > 0);
+    rewrite_keeping_mtime(&w, "v7");
+    rewrite_keeping_mtime(&open_w(&b.p("g")), "g2");
     drop(w);
     drop(b);
     until("a to take the lease back", || caches(&cluster, a.pid()));
-    std::thread::sleep(Duration::from_millis(100));
-    let again = std::fs::File::open(a.p("f")).unwrap();
-    assert_eq!(
-        read_all(&again),
-        "v6",
-        "a new open after the lease came back"
-    );
+    // Its gate opens a settle period after it took the lease: until then
+    // the checks without the lease apply.
+    until("a to cache pages again", || {
+        let probe = std::fs::File::open(a.p("probe")).unwrap();
+        read_all(&probe);
+        hafs_core::pagecache::cached_pages(&probe) != Some(0)
+    });
+    assert_eq!(read_all(&held), "v7", "an old descriptor, the lease back");
+    let g = std::fs::File::open(a.p("g")).unwrap();
+    assert_eq!(read_all(&g), "g2", "a new open, the lease back");
     drop(held);
 }

@@ -49,10 +49,10 @@
 //! clients are covered by the lease, as for attributes.
 //!
 //! Data: under the lease a read-only open of a small file goes through the
-//! kernel's page cache (the FUSE adapter's `open_mode` says what keeps the
-//! pages right: direct writers, `FUSE_AUTO_INVAL_DATA`, a drop on SETATTR);
-//! closing the gate drops the pages of every such file with its attributes
-//! ([`CacheGuard::handing_data`]).
+//! kernel's page cache; the FUSE adapter's `open_mode` says what keeps the
+//! pages right (direct writers, `FUSE_AUTO_INVAL_DATA`, drops of its own at
+//! the first open in each opening of the gate, on SETATTR, and without the
+//! lease when the ctime moves).
 //!
 //! The one exception, written down rather than hidden: a mount evicted
 //! while it held the lease (an operator's `hafs evict` of a live mount)
@@ -114,8 +114,12 @@ pub struct CacheGate {
 pub trait KernelCache: Send + Sync + std::fmt::Debug {
     /// Drop the cached name `name` in directory `parent`.
     fn forget_name(&self, parent: u64, name: &[u8]) -> std::io::Result<()>;
-    /// Drop the cached attributes of `ino`, and any pages of its data.
+    /// Drop the cached attributes of `ino`.
     fn forget_attrs(&self, ino: u64) -> std::io::Result<()>;
+    /// Drop the cached attributes of `ino` and every page of its data. May
+    /// wait for a read of it in flight: never from a thread that serves
+    /// requests.
+    fn forget_data(&self, ino: u64) -> std::io::Result<()>;
 }
 
 #[derive(Debug, Default)]
@@ -169,6 +173,13 @@ impl Handed {
     }
 }
 
+/// [`CacheGate::now`]: which opening of the gate it is in, or last was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateNow {
+    Open(u64),
+    ClosedAfter(u64),
+}
+
 /// Taken before an operation reads the database. Its reply may carry TTLs
 /// only if the gate was already open then (and has stayed open): a read
 /// that began before the lease was taken may predate another client's last
@@ -219,17 +230,6 @@ impl CacheGuard<'_> {
         self.record(ttl, |handed, until| {
             let at = handed.attrs.entry(ino).or_default();
             *at = (*at).max(until);
-        });
-    }
-
-    /// This reply lets the kernel cache the data of `ino` in its page
-    /// cache (an open without direct I/O). Pages have no TTL: closing the
-    /// gate drops them with the attributes, so that they cannot outlive the
-    /// lease even where the kernel's own check (a GETATTR showing another
-    /// size or mtime) would not notice a change.
-    pub fn handing_data(&self, ino: u64) {
-        self.record(Duration::MAX, |handed, _| {
-            handed.attrs.insert(ino, Duration::MAX);
         });
     }
 
@@ -324,6 +324,17 @@ impl CacheGate {
 
     pub fn is_open(&self) -> bool {
         self.state.lock().open
+    }
+
+    /// Where the gate is now: open in its `n`-th opening, or closed since
+    /// the `n`-th (0: never opened).
+    pub fn now(&self) -> GateNow {
+        let state = self.state.lock();
+        if state.open {
+            GateNow::Open(state.generation)
+        } else {
+            GateNow::ClosedAfter(state.generation)
+        }
     }
 
     /// Take before the operation whose reply may be cached starts.
@@ -914,6 +925,10 @@ mod tests {
         fn forget_attrs(&self, ino: u64) -> std::io::Result<()> {
             self.attrs.lock().push(ino);
             Ok(())
+        }
+
+        fn forget_data(&self, ino: u64) -> std::io::Result<()> {
+            self.forget_attrs(ino)
         }
     }
 

@@ -30,7 +30,8 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use hafs_core::cache::{
-    everyone_may_search, CacheGate, CacheGuard, CacheTicket, KernelCache, NameGrants, NameTicket,
+    everyone_may_search, CacheGate, CacheGuard, CacheTicket, GateNow, KernelCache, NameGrants,
+    NameTicket,
 };
 use hafs_core::codec::{Attr, FileType, LockKind};
 use hafs_core::ctx::{Caller, Groups};
@@ -77,9 +78,20 @@ struct Inner {
     /// Whether files may be opened through the page cache: the kernel
     /// agreed to `FUSE_AUTO_INVAL_DATA` ([`Inner::open_mode`]).
     page_cache: AtomicBool,
-    /// Inodes opened through the page cache, each with the gate opening it
-    /// last was in: a later open in that same opening keeps the pages.
-    kept: Mutex<HashMap<u64, u64>>,
+    /// Inodes opened through the page cache that the kernel may still hold
+    /// pages of (until it forgets the inode).
+    kept: Mutex<HashMap<u64, Kept>>,
+}
+
+/// What a mount knows of an inode it opened through the page cache.
+#[derive(Debug, Clone, Copy)]
+struct Kept {
+    /// The gate opening of its last such open: a later open in that same
+    /// opening keeps the pages.
+    opening: u64,
+    /// The ctime its last GETATTR without the lease answered, and the gate
+    /// opening that lease-less time followed.
+    ctime_ns: Option<(u64, i64)>,
 }
 
 /// Files bigger than this at open are direct I/O even under the lease. A
@@ -92,8 +104,9 @@ struct Inner {
 /// (4 KiB random reads of a cached file ×50).
 const PAGE_CACHE_FILE_MAX: u64 = 1 << 20;
 
-/// Inodes [`Inner::kept`] remembers; past this it starts over (each inode's
-/// next open then drops its pages once more).
+/// Inodes [`Inner::kept`] remembers; past this, other inodes are opened
+/// direct I/O (an inode leaves it when the kernel forgets the inode, and
+/// its pages with it).
 const KEPT_MAX: usize = 65_536;
 
 /// The filesystem fuser drives.
@@ -299,6 +312,11 @@ impl KernelCache for KernelNotify {
     }
 
     fn forget_attrs(&self, ino: u64) -> std::io::Result<()> {
+        // Offset -1: attributes only.
+        absent_is_dropped(self.0.inval_inode(kernel_ino(ino), -1, 0))
+    }
+
+    fn forget_data(&self, ino: u64) -> std::io::Result<()> {
         // Offset 0, length 0: the attributes and every page.
         absent_is_dropped(self.0.inval_inode(kernel_ino(ino), 0, 0))
     }
@@ -536,63 +554,156 @@ impl Inner {
         }
     }
 
+    /// Whether an open with `flags` may go through the page cache, as far
+    /// as the flags tell.
+    fn may_cache(&self, flags: i32) -> bool {
+        flags & libc::O_ACCMODE == libc::O_RDONLY
+            && flags & libc::O_DIRECT == 0
+            && self.page_cache.load(Ordering::Relaxed)
+    }
+
+    /// Whether an open of `ino` with `flags` would first have to drop the
+    /// kernel's pages of it ([`Inner::open_mode`]): then it is served on a
+    /// task, as the drop may wait for a read in flight.
+    fn open_drops_pages(&self, ino: u64, flags: i32) -> bool {
+        match self.cache.now() {
+            GateNow::Open(opening) => {
+                self.may_cache(flags)
+                    && self.kept.lock().get(&ino).map(|k| k.opening) != Some(opening)
+            }
+            GateNow::ClosedAfter(_) => false,
+        }
+    }
+
     /// How an open of the file `a` with `flags`, answered under `ttl`, may
-    /// use the kernel's page cache.
+    /// use the kernel's page cache; `may_drop`: the open is served on a
+    /// task, where it may drop pages first.
     ///
     /// Without the cache lease every file is direct I/O: each read is a
     /// round trip, so every mount sees every committed change at once.
     /// While the lease is held (the reply falls in an opening of the gate),
     /// every change passes through this mount, so a read-only open of a
-    /// file up to [`PAGE_CACHE_FILE_MAX`] goes through the page cache —
-    /// keeping the pages already there (`FOPEN_KEEP_CACHE`) if an earlier
-    /// open of the inode fell in the same opening; the first open in an
-    /// opening lets the kernel drop them, as they may date from before the
-    /// lease. What keeps those pages right:
+    /// file up to [`PAGE_CACHE_FILE_MAX`] goes through the page cache, with
+    /// `FOPEN_KEEP_CACHE`. What keeps those pages right:
+    /// - the first such open of an inode in an opening drops whatever pages
+    ///   the kernel holds of it before replying (they may date from before
+    ///   the lease); until that drop is done, no open of it keeps pages;
     /// - writers stay direct I/O, and a write makes the kernel mark the
-    ///   file's attributes stale; before each read the kernel refreshes
-    ///   stale or expired attributes (TTL 0 once the lease is gone) and
-    ///   drops the pages when the size or mtime changed
+    ///   file's attributes stale (and drop the pages it overwrites, on
+    ///   kernels since direct writes invalidate); before each read the
+    ///   kernel refreshes stale or expired attributes (TTL 0 once the lease
+    ///   is gone) and drops the pages when the size or mtime changed
     ///   (`FUSE_AUTO_INVAL_DATA`); truncation drops them itself;
-    /// - a SETATTR reply is the one the kernel does not compare, so
-    ///   `setattr` drops the pages of such a file first;
-    /// - closing the gate drops the pages of every inode opened this way
-    ///   (`CacheGuard::handing_data`), so none read under the lease
-    ///   outlives it.
+    /// - a SETATTR reply is the one the kernel takes without that
+    ///   comparison, so `setattr` drops the pages of such a file first;
+    /// - without the lease, a GETATTR of such a file drops its pages when
+    ///   they may be stale in a way size and mtime do not show
+    ///   ([`Inner::pages_unsure`]).
     ///
     /// Writers stay direct so that a write never waits for the kernel to
     /// fill pages or to look up the file's `security.capability` (a GETXATTR
     /// per write), and so that hafs places `O_APPEND` data at the real end.
     /// `O_DIRECT` asks for direct I/O.
-    fn open_mode(&self, ttl: &CacheGuard<'_>, a: &Attr, flags: i32) -> FopenFlags {
+    async fn open_mode(
+        &self,
+        ttl: &CacheGuard<'_>,
+        a: &Attr,
+        flags: i32,
+        may_drop: bool,
+    ) -> FopenFlags {
         let ino = a.ino;
-        let direct = flags & libc::O_ACCMODE != libc::O_RDONLY
-            || flags & libc::O_DIRECT != 0
-            || a.size > PAGE_CACHE_FILE_MAX;
-        let opening = ttl.opening().filter(|_| !direct);
-        let Some(opening) = opening.filter(|_| self.page_cache.load(Ordering::Relaxed)) else {
+        let Some(opening) = ttl.opening() else {
             return FopenFlags::FOPEN_DIRECT_IO;
         };
-        ttl.handing_data(ino);
-        let mut kept = self.kept.lock();
-        if kept.len() >= KEPT_MAX {
-            kept.clear();
+        if !self.may_cache(flags) || a.size > PAGE_CACHE_FILE_MAX {
+            return FopenFlags::FOPEN_DIRECT_IO;
         }
-        match kept.insert(ino, opening) {
-            Some(before) if before == opening => FopenFlags::FOPEN_KEEP_CACHE,
-            _ => FopenFlags::empty(),
+        let current = {
+            let kept = self.kept.lock();
+            match kept.get(&ino) {
+                Some(k) => k.opening == opening,
+                None if kept.len() >= KEPT_MAX => return FopenFlags::FOPEN_DIRECT_IO,
+                None => false,
+            }
+        };
+        if !current {
+            if !may_drop {
+                // Served on a reader thread (the gate opened meanwhile).
+                return FopenFlags::FOPEN_DIRECT_IO;
+            }
+            if !self.drop_pages(ino).await {
+                return FopenFlags::FOPEN_DIRECT_IO;
+            }
+            self.pages_dropped(ino, opening);
+        }
+        FopenFlags::FOPEN_KEEP_CACHE
+    }
+
+    /// The kernel's pages of `ino` were dropped in the gate's `opening`:
+    /// from here on, until it closes, every change passes through this
+    /// mount and the pages stay right.
+    fn pages_dropped(&self, ino: u64, opening: u64) {
+        let mut kept = self.kept.lock();
+        let entry = kept.entry(ino).or_insert(Kept {
+            opening,
+            ctime_ns: None,
+        });
+        entry.opening = opening;
+    }
+
+    /// Whether a GETATTR of `ino` may have to drop the kernel's pages of it
+    /// ([`Inner::pages_unsure`]); it is served on a task then.
+    fn checks_pages(&self, ino: u64) -> bool {
+        let Some(k) = self.kept.lock().get(&ino).copied() else {
+            return false;
+        };
+        match self.cache.now() {
+            GateNow::Open(opening) => k.opening != opening,
+            GateNow::ClosedAfter(_) => true,
+        }
+    }
+
+    /// Whether the kernel's pages of the file `a` (a GETATTR's answer) may
+    /// be stale in a way it cannot see, so that they must be dropped before
+    /// the reply: `Some(opening)` when dropping them makes them right for
+    /// the rest of that opening of the gate ([`Inner::pages_dropped`]).
+    ///
+    /// The kernel drops pages itself when a read finds another size or
+    /// mtime; a change by another mount that keeps both (a same-size write
+    /// with the mtime set back) moves only the ctime. So: under the lease,
+    /// if no drop was made in this opening yet (an old descriptor read
+    /// before the lease); without it, at the first GETATTR since the lease
+    /// ended (pages read under it are right only up to its end) and
+    /// whenever the ctime moved since the last one. Every read without the
+    /// lease asks for the attributes first (TTL 0), so this check comes
+    /// before any page read since the last one is used.
+    fn pages_unsure(&self, a: &Attr) -> Option<Option<u64>> {
+        let now = self.cache.now();
+        let mut kept = self.kept.lock();
+        let entry = kept.get_mut(&a.ino)?;
+        match now {
+            GateNow::Open(opening) => (entry.opening != opening).then_some(Some(opening)),
+            GateNow::ClosedAfter(after) => {
+                let seen = entry.ctime_ns.replace((after, a.ctime_ns));
+                let moved = seen
+                    .is_none_or(|(seen_after, ctime)| seen_after != after || ctime != a.ctime_ns);
+                moved.then_some(None)
+            }
         }
     }
 
     /// Drop the kernel's pages (and attributes) of `ino`; off the executor,
-    /// as the kernel may wait for a read in flight.
-    async fn drop_pages(&self, ino: u64) {
+    /// as the kernel may wait for a read in flight. Whether they are gone.
+    async fn drop_pages(&self, ino: u64) -> bool {
         let Some(kernel) = self.cache.kernel() else {
-            return;
+            return false;
         };
-        let dropped = tokio::task::spawn_blocking(move || kernel.forget_attrs(ino)).await;
-        if !matches!(dropped, Ok(Ok(()))) {
+        let dropped = tokio::task::spawn_blocking(move || kernel.forget_data(ino)).await;
+        let ok = matches!(dropped, Ok(Ok(())));
+        if !ok {
             tracing::warn!(ino, "could not drop a file's cached pages");
         }
+        ok
     }
 
     fn add_handle(&self, handle: Handle) -> u64 {
@@ -757,12 +868,41 @@ impl Filesystem for HafsFuse {
         });
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        // The kernel dropped the inode, and its pages with it.
+        self.inner.kept.lock().remove(&hafs_ino(ino));
+    }
+
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.spawn(req, move |i, c| async move {
+        let ino = hafs_ino(ino);
+        let check = self.inner.checks_pages(ino);
+        let work = move |i: Arc<Inner>, c| async move {
             let ticket = i.cache.ticket();
-            let r = i.fs.getattr(&c, hafs_ino(ino)).await.map_err(stale);
+            let r = i.fs.getattr(&c, ino).await.map_err(stale);
+            if let Some(unsure) = r
+                .as_ref()
+                .ok()
+                .filter(|_| check)
+                .and_then(|a| i.pages_unsure(a))
+            {
+                if i.drop_pages(ino).await {
+                    if let Some(opening) = unsure {
+                        i.pages_dropped(ino, opening);
+                    }
+                } else if let Some(k) = i.kept.lock().get_mut(&ino) {
+                    // Not dropped: check again at the next GETATTR.
+                    k.ctime_ns = None;
+                }
+            }
             i.attr(ticket, reply, r)
-        });
+        };
+        // Dropping pages may wait for a read in flight: not on a reader
+        // thread, which that read needs.
+        if check {
+            self.spawn_task(req, work);
+        } else {
+            self.spawn(req, work);
+        }
     }
 
     fn setattr(
@@ -795,14 +935,16 @@ impl Filesystem for HafsFuse {
         };
         let may_wait = mode.is_some() && self.inner.names.is_some();
         // The kernel takes a SETATTR reply's mtime without comparing it with
-        // the one its pages were read under (it does on every other reply,
-        // `FUSE_AUTO_INVAL_DATA`): where a direct write leaves the pages it
-        // overwrote (kernels before the ones that drop them, as 6.18 does),
-        // a chmod or touch right after it would make them look current. So
-        // the pages of a file read through the page cache go first — from a
-        // task, as dropping a page may wait for a read in flight, which a
-        // reader thread must be free to serve.
-        let drop_pages = self.inner.kept.lock().contains_key(&hafs_ino(ino));
+        // the one its pages were read under: where a direct write leaves the
+        // pages it overwrote (kernels before direct writes invalidated them;
+        // 6.18 does), a chmod or touch right after it would make them look
+        // current. So the pages of a file read through the page cache go
+        // first — from a task, as dropping a page may wait for a read in
+        // flight, which a reader thread must be free to serve. Not for a
+        // size change: the kernel drops the pages itself then, and holds
+        // back writes until this reply (`FUSE_NOWRITE`), so a drop that had
+        // to write back a dirty mapped page would wait for it forever.
+        let drop_pages = size.is_none() && self.inner.kept.lock().contains_key(&hafs_ino(ino));
         let work = move |i: Arc<Inner>, c| async move {
             let ticket = i.cache.ticket();
             let r =
@@ -985,20 +1127,27 @@ impl Filesystem for HafsFuse {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.spawn(req, move |i, c| async move {
+        let ino = hafs_ino(ino);
+        let may_drop = self.inner.open_drops_pages(ino, flags.0);
+        let work = move |i: Arc<Inner>, c| async move {
             let ticket = i.cache.ticket();
-            let ino = hafs_ino(ino);
             match i.fs.open_file(&c, ino, flags.0).await.map_err(stale) {
                 Ok(a) => {
                     let fh = i.add_handle(Handle::File {
                         append: flags.0 & libc::O_APPEND != 0,
                     });
                     let ttl = i.cache.enter(ticket);
-                    reply.opened(FileHandle(fh), i.open_mode(&ttl, &a, flags.0));
+                    let mode = i.open_mode(&ttl, &a, flags.0, may_drop).await;
+                    reply.opened(FileHandle(fh), mode);
                 }
                 Err(e) => reply.error(errno(&e)),
             }
-        });
+        };
+        if may_drop {
+            self.spawn_task(req, work);
+        } else {
+            self.spawn(req, work);
+        }
     }
 
     fn read(
@@ -1278,7 +1427,8 @@ impl Filesystem for HafsFuse {
                         &file_attr(&a),
                         Generation(a.generation),
                         FileHandle(fh),
-                        i.open_mode(&ttl, &a, flags),
+                        // Created files are written: direct I/O.
+                        FopenFlags::FOPEN_DIRECT_IO,
                     );
                 }
                 Err(e) => reply.error(errno(&e)),
