@@ -977,8 +977,12 @@ fn open_w(path: &Path) -> std::fs::File {
 /// catch them (each checked by removing it): without the drop at the first
 /// GETATTR after the lease the first mount reads "v3" where "v4" was
 /// written, without the one when the ctime moved "v5" where "v6" was,
-/// without the one at the first GETATTR in a lease "v6" where "v7" was,
-/// and without the one at the first open in a lease "g1" where "g2" was.
+/// without the one at the first GETATTR in a lease "v6+" where "v7+" was
+/// (as it does when a LOOKUP in the lease may cache the attributes of a
+/// file whose pages were not dropped yet), and without the one at the
+/// first open in a lease "g1" where "g2" was. A drop makes the kernel set
+/// aside the attributes of the GETATTR it answers, size included: without
+/// handing it the size another way, an append reads "v6" for "v6+".
 /// The SETATTR drop is not what passes the "v3" step on Linux 6.18, whose
 /// direct writes drop the pages they overwrite.
 #[test]
@@ -1028,14 +1032,16 @@ fn cached_pages_never_outlive_a_change() {
         "v6",
         "another mount's change, pages cached"
     );
+    w.write_all_at(b"v6+", 0).unwrap();
+    assert_eq!(read_all(&held), "v6+", "another mount's append");
     // A drop makes the kernel set the reply of the GETATTR it answers
     // aside (its attributes may predate the drop): let it take the current
     // mtime and read again, so that it holds pages under current
     // attributes and only hafs can see the next change.
     held.metadata().unwrap();
-    assert_eq!(read_all(&held), "v6");
+    assert_eq!(read_all(&held), "v6+");
     assert!(hafs_core::pagecache::cached_pages(&held).unwrap() > 0);
-    rewrite_keeping_mtime(&w, "v7");
+    rewrite_keeping_mtime(&w, "v7+");
     rewrite_keeping_mtime(&open_w(&b.p("g")), "g2");
     drop(w);
     drop(b);
@@ -1047,7 +1053,9 @@ fn cached_pages_never_outlive_a_change() {
         read_all(&probe);
         hafs_core::pagecache::cached_pages(&probe) != Some(0)
     });
-    assert_eq!(read_all(&held), "v7", "an old descriptor, the lease back");
+    // A LOOKUP refreshes the attributes before the read could ask.
+    assert_eq!(std::fs::metadata(a.p("f")).unwrap().len(), 3);
+    assert_eq!(read_all(&held), "v7+", "an old descriptor, the lease back");
     let g = std::fs::File::open(a.p("g")).unwrap();
     assert_eq!(read_all(&g), "g2", "a new open, the lease back");
     drop(held);

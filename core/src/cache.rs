@@ -57,9 +57,10 @@
 //! The one exception, written down rather than hidden: a mount evicted
 //! while it held the lease (an operator's `hafs evict` of a live mount)
 //! may answer `stat`, and reads of small files it opened read-only, from
-//! its kernel cache for up to one TTL after the eviction (a read checks
-//! the attributes once they expire, and that check fails). Writes, and
-//! every lookup and read after the TTL, fail as for any fenced client.
+//! its kernel cache for up to one TTL after the eviction (a `read` checks
+//! the attributes once they expire, and that check fails; a mapping or a
+//! `splice` of such a file keeps reading its pages). Writes, and every
+//! lookup and `read` after the TTL, fail as for any fenced client.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -120,6 +121,10 @@ pub trait KernelCache: Send + Sync + std::fmt::Debug {
     /// wait for a read of it in flight: never from a thread that serves
     /// requests.
     fn forget_data(&self, ino: u64) -> std::io::Result<()>;
+    /// Put `data` at `offset` of `ino` into the kernel's page cache,
+    /// raising its size to the end of it if that is larger. Waits as
+    /// [`KernelCache::forget_data`] may.
+    fn store(&self, ino: u64, offset: u64, data: &[u8]) -> std::io::Result<()>;
 }
 
 #[derive(Debug, Default)]
@@ -929,6 +934,10 @@ mod tests {
 
         fn forget_data(&self, ino: u64) -> std::io::Result<()> {
             self.forget_attrs(ino)
+        }
+
+        fn store(&self, _ino: u64, _offset: u64, _data: &[u8]) -> std::io::Result<()> {
+            Ok(())
         }
     }
 

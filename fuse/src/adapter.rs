@@ -83,6 +83,15 @@ struct Inner {
     kept: Mutex<HashMap<u64, Kept>>,
 }
 
+/// What a drop of an inode's pages settles ([`Inner::pages_settled`]).
+#[derive(Debug, Clone, Copy)]
+enum Settled {
+    /// Right for the rest of this opening of the gate.
+    InOpening(u64),
+    /// Right as of this ctime, without the lease since the given opening.
+    Seen(u64, i64),
+}
+
 /// What a mount knows of an inode it opened through the page cache.
 #[derive(Debug, Clone, Copy)]
 struct Kept {
@@ -320,12 +329,22 @@ impl KernelCache for KernelNotify {
         // Offset 0, length 0: the attributes and every page.
         absent_is_dropped(self.0.inval_inode(kernel_ino(ino), 0, 0))
     }
+
+    fn store(&self, ino: u64, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        absent_is_dropped(self.0.store(kernel_ino(ino), offset, data))
+    }
 }
 
 /// Reply with inode `a` for a name cached for `name_ttl` (recorded by the
 /// caller), its attributes cached as `ttl` allows (recorded here).
-fn found_entry(ttl: &CacheGuard<'_>, reply: ReplyEntry, a: &Attr, name_ttl: Duration) {
-    let attr_ttl = attr_ttl(ttl, a);
+fn found_entry(
+    inner: &Inner,
+    ttl: &CacheGuard<'_>,
+    reply: ReplyEntry,
+    a: &Attr,
+    name_ttl: Duration,
+) {
+    let attr_ttl = inner.attr_ttl(ttl, a);
     ttl.handing_attrs(a.ino, attr_ttl);
     reply.entry_with_ttls(
         &attr_ttl,
@@ -434,7 +453,7 @@ impl Inner {
             Ok(Made { attr: a, dir_mode }) => {
                 let name_ttl = self.name_ttl(&ttl, name_ticket, parent, Some(dir_mode));
                 ttl.handing_name(parent, name, name_ttl);
-                found_entry(&ttl, reply, &a, name_ttl);
+                found_entry(self, &ttl, reply, &a, name_ttl);
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -517,7 +536,7 @@ impl Inner {
         let entry_ttl = self.name_ttl(&ttl, name_ticket, parent, Some(looked.dir_mode));
         ttl.handing_name(parent, name, entry_ttl);
         match looked.found {
-            Some(a) => found_entry(&ttl, reply, &a, entry_ttl),
+            Some(a) => found_entry(self, &ttl, reply, &a, entry_ttl),
             None if entry_ttl > Duration::ZERO => {
                 let absent = FileAttr {
                     ino: INodeNo(0),
@@ -546,11 +565,39 @@ impl Inner {
         let ttl = self.cache.enter(ticket);
         match result {
             Ok(a) => {
-                let attr_ttl = attr_ttl(&ttl, &a);
+                let attr_ttl = self.attr_ttl(&ttl, &a);
                 ttl.handing_attrs(a.ino, attr_ttl);
                 reply.attr(&attr_ttl, &file_attr(&a))
             }
             Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// The TTL of `a`'s attributes in a reply under `ttl` ([`attr_ttl`]),
+    /// and zero for a file whose pages the kernel may hold and this gate
+    /// opening has not dropped yet ([`Inner::pages_unsure`]): such pages
+    /// may be stale in a way size and mtime do not show, and only the next
+    /// read's GETATTR, which its attributes expiring forces, drops them.
+    fn attr_ttl(&self, ttl: &CacheGuard<'_>, a: &Attr) -> Duration {
+        let unsure = ttl.opening().is_some_and(|opening| {
+            self.kept
+                .lock()
+                .get(&a.ino)
+                .is_some_and(|k| k.opening != opening)
+        });
+        if unsure {
+            Duration::ZERO
+        } else {
+            attr_ttl(ttl, a)
+        }
+    }
+
+    /// Forget that the kernel's pages of `ino` were right: its next GETATTR
+    /// drops them.
+    fn pages_unsure_from_now(&self, ino: u64) {
+        if let Some(k) = self.kept.lock().get_mut(&ino) {
+            k.opening = 0;
+            k.ctime_ns = None;
         }
     }
 
@@ -665,30 +712,68 @@ impl Inner {
 
     /// Whether the kernel's pages of the file `a` (a GETATTR's answer) may
     /// be stale in a way it cannot see, so that they must be dropped before
-    /// the reply: `Some(opening)` when dropping them makes them right for
-    /// the rest of that opening of the gate ([`Inner::pages_dropped`]).
+    /// the reply; what is known once they are ([`Inner::pages_settled`]).
     ///
     /// The kernel drops pages itself when a read finds another size or
     /// mtime; a change by another mount that keeps both (a same-size write
     /// with the mtime set back) moves only the ctime. So: under the lease,
-    /// if no drop was made in this opening yet (an old descriptor read
-    /// before the lease); without it, at the first GETATTR since the lease
-    /// ended (pages read under it are right only up to its end) and
-    /// whenever the ctime moved since the last one. Every read without the
-    /// lease asks for the attributes first (TTL 0), so this check comes
-    /// before any page read since the last one is used.
-    fn pages_unsure(&self, a: &Attr) -> Option<Option<u64>> {
+    /// if no drop was made in this opening yet (an old descriptor reading);
+    /// without it, at the first GETATTR since the lease ended (pages read
+    /// under it are right only up to its end) and whenever the ctime moved
+    /// since the last drop. Every read without the lease asks for the
+    /// attributes first (TTL 0), as does the first read of such a file in
+    /// an opening ([`Inner::attr_ttl`]), so this check comes before any
+    /// page it vouches for is used. Nothing is recorded until the drop is
+    /// done: a GETATTR meanwhile drops again rather than trust them.
+    fn pages_unsure(&self, a: &Attr) -> Option<Settled> {
         let now = self.cache.now();
-        let mut kept = self.kept.lock();
-        let entry = kept.get_mut(&a.ino)?;
+        let kept = self.kept.lock();
+        let entry = kept.get(&a.ino)?;
         match now {
-            GateNow::Open(opening) => (entry.opening != opening).then_some(Some(opening)),
-            GateNow::ClosedAfter(after) => {
-                let seen = entry.ctime_ns.replace((after, a.ctime_ns));
-                let moved = seen
-                    .is_none_or(|(seen_after, ctime)| seen_after != after || ctime != a.ctime_ns);
-                moved.then_some(None)
+            GateNow::Open(opening) => {
+                (entry.opening != opening).then_some(Settled::InOpening(opening))
             }
+            GateNow::ClosedAfter(after) => {
+                let seen = Some((after, a.ctime_ns));
+                (entry.ctime_ns != seen).then_some(Settled::Seen(after, a.ctime_ns))
+            }
+        }
+    }
+
+    /// The kernel's pages of `ino` were dropped as [`Inner::pages_unsure`]
+    /// asked.
+    fn pages_settled(&self, ino: u64, settled: Settled) {
+        match settled {
+            Settled::InOpening(opening) => self.pages_dropped(ino, opening),
+            Settled::Seen(after, ctime) => {
+                if let Some(k) = self.kept.lock().get_mut(&ino) {
+                    k.ctime_ns = Some((after, ctime));
+                }
+            }
+        }
+    }
+
+    /// After a drop that answered a GETATTR of the file `a`: the kernel sets
+    /// that reply aside (the drop bumped its attribute version), so a read
+    /// waiting on it would go on with the size it had — missing what
+    /// another mount appended. Storing the file's last byte at its place
+    /// (`FUSE_NOTIFY_STORE`) raises the kernel's size to `a.size`. The
+    /// kernel marks the page holding it up to date only if the byte begins
+    /// that page, which it then holds whole (the file ends there).
+    async fn restore_size(&self, a: &Attr) {
+        let (Some(kernel), Some(last)) = (self.cache.kernel(), a.size.checked_sub(1)) else {
+            return;
+        };
+        let Ok(byte) = self.fs.read(&Caller::root(), a.ino, last, 1).await else {
+            return;
+        };
+        if byte.len() != 1 {
+            return; // shrank meanwhile: the kernel shrinks on a short read
+        }
+        let ino = a.ino;
+        let stored = tokio::task::spawn_blocking(move || kernel.store(ino, last, &byte)).await;
+        if !matches!(stored, Ok(Ok(()))) {
+            tracing::warn!(ino, "could not give the kernel a file's size");
         }
     }
 
@@ -879,19 +964,12 @@ impl Filesystem for HafsFuse {
         let work = move |i: Arc<Inner>, c| async move {
             let ticket = i.cache.ticket();
             let r = i.fs.getattr(&c, ino).await.map_err(stale);
-            if let Some(unsure) = r
-                .as_ref()
-                .ok()
-                .filter(|_| check)
-                .and_then(|a| i.pages_unsure(a))
-            {
+            let unsure = r.as_ref().ok().filter(|_| check);
+            if let Some((a, settled)) = unsure.and_then(|a| Some((a, i.pages_unsure(a)?))) {
+                // Not dropped: the next GETATTR checks again.
                 if i.drop_pages(ino).await {
-                    if let Some(opening) = unsure {
-                        i.pages_dropped(ino, opening);
-                    }
-                } else if let Some(k) = i.kept.lock().get_mut(&ino) {
-                    // Not dropped: check again at the next GETATTR.
-                    k.ctime_ns = None;
+                    i.pages_settled(ino, settled);
+                    i.restore_size(a).await;
                 }
             }
             i.attr(ticket, reply, r)
@@ -951,8 +1029,14 @@ impl Filesystem for HafsFuse {
                 i.fs.setattr(&c, hafs_ino(ino), changes)
                     .await
                     .map_err(stale);
-            if drop_pages {
-                i.drop_pages(hafs_ino(ino)).await;
+            if drop_pages && !i.drop_pages(hafs_ino(ino)).await {
+                i.pages_unsure_from_now(hafs_ino(ino));
+            }
+            if size.is_some() {
+                // The kernel drops pages itself when the size changes; a
+                // truncate to the same size after a write that left pages
+                // (older kernels) is caught by the next read's GETATTR.
+                i.pages_unsure_from_now(hafs_ino(ino));
             }
             if let (Some(names), Some(_)) = (&i.names, mode) {
                 match &r {
@@ -1419,7 +1503,7 @@ impl Filesystem for HafsFuse {
                     let ttl = i.cache.enter(ticket);
                     let name_ttl = i.name_ttl(&ttl, name_ticket, parent, Some(dir_mode));
                     // One TTL for the name and the attributes here.
-                    let both = name_ttl.min(attr_ttl(&ttl, &a));
+                    let both = name_ttl.min(i.attr_ttl(&ttl, &a));
                     ttl.handing_attrs(a.ino, both);
                     ttl.handing_name(parent, &name, both);
                     reply.created(
