@@ -248,10 +248,7 @@ impl CacheGuard<'_> {
             Some(handed) => {
                 // The kernel starts the TTL when it takes the reply, a
                 // little later.
-                add(
-                    handed,
-                    now.saturating_add(ttl).saturating_add(REVOKE_MARGIN),
-                );
+                add(handed, now + ttl + REVOKE_MARGIN);
                 handed.prune(now)
             }
             None => true,

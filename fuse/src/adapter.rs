@@ -95,11 +95,11 @@ enum Settled {
 /// What a mount knows of an inode it opened through the page cache.
 #[derive(Debug, Clone, Copy)]
 struct Kept {
-    /// The gate opening of its last such open: a later open in that same
-    /// opening keeps the pages.
+    /// The gate opening in which its pages were last dropped: until that
+    /// opening ends they stay right, and opens keep them.
     opening: u64,
-    /// The ctime its last GETATTR without the lease answered, and the gate
-    /// opening that lease-less time followed.
+    /// Without the lease: the ctime as of its last drop, and the gate
+    /// opening that lease-less time followed ([`Inner::pages_unsure`]).
     ctime_ns: Option<(u64, i64)>,
 }
 
@@ -177,6 +177,21 @@ impl HafsFuse {
                 Err(e) => reply.error(errno(&e)),
             }
         });
+    }
+
+    /// Serve a request on its own task if `on_task` (it may drop kernel
+    /// pages, which can wait for a read that a reader thread must be free
+    /// to serve), else as [`HafsFuse::spawn`] would.
+    fn spawn_on_task_if<F, Fut>(&self, on_task: bool, req: &Request, work: F)
+    where
+        F: FnOnce(Arc<Inner>, Caller) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if on_task {
+            self.spawn_task(req, work);
+        } else {
+            self.spawn(req, work);
+        }
     }
 
     /// Serve a request that may wait indefinitely (a lock wait) on its own
@@ -333,6 +348,23 @@ impl KernelCache for KernelNotify {
     fn store(&self, ino: u64, offset: u64, data: &[u8]) -> std::io::Result<()> {
         absent_is_dropped(self.0.store(kernel_ino(ino), offset, data))
     }
+}
+
+/// Run `notify` (about inode `ino`) on `kernel` off the executor, as the
+/// kernel may wait for a read in flight; whether it succeeded (a failure
+/// is logged: could not `what`).
+async fn tell_kernel(
+    kernel: Arc<dyn KernelCache>,
+    what: &str,
+    ino: u64,
+    notify: impl FnOnce(&dyn KernelCache) -> std::io::Result<()> + Send + 'static,
+) -> bool {
+    let told = tokio::task::spawn_blocking(move || notify(kernel.as_ref())).await;
+    let ok = matches!(told, Ok(Ok(())));
+    if !ok {
+        tracing::warn!(ino, "could not {what}");
+    }
+    ok
 }
 
 /// Reply with inode `a` for a name cached for `name_ttl` (recorded by the
@@ -642,7 +674,8 @@ impl Inner {
     ///   is gone) and drops the pages when the size or mtime changed
     ///   (`FUSE_AUTO_INVAL_DATA`); truncation drops them itself;
     /// - a SETATTR reply is the one the kernel takes without that
-    ///   comparison, so `setattr` drops the pages of such a file first;
+    ///   comparison, so `setattr` without a size drops the pages of such a
+    ///   file first (with one, the next GETATTR does);
     /// - without the lease, a GETATTR of such a file drops its pages when
     ///   they may be stale in a way size and mtime do not show
     ///   ([`Inner::pages_unsure`]).
@@ -771,24 +804,22 @@ impl Inner {
             return; // shrank meanwhile: the kernel shrinks on a short read
         }
         let ino = a.ino;
-        let stored = tokio::task::spawn_blocking(move || kernel.store(ino, last, &byte)).await;
-        if !matches!(stored, Ok(Ok(()))) {
-            tracing::warn!(ino, "could not give the kernel a file's size");
-        }
+        tell_kernel(kernel, "give the kernel a file's size", ino, move |k| {
+            k.store(ino, last, &byte)
+        })
+        .await;
     }
 
-    /// Drop the kernel's pages (and attributes) of `ino`; off the executor,
-    /// as the kernel may wait for a read in flight. Whether they are gone.
+    /// Drop the kernel's pages (and attributes) of `ino`. Whether they are
+    /// gone.
     async fn drop_pages(&self, ino: u64) -> bool {
         let Some(kernel) = self.cache.kernel() else {
             return false;
         };
-        let dropped = tokio::task::spawn_blocking(move || kernel.forget_data(ino)).await;
-        let ok = matches!(dropped, Ok(Ok(())));
-        if !ok {
-            tracing::warn!(ino, "could not drop a file's cached pages");
-        }
-        ok
+        tell_kernel(kernel, "drop a file's cached pages", ino, move |k| {
+            k.forget_data(ino)
+        })
+        .await
     }
 
     fn add_handle(&self, handle: Handle) -> u64 {
@@ -964,23 +995,18 @@ impl Filesystem for HafsFuse {
         let work = move |i: Arc<Inner>, c| async move {
             let ticket = i.cache.ticket();
             let r = i.fs.getattr(&c, ino).await.map_err(stale);
-            let unsure = r.as_ref().ok().filter(|_| check);
-            if let Some((a, settled)) = unsure.and_then(|a| Some((a, i.pages_unsure(a)?))) {
-                // Not dropped: the next GETATTR checks again.
-                if i.drop_pages(ino).await {
-                    i.pages_settled(ino, settled);
-                    i.restore_size(a).await;
+            if let (true, Ok(a)) = (check, &r) {
+                if let Some(settled) = i.pages_unsure(a) {
+                    // Not dropped: the next GETATTR checks again.
+                    if i.drop_pages(ino).await {
+                        i.pages_settled(ino, settled);
+                        i.restore_size(a).await;
+                    }
                 }
             }
             i.attr(ticket, reply, r)
         };
-        // Dropping pages may wait for a read in flight: not on a reader
-        // thread, which that read needs.
-        if check {
-            self.spawn_task(req, work);
-        } else {
-            self.spawn(req, work);
-        }
+        self.spawn_on_task_if(check, req, work);
     }
 
     fn setattr(
@@ -1056,11 +1082,7 @@ impl Filesystem for HafsFuse {
         };
         // A chmod may wait out a TTL: not on a reader thread, which the
         // mount's other requests need meanwhile.
-        if may_wait || drop_pages {
-            self.spawn_task(req, work);
-        } else {
-            self.spawn(req, work);
-        }
+        self.spawn_on_task_if(may_wait || drop_pages, req, work);
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -1227,11 +1249,7 @@ impl Filesystem for HafsFuse {
                 Err(e) => reply.error(errno(&e)),
             }
         };
-        if may_drop {
-            self.spawn_task(req, work);
-        } else {
-            self.spawn(req, work);
-        }
+        self.spawn_on_task_if(may_drop, req, work);
     }
 
     fn read(
