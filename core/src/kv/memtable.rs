@@ -135,14 +135,27 @@ impl Memtable {
     }
 
     /// Merge SQLite's pairs with the table at `at` over `[begin, end)`, a
-    /// window in which `stored` holds every pair of the snapshot. Ascending.
+    /// window in which `stored` holds every pair of the snapshot, in key
+    /// order (descending if `reverse`). Returns the pairs in the same order.
     pub fn merge_window(
         &self,
         begin: &[u8],
         end: &[u8],
         at: Version,
         stored: Vec<KeyValue>,
+        reverse: bool,
     ) -> Vec<KeyValue> {
+        // No event in the window (the table holds only what the last few
+        // milliseconds wrote): SQLite's page as it is.
+        if begin < end
+            && !self
+                .clears
+                .iter()
+                .any(|(v, b, e)| *v <= at && b.as_slice() < end && begin < e.as_slice())
+            && !super::any_in(&self.points, begin, end)
+        {
+            return stored;
+        }
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for (key, value) in stored {
             match self.lookup(&key, at) {
@@ -172,7 +185,11 @@ impl Memtable {
                 }
             }
         }
-        merged.into_iter().collect()
+        if reverse {
+            merged.into_iter().rev().collect()
+        } else {
+            merged.into_iter().collect()
+        }
     }
 
     /// Check a commit read at `read_version` against the log, then apply
@@ -418,7 +435,7 @@ mod tests {
             (b"c".to_vec(), b"C".to_vec()),
             (b"d".to_vec(), b"D".to_vec()),
         ];
-        let merged = t.merge_window(b"a", b"z", 1, stored.clone());
+        let merged = t.merge_window(b"a", b"z", 1, stored.clone(), false);
         let keys: Vec<(&[u8], &[u8])> = merged
             .iter()
             .map(|(k, v)| (k.as_slice(), v.as_slice()))
@@ -431,8 +448,15 @@ mod tests {
                 (&b"d"[..], &b"D"[..])
             ]
         );
+        // Read backwards: the same pairs, descending.
+        let descending: Vec<KeyValue> = stored.iter().rev().cloned().collect();
+        let backwards = t.merge_window(b"a", b"z", 1, descending, true);
+        assert_eq!(backwards, merged.iter().rev().cloned().collect::<Vec<_>>());
+        // Past every event: SQLite's pairs as they came.
+        let tail = stored[3..].to_vec();
+        assert_eq!(t.merge_window(b"d", b"z", 1, tail.clone(), false), tail);
         // Before the clear, SQLite's view stands.
-        assert_eq!(t.merge_window(b"a", b"z", 0, stored.clone()), stored);
+        assert_eq!(t.merge_window(b"a", b"z", 0, stored.clone(), false), stored);
         // A later clear hides the rewritten key again.
         commit(
             &mut t,
@@ -442,7 +466,7 @@ mod tests {
                 end: "z".into(),
             }],
         );
-        assert!(t.merge_window(b"a", b"z", 2, stored).is_empty());
+        assert!(t.merge_window(b"a", b"z", 2, stored, false).is_empty());
     }
 
     #[test]

@@ -51,3 +51,27 @@ pub type Version = u64;
 
 /// A key and its value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// `kvs` followed by `page`; the page itself when `kvs` is empty (a range
+/// read's first page, usually its only one), not moved pair by pair.
+pub(crate) fn append(kvs: &mut Vec<KeyValue>, page: Vec<KeyValue>) {
+    if kvs.is_empty() {
+        *kvs = page;
+    } else {
+        kvs.extend(page);
+    }
+}
+
+/// Whether `map` has a key in `[begin, end)`.
+pub(crate) fn any_in<V>(
+    map: &std::collections::BTreeMap<Vec<u8>, V>,
+    begin: &[u8],
+    end: &[u8],
+) -> bool {
+    map.range::<[u8], _>((
+        std::ops::Bound::Included(begin),
+        std::ops::Bound::Excluded(end),
+    ))
+    .next()
+    .is_some()
+}

@@ -1404,17 +1404,15 @@ impl BackendTxn for SqliteTxn {
                 (true, Some((last, _)), true) => (last.clone(), hi.clone()),
                 _ => (lo.clone(), hi.clone()),
             };
-            let mut window = {
+            let window = {
                 let st = wb.state.lock();
                 if st.table_generation != generation {
                     return Err(KvError::TransactionTooOld);
                 }
-                st.table.merge_window(&w_lo, &w_hi, self.read_version, page)
+                st.table
+                    .merge_window(&w_lo, &w_hi, self.read_version, page, reverse)
             };
-            if reverse {
-                window.reverse();
-            }
-            kvs.extend(window);
+            super::append(&mut kvs, window);
             if reverse {
                 hi = w_lo;
             } else {

@@ -177,16 +177,13 @@ impl Transaction {
                 (true, Some((last, _)), true) => (last.clone(), hi.clone()),
                 _ => (lo.clone(), hi.clone()),
             };
-            let mut window = self
-                .inner
-                .state
-                .lock()
-                .overlay
-                .merge_window(&w_lo, &w_hi, page);
-            if options.reverse {
-                window.reverse();
-            }
-            kvs.extend(window);
+            let window =
+                self.inner
+                    .state
+                    .lock()
+                    .overlay
+                    .merge_window(&w_lo, &w_hi, page, options.reverse);
+            super::append(&mut kvs, window);
             if options.reverse {
                 hi = w_lo;
             } else {
