@@ -136,8 +136,12 @@ const CHECKPOINT_RESTART_WAIT: Duration = Duration::from_millis(20);
 ///
 /// The price: an I/O error reading the database through the map is a
 /// SIGBUS that ends the process, where `pread` returned EIO (and hafs
-/// answered EIO). SQLite maps the file read-only (it writes with `pwrite`
-/// whatever the map), and only SQLite changes the file's size.
+/// answered EIO); so is a database file truncated under a running mount
+/// by something other than SQLite (a backup copied over it — SQLite itself
+/// never shrinks it: hafs uses neither VACUUM nor auto_vacuum). SQLite maps
+/// the file read-only (it writes with `pwrite` whatever the map). Each
+/// idle mapped connection keeps its map, so a page read by several counts
+/// several times in the process's RSS (once in its cgroup).
 const MMAP_BYTES: u64 = 2 << 30;
 /// A restarted WAL file is truncated back to this size.
 const WAL_SIZE_LIMIT_BYTES: u64 = 64 << 20;
@@ -3076,6 +3080,15 @@ mod tests {
                 .lines()
                 .any(|line| line.ends_with(&*file.to_string_lossy()));
             assert_eq!(mapped, write_behind, "write_behind: {write_behind}");
+            // Each connection went back to the pool it came from: a mapped
+            // one in the plain pool would map a later direct transaction's
+            // reads (after a hand-over, say).
+            let in_mapped_pool = backend.shared.mapped_pool.lock().len();
+            assert_eq!(
+                in_mapped_pool > 0,
+                write_behind,
+                "write_behind: {write_behind}"
+            );
         }
     }
 
