@@ -81,6 +81,10 @@ struct Inner {
     /// Inodes opened through the page cache that the kernel may still hold
     /// pages of (until it forgets the inode).
     kept: Mutex<HashMap<u64, Kept>>,
+    /// Inodes opened (direct I/O) once in an opening of the gate, and which
+    /// opening: the next read-only open of one in that opening goes
+    /// through the page cache ([`Inner::open_mode`]).
+    opened_once: Mutex<HashMap<u64, u64>>,
 }
 
 /// What a drop of an inode's pages settles ([`Inner::pages_settled`]).
@@ -147,6 +151,7 @@ impl HafsFuse {
                 next_handle: AtomicU64::new(1),
                 page_cache: AtomicBool::new(false),
                 kept: Mutex::new(HashMap::new()),
+                opened_once: Mutex::new(HashMap::new()),
             }),
             runtime,
         }
@@ -649,6 +654,7 @@ impl Inner {
             GateNow::Open(opening) => {
                 self.may_cache(flags)
                     && self.kept.lock().get(&ino).map(|k| k.opening) != Some(opening)
+                    && self.opened_once.lock().get(&ino) == Some(&opening)
             }
             GateNow::ClosedAfter(_) => false,
         }
@@ -663,10 +669,13 @@ impl Inner {
     /// While the lease is held (the reply falls in an opening of the gate),
     /// every change passes through this mount, so a read-only open of a
     /// file up to [`PAGE_CACHE_FILE_MAX`] goes through the page cache, with
-    /// `FOPEN_KEEP_CACHE`. What keeps those pages right:
-    /// - the first such open of an inode in an opening drops whatever pages
-    ///   the kernel holds of it before replying (they may date from before
-    ///   the lease); until that drop is done, no open of it keeps pages;
+    /// `FOPEN_KEEP_CACHE` — from its second open in that opening on: a file
+    /// opened once (most, in a metadata workload) is not worth a drop. What
+    /// keeps those pages right:
+    /// - the first cached open of an inode in an opening drops whatever
+    ///   pages the kernel holds of it before replying (they may date from
+    ///   before the lease); until that drop is done, no open of it keeps
+    ///   pages;
     /// - writers stay direct I/O, and a write makes the kernel mark the
     ///   file's attributes stale (and drop the pages it overwrites, on
     ///   kernels since direct writes invalidate); before each read the
@@ -708,13 +717,21 @@ impl Inner {
         };
         if !current {
             if !may_drop {
-                // Served on a reader thread (the gate opened meanwhile).
+                // The first open in this opening (or the gate opened
+                // meanwhile), served on a reader thread: direct, remembered.
+                let mut once = self.opened_once.lock();
+                if once.len() >= KEPT_MAX {
+                    // Forgetting only delays caching.
+                    once.clear();
+                }
+                once.insert(ino, opening);
                 return FopenFlags::FOPEN_DIRECT_IO;
             }
             if !self.drop_pages(ino).await {
                 return FopenFlags::FOPEN_DIRECT_IO;
             }
             self.pages_dropped(ino, opening);
+            self.opened_once.lock().remove(&ino);
         }
         FopenFlags::FOPEN_KEEP_CACHE
     }
@@ -987,6 +1004,7 @@ impl Filesystem for HafsFuse {
     fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
         // The kernel dropped the inode, and its pages with it.
         self.inner.kept.lock().remove(&hafs_ino(ino));
+        self.inner.opened_once.lock().remove(&hafs_ino(ino));
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
