@@ -1003,9 +1003,16 @@ fn cached_pages_never_outlive_a_change() {
     std::fs::write(a.p("probe"), "p").unwrap();
     // The second open of a file in a lease is the first through the page
     // cache.
-    for _ in 0..2 {
+    for second in [false, true] {
         let g = std::fs::File::open(a.p("g")).unwrap();
         assert_eq!(read_all(&g), "g1");
+        if second {
+            let pages = hafs_core::pagecache::cached_pages(&g);
+            assert!(
+                pages.is_none_or(|n| n > 0),
+                "g's second open cached nothing"
+            );
+        }
     }
     // Past the TTLs: closing the gate will not drop g's name, so its inode
     // (and its pages) stays in a's kernel.
@@ -1069,9 +1076,12 @@ fn cached_pages_never_outlive_a_change() {
     // A LOOKUP refreshes the attributes before the read could ask.
     assert_eq!(std::fs::metadata(a.p("f")).unwrap().len(), 3);
     assert_eq!(read_all(&held), "v7+", "an old descriptor, the lease back");
-    for _ in 0..2 {
+    for second in [false, true] {
         let g = std::fs::File::open(a.p("g")).unwrap();
         assert_eq!(read_all(&g), "g2", "a new open, the lease back");
+        if second {
+            assert!(hafs_core::pagecache::cached_pages(&g).unwrap() > 0);
+        }
     }
     drop(held);
 }

@@ -51,8 +51,8 @@
 //! Data: under the lease a read-only open of a small file goes through the
 //! kernel's page cache; the FUSE adapter's `open_mode` says what keeps the
 //! pages right (direct writers, `FUSE_AUTO_INVAL_DATA`, drops of its own at
-//! the first open in each opening of the gate, on SETATTR, and without the
-//! lease when the ctime moves).
+//! the first cached open — a file's second open — in each opening of the
+//! gate, on SETATTR, and without the lease when the ctime moves).
 //!
 //! The one exception, written down rather than hidden: a mount evicted
 //! while it held the lease (an operator's `hafs evict` of a live mount)

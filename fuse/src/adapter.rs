@@ -670,7 +670,11 @@ impl Inner {
     /// every change passes through this mount, so a read-only open of a
     /// file up to [`PAGE_CACHE_FILE_MAX`] goes through the page cache, with
     /// `FOPEN_KEEP_CACHE` — from its second open in that opening on: a file
-    /// opened once (most, in a metadata workload) is not worth a drop. What
+    /// opened once (most, in a metadata workload) is not worth a drop. The
+    /// cost: a file opened once and read many times through that one
+    /// descriptor is not cached; and a mapping of a first (direct) open is
+    /// not tracked in `kept`, so after the lease it follows another mount's
+    /// change only when size or mtime moved (as any direct file's). What
     /// keeps those pages right:
     /// - the first cached open of an inode in an opening drops whatever
     ///   pages the kernel holds of it before replying (they may date from
