@@ -1007,8 +1007,9 @@ impl Filesystem for HafsFuse {
 
     fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
         // The kernel dropped the inode, and its pages with it.
-        self.inner.kept.lock().remove(&hafs_ino(ino));
-        self.inner.opened_once.lock().remove(&hafs_ino(ino));
+        let ino = hafs_ino(ino);
+        self.inner.kept.lock().remove(&ino);
+        self.inner.opened_once.lock().remove(&ino);
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

@@ -638,9 +638,13 @@ impl Shared {
         pool_again(&self.pool, conn);
     }
 
-    /// A connection reading the database through a memory map, for a
-    /// transaction while this backend has the database to itself.
-    fn take_mapped(&self) -> KvResult<Connection> {
+    /// A connection for a transaction in `mode`: while this backend has
+    /// the database to itself (buffered), one reading it through a memory
+    /// map ([`MMAP_BYTES`]); else a plain one.
+    fn take_for(&self, mode: TxnMode) -> KvResult<Connection> {
+        let TxnMode::Buffered { .. } = mode else {
+            return self.take_connection();
+        };
         if let Some(conn) = self.mapped_pool.lock().pop() {
             return Ok(conn);
         }
@@ -650,8 +654,13 @@ impl Shared {
         Ok(conn)
     }
 
-    fn give_back_mapped(&self, conn: Connection) {
-        pool_again(&self.mapped_pool, conn);
+    /// Pool a transaction's connection again, where [`Shared::take_for`]
+    /// took it from.
+    fn give_back_for(&self, mode: TxnMode, conn: Connection) {
+        match mode {
+            TxnMode::Buffered { .. } => pool_again(&self.mapped_pool, conn),
+            TxnMode::Direct { .. } => self.give_back(conn),
+        }
     }
 
     /// Wait until SQLite holds every commit acknowledged before this call
@@ -1331,12 +1340,7 @@ impl Backend for SqliteBackend {
                 read_version: 0,
                 mode,
             };
-            let mapped = matches!(mode, TxnMode::Buffered { .. });
-            let conn = if mapped {
-                self.shared.take_mapped()?
-            } else {
-                self.shared.take_connection()?
-            };
+            let conn = self.shared.take_for(mode)?;
             let (conn, stored_version) = match start_snapshot(&conn) {
                 Ok(v) => (conn, v),
                 Err(e) if is_busy(&e) => snapshot_blocking(conn).await?,
@@ -1419,10 +1423,7 @@ impl Drop for SqliteTxn {
 impl SqliteTxn {
     /// Pool this transaction's connection again, in the pool it came from.
     fn release(&self, conn: Connection) {
-        match self.mode {
-            TxnMode::Buffered { .. } => self.shared.give_back_mapped(conn),
-            TxnMode::Direct { .. } => self.shared.give_back(conn),
-        }
+        self.shared.give_back_for(self.mode, conn);
     }
 
     fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> KvResult<T> {
