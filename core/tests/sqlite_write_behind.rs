@@ -614,6 +614,10 @@ fn a_stopped_holder_is_fenced_out_after_the_wait() {
         // The breaker's threads let go of the lock file as they exit.
         wait_until("alone again: buffering", || alone.write_behind_active()).await;
         assert_eq!(decode(read(&db, b"n").await), 2);
+        // Its sync log is its own: the break-in's mark is gone.
+        increment(&db, b"n").await;
+        db.sync().await.expect("a sync of the next holder");
+        assert_eq!(decode(read(&db, b"n").await), 3);
     });
 }
 

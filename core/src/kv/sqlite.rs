@@ -513,10 +513,10 @@ impl SqliteBackend {
             path: lock_path(&canonical).display().to_string(),
             message: e.to_string(),
         })?;
-        if host.broke_in() {
-            break_in(&conn, path)?;
-        }
         let synclog = synclog::log_path(&canonical);
+        if host.broke_in() {
+            break_in(&conn, path, &synclog)?;
+        }
         replay_sync_log(&conn, &synclog, &wal)?;
         let wb = options.write_behind.then(WriteBehind::default);
         let shared = Arc::new(Shared {
@@ -840,7 +840,19 @@ impl Shared {
                 Ok(true) => {
                     #[cfg(test)]
                     run_test_hook(&self.after_log_append);
-                    let owned = self.still_owner(wb, &owner);
+                    let owned = match l.fenced() {
+                        Ok(false) => Ok(()),
+                        Ok(true) => {
+                            let mut st = wb.state.lock();
+                            let message = fenced_out(&mut st);
+                            wb.changed.notify_all();
+                            Err(KvError::Backend(message))
+                        }
+                        Err(e) => Err(KvError::Backend(format!(
+                            "sqlite: cannot read the sync log back ({}): {e}",
+                            self.synclog.display()
+                        ))),
+                    };
                     if owned.is_ok() {
                         l.through = through;
                         wb.answered_by_log.fetch_add(1, Ordering::Relaxed);
@@ -939,30 +951,6 @@ impl Shared {
             self.give_back(conn);
         }
         result
-    }
-
-    /// After a logged sync: fail it if another process broke in meanwhile.
-    /// A breaker fences this backend out (in SQLite) before it reads the
-    /// log, so a record this check finds unfenced was there to be read.
-    fn still_owner(&self, wb: &WriteBehind, owner: &str) -> KvResult<()> {
-        let mut conn = self.take_connection()?;
-        // A reader may meet a brief SQLITE_BUSY (WAL recovery): wait it
-        // out rather than fail a sync that reached the disk.
-        let current = conn
-            .busy_handler(Some(wait_for_lock))
-            .and_then(|()| current_owner(&conn));
-        if conn.busy_timeout(Duration::ZERO).is_ok() {
-            self.give_back(conn);
-        }
-        match current.map_err(map_error)? {
-            Some(v) if v == owner => Ok(()),
-            _ => {
-                let mut st = wb.state.lock();
-                let message = fenced_out(&mut st);
-                wb.changed.notify_all();
-                Err(KvError::Backend(message))
-            }
-        }
     }
 
     /// A checkpoint's fsync of the WAL or the database failed: the same
@@ -2719,8 +2707,15 @@ fn stop_buffering(shared: &Shared, wb: &WriteBehind) {
 /// `write_behind_owner` under SQLite's write lock and, finding it changed,
 /// gives up (the commits it buffered are lost, as in a crash) and fails
 /// every later transaction; the breaker byte keeps anyone from becoming
-/// exclusive while this backend runs without presence.
-fn break_in(conn: &Connection, path: &Path) -> Result<(), OpenError> {
+/// exclusive while this backend runs without presence. Then mark its sync
+/// log ([`synclog::fence`]) before the replay reads it: a sync the holder
+/// logs from then on fails, and one it logged before is read.
+///
+/// In this order: the holder starts or restarts its log (a write of the
+/// whole header page, which wipes a mark) only under SQLite's write lock
+/// while the owner is still its own, so such a write finished before the
+/// owner changed, hence before the mark.
+fn break_in(conn: &Connection, path: &Path, log: &Path) -> Result<(), OpenError> {
     let pid: Option<i64> = conn
         .query_row(
             "SELECT value FROM hafs_meta WHERE name = 'write_behind_pid'",
@@ -2743,11 +2738,17 @@ fn break_in(conn: &Connection, path: &Path) -> Result<(), OpenError> {
         )
     });
     let _ = conn.busy_timeout(Duration::ZERO);
+    let holder = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
     fenced.map_err(|e| OpenError::Io {
         path: path.display().to_string(),
         message: format!(
-            "cannot fence out the process that has this database to itself{}: {e}",
-            pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+            "cannot fence out the process that has this database to itself{holder}: {e}"
+        ),
+    })?;
+    synclog::fence(log).map_err(|e| OpenError::Io {
+        path: log.display().to_string(),
+        message: format!(
+            "cannot fence out the process that has this database to itself{holder}: {e}"
         ),
     })
 }
@@ -2769,7 +2770,7 @@ fn newest_version(conn: &Connection) -> rusqlite::Result<Version> {
 /// written everything to SQLite first (its records are all at or below
 /// SQLite's newest version: nothing to apply, but its WAL may not be
 /// synced yet, hence the sync before retiring); one that was fenced out
-/// fails any sync it logs after this read (`Shared::still_owner`).
+/// fails any sync it logs after this read (`break_in`, `SyncLog::fenced`).
 ///
 /// The log starts at a version SQLite had durably, and holds every commit
 /// after it, so SQLite's newest version after any crash is at or above the
@@ -2882,9 +2883,9 @@ fn enter_buffered(shared: &Shared, wb: &WriteBehind, conn: &Connection) -> KvRes
     #[cfg(test)]
     run_test_hook(&shared.regain_at_log);
     // Held until the new log is in place: a sync that began before the
-    // last hand-over must finish (and check the owner it logged under)
-    // before this backend writes a new owner, or it would find the new
-    // owner and take this backend for fenced out.
+    // last hand-over must finish (and read back the header of the log it
+    // wrote, `SyncLog::fenced`) before this backend starts a new log, or it
+    // would find the new salt and take this backend for fenced out.
     let mut log_slot = wb.log.lock();
     // The pid tells a newcomer who to wake if this process stops
     // answering. Written before taking the state lock: it may wait for
@@ -3130,8 +3131,9 @@ mod tests {
     /// A logged sync that stalls after its fdatasync while this backend
     /// hands the file over and takes it back must still succeed: the
     /// regain waits for it (`enter_buffered` takes the log mutex before it
-    /// writes its new owner), so the sync never checks the owner it logged
-    /// under against this backend's next one and fences itself out.
+    /// starts a new log), so the sync never reads back the next log's salt
+    /// and fences itself out; and the newcomer's retiring the log on the
+    /// way (the holder wrote everything to SQLite) fences nobody.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_sync_outlasting_a_hand_over_and_regain_is_not_fenced_out() {
         let dir = tempfile::tempdir().unwrap();
@@ -3361,5 +3363,37 @@ mod tests {
         let owner = wb.state.lock().owner.clone();
         assert!(backend.shared.start_sync_log(0, &owner).is_none());
         assert!(synclog::read_active(&log).unwrap().is_none());
+    }
+
+    /// A break-in marks the holder's sync log as well as changing the
+    /// owner: the holder's next logged sync fails, whether the breaker is
+    /// still between its mark and its read of the log or has replayed and
+    /// retired it — a record written after the breaker's read is never
+    /// acknowledged. (The holder reads the log's header back after each
+    /// append; SQLite's owner row is not read there.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sync_logged_after_a_break_in_fails() {
+        for replayed in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let (backend, db) = buffering(dir.path());
+            put(&db, b"a").await;
+            sync(&backend).unwrap();
+            put(&db, b"b").await;
+            // The breaker, on a connection of its own as another process.
+            let path = dir.path().join("kv.db");
+            let raw = Connection::open(&path).unwrap();
+            let log = log_of(dir.path());
+            break_in(&raw, &path, &log).unwrap();
+            let (_, read) = synclog::read_active(&log).unwrap().expect("active");
+            assert_eq!(read.len(), 1, "the breaker reads a, not b");
+            if replayed {
+                replay_sync_log(&raw, &log, &wal_path(&path).unwrap()).unwrap();
+            }
+            let synced = sync(&backend);
+            assert!(
+                matches!(&synced, Err(KvError::Backend(m)) if m.contains("took the database over")),
+                "b acknowledged after the break-in (replayed: {replayed}): {synced:?}"
+            );
+        }
     }
 }

@@ -55,6 +55,15 @@ pub const LOG_BYTES: u64 = 8 << 20;
 pub const RECORD_MAX: usize = 64 << 10;
 const PAGE: u64 = 4096;
 const HEADER_MAGIC: [u8; 8] = *b"hafslog1";
+/// Magic, salt, `active`, CRC: the bytes of page 0 that [`read_header`]
+/// checks.
+const HEADER_LEN: usize = 21;
+/// Where in page 0 a breaker leaves its [`fence`] mark: past the checked
+/// header, so writing it can never make the header unreadable (a torn
+/// write leaves the header's bytes as they were), and older builds, which
+/// read only the header, ignore it.
+const FENCE_AT: u64 = 64;
+const FENCE_MARK: [u8; 8] = *b"hafsfenc";
 const RECORD_MAGIC: [u8; 4] = *b"hrec";
 /// magic 4, salt 8, payload length 4, CRC 4, commit count 4.
 const RECORD_HEAD: usize = 24;
@@ -225,9 +234,34 @@ impl SyncLog {
         self.write_header()
     }
 
+    /// The whole of page 0: a start or restart also wipes a breaker's
+    /// mark. Both happen only while this process is still the owner in
+    /// SQLite, checked under SQLite's write lock (`Shared::as_owner`); a
+    /// breaker writes its mark only after it has changed the owner under
+    /// that lock, so this write never lands after a mark it would wipe.
     fn write_header(&self) -> io::Result<()> {
         self.file.write_all_at(&header(self.salt, true), 0)?;
         self.file.sync_data()
+    }
+
+    /// Whether a breaker fenced this log's writer out ([`fence`]), or the
+    /// log is no longer this writer's (a start with another salt, which
+    /// only follows a break-in while this process lives). Read back after
+    /// each append: a record written before a read that finds no mark was
+    /// in the file before the mark, so before any breaker read the log
+    /// (it marks first) — replay gets it. One `pread` of page 0 from the
+    /// page cache, the breaker's write being on the same host.
+    ///
+    /// Only the salt and the mark are compared: a newcomer the file was
+    /// handed over to retires the log (its `active` byte and CRC change)
+    /// after the holder wrote everything to SQLite, which leaves this
+    /// writer's records safe and its salt in place; a read racing that
+    /// write sees the same salt bytes either way.
+    pub fn fenced(&self) -> io::Result<bool> {
+        let mut page = [0u8; FENCE_AT as usize + FENCE_MARK.len()];
+        self.file.read_exact_at(&mut page, 0)?;
+        let mark = &page[FENCE_AT as usize..];
+        Ok(page[8..16] != self.salt.to_le_bytes() || mark.iter().any(|&b| b != 0))
     }
 
     /// Append `buf`'s commits (everything after `self.through`) as one
@@ -259,20 +293,35 @@ fn header(salt: u64, active: bool) -> Vec<u8> {
     page[8..16].copy_from_slice(&salt.to_le_bytes());
     page[16] = u8::from(active);
     let crc = crc32fast::hash(&page[0..17]);
-    page[17..21].copy_from_slice(&crc.to_le_bytes());
+    page[17..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
     page
+}
+
+/// Fence the writer of the log at `path` out (a breaker, once it has
+/// changed the owner in SQLite and before it reads the log): its next
+/// [`SyncLog::fenced`] check fails, so it acknowledges no record this
+/// breaker may not have read. Not synced: only a process alive on this
+/// host reads the mark, through the page cache; [`retire`] keeps it, and
+/// the next start wipes it. No log file: nobody logs (a holder creates
+/// it under the owner check, before the breaker changed the owner).
+pub fn fence(path: &Path) -> io::Result<()> {
+    match OpenOptions::new().write(true).open(path) {
+        Ok(file) => file.write_all_at(&FENCE_MARK, FENCE_AT),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// The header's salt and whether the log is active; `None` if there is no
 /// valid header (a new file, or a torn header write).
 fn read_header(file: &File) -> io::Result<Option<(u64, bool)>> {
-    let mut page = [0u8; 21];
+    let mut page = [0u8; HEADER_LEN];
     match file.read_exact_at(&mut page, 0) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let crc = u32::from_le_bytes(page[17..21].try_into().unwrap_or_default());
+    let crc = u32::from_le_bytes(page[17..HEADER_LEN].try_into().unwrap_or_default());
     if page[0..8] != HEADER_MAGIC || crc32fast::hash(&page[0..17]) != crc {
         return Ok(None);
     }
@@ -334,9 +383,11 @@ pub fn read_active(path: &Path) -> io::Result<Option<(File, Vec<Logged>)>> {
 }
 
 /// Mark the log as holding nothing (its commits are durable in SQLite).
+/// Only the header's bytes: a breaker's [`fence`] mark stays, so the
+/// writer it fenced out still finds it.
 pub fn retire(file: &File) -> io::Result<()> {
     let salt = read_header(file)?.map_or(0, |(salt, _)| salt);
-    file.write_all_at(&header(salt, false), 0)?;
+    file.write_all_at(&header(salt, false)[..HEADER_LEN], 0)?;
     file.sync_data()
 }
 
