@@ -120,7 +120,7 @@ fn upgrades_a_format_1_database_at_open() {
     };
     let conn = rusqlite::Connection::open(&path).unwrap();
     assert_eq!(stored(&conn).0, FORMAT_VERSION, "a new database");
-    const { assert!(FORMAT_VERSION >= 2, "the sync log is format 2") };
+    const { assert!(FORMAT_VERSION >= 3, "the sync log's fence mark is format 3") };
     conn.execute("UPDATE hafs_meta SET value = 1 WHERE name = 'format'", [])
         .unwrap();
     let (_, rows) = stored(&conn);

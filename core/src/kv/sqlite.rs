@@ -76,7 +76,17 @@ use crate::limits::TRANSACTION_AGE_MAX;
 ///   and then number its own commits over them, so that a newer build
 ///   would later replay the log over a history that had moved on. Hence
 ///   every open by this build stamps format 2, which format-1 builds refuse.
-pub const FORMAT_VERSION: i64 = 2;
+/// - 3: a breaker fences a lone holder out with a mark in the sync log
+///   (`synclog::fence`), which the holder reads back after each append
+///   instead of reading `write_behind_owner` from SQLite. A format-2 build
+///   breaking in would change only that row, and its retire rewrites the
+///   log's whole first page, wiping a newer breaker's mark: a holder of
+///   this build would then acknowledge a record after the log was
+///   replayed, and lose it. So every open stamps format 3, which format-2
+///   builds refuse; a format-2 process that opened earlier never breaks in
+///   later (breaking in happens only at open) and is itself fenced by the
+///   owner row, which this build's breakers still write.
+pub const FORMAT_VERSION: i64 = 3;
 /// Conflict-log rows are kept this long (transaction age limit plus margin).
 const LOG_RETENTION: Duration = Duration::from_secs(10);
 const _: () = assert!(LOG_RETENTION.as_secs() > TRANSACTION_AGE_MAX.as_secs());
@@ -318,7 +328,8 @@ struct Shared {
     #[cfg(test)]
     fail_sql_sync: std::sync::atomic::AtomicBool,
     /// Tests: run once by the next logged sync after its fdatasync, before
-    /// it checks the owner (to stall it there).
+    /// it reads the log's first page back for a breaker's mark (to stall
+    /// it there).
     #[cfg(test)]
     after_log_append: Mutex<Option<TestHook>>,
     /// Tests: run once by the next attempt to take the file back, as it
@@ -794,7 +805,8 @@ impl Shared {
     /// only after a WAL sync; a restart follows one), in commit order with
     /// none left out (`pending` is filled under the state lock as commits
     /// are acknowledged; an overflow or a full log goes through SQLite
-    /// before logging resumes); and only the exclusive holder writes it.
+    /// before logging resumes); and only the exclusive holder writes its
+    /// header and records (a breaker writes only its mark, `break_in`).
     /// A `target` read while the backend shared the file is covered too
     /// once it buffers again: a new log starts above a version SQLite has
     /// durably.
@@ -3171,8 +3183,8 @@ mod tests {
         assert!(!backend.write_behind_active(), "handed over");
         drop(newcomer);
         // The flusher tries to take the file back while the sync stalls;
-        // then a little longer, in which a regain that wrote its owner
-        // before taking the log mutex would have written it.
+        // then a little longer, in which a regain that started a new log
+        // (a new salt) without waiting for the log mutex would have.
         wait(&regain, "no attempt to take the file back");
         tokio::time::sleep(REGAIN_POLL).await;
         resume.send(()).unwrap();

@@ -15,7 +15,8 @@
 //!
 //! Format, all integers little-endian:
 //! - page 0, the **header**: `hafslog1`, the salt (u64), `active` (u8), and
-//!   a CRC-32 of those 17 bytes;
+//!   a CRC-32 of those 17 bytes; at byte 64, zeros or a breaker's **fence
+//!   mark** (`hafsfenc`, [`fence`]), outside the checksum;
 //! - from page 1 on, **records**, each starting on a page boundary:
 //!   `hrec`, the salt, the payload length (u32), a CRC-32 of the salt, the
 //!   length, the commit count and the payload, the commit count (u32), then
@@ -30,8 +31,10 @@
 //! Who reads it: every backend that opens the database, before its first
 //! transaction ([`read_active`]). It applies the commits SQLite lacks (those
 //! above its newest version), makes the WAL durable, then **retires** the
-//! log ([`retire`]). The invariants the SQLite backend keeps so that this is
-//! right are written where it keeps them (`sqlite.rs`, `SyncLog` use).
+//! log ([`retire`]). And the writer itself, after each append: page 0, for a
+//! breaker's mark ([`SyncLog::fenced`]). The invariants the SQLite backend
+//! keeps so that this is right are written where it keeps them
+//! (`sqlite.rs`, `SyncLog` use).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -60,8 +63,10 @@ const HEADER_MAGIC: [u8; 8] = *b"hafslog1";
 const HEADER_LEN: usize = 21;
 /// Where in page 0 a breaker leaves its [`fence`] mark: past the checked
 /// header, so writing it can never make the header unreadable (a torn
-/// write leaves the header's bytes as they were), and older builds, which
-/// read only the header, ignore it.
+/// write leaves the header's bytes as they were), and replay reads a marked
+/// log as any other. Builds before the mark (SQLite format 2) are kept out
+/// of the database: they would neither write nor keep it (`sqlite.rs`,
+/// `FORMAT_VERSION`).
 const FENCE_AT: u64 = 64;
 const FENCE_MARK: [u8; 8] = *b"hafsfenc";
 const RECORD_MAGIC: [u8; 4] = *b"hrec";
@@ -245,8 +250,8 @@ impl SyncLog {
     }
 
     /// Whether a breaker fenced this log's writer out ([`fence`]), or the
-    /// log is no longer this writer's (a start with another salt, which
-    /// only follows a break-in while this process lives). Read back after
+    /// log is no longer this writer's (another salt: defensive — no other
+    /// process can start the log while this one holds presence). Read back after
     /// each append: a record written before a read that finds no mark was
     /// in the file before the mark, so before any breaker read the log
     /// (it marks first) — replay gets it. One `pread` of page 0 from the
