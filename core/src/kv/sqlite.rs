@@ -75,17 +75,21 @@ use crate::limits::TRANSACTION_AGE_MAX;
 ///   the database after such a mount crashed, it would miss those commits
 ///   and then number its own commits over them, so that a newer build
 ///   would later replay the log over a history that had moved on. Hence
-///   every open by this build stamps format 2, which format-1 builds refuse.
+///   every open by a build of format 2 stamped it, which format-1 builds
+///   refuse.
 /// - 3: a breaker fences a lone holder out with a mark in the sync log
 ///   (`synclog::fence`), which the holder reads back after each append
 ///   instead of reading `write_behind_owner` from SQLite. A format-2 build
 ///   breaking in would change only that row, and its retire rewrites the
 ///   log's whole first page, wiping a newer breaker's mark: a holder of
 ///   this build would then acknowledge a record after the log was
-///   replayed, and lose it. So every open stamps format 3, which format-2
-///   builds refuse; a format-2 process that opened earlier never breaks in
-///   later (breaking in happens only at open) and is itself fenced by the
-///   owner row, which this build's breakers still write.
+///   replayed, and lose it. So every open stamps format 3 (before it joins
+///   the lock file), which format-2 builds refuse; a format-2 process that
+///   had joined before the stamp breaks in only then, in its own open, and
+///   is itself fenced by the owner row, which this build's breakers still
+///   write. Left: a format-2 open that checked the format just before the
+///   stamp and joins just after, while this build's holder is stopped, can
+///   still break in the old way — upgrade by stopping old builds first.
 pub const FORMAT_VERSION: i64 = 3;
 /// Conflict-log rows are kept this long (transaction age limit plus margin).
 const LOG_RETENTION: Duration = Duration::from_secs(10);
@@ -805,8 +809,9 @@ impl Shared {
     /// only after a WAL sync; a restart follows one), in commit order with
     /// none left out (`pending` is filled under the state lock as commits
     /// are acknowledged; an overflow or a full log goes through SQLite
-    /// before logging resumes); and only the exclusive holder writes its
-    /// header and records (a breaker writes only its mark, `break_in`).
+    /// before logging resumes); and only the exclusive holder starts it and
+    /// appends to it (a breaker writes only its mark, `break_in`; an
+    /// opener's replay retires it, rewriting the header's bytes).
     /// A `target` read while the backend shared the file is covered too
     /// once it buffers again: a new log starts above a version SQLite has
     /// durably.
