@@ -2756,18 +2756,14 @@ fn break_in(conn: &Connection, path: &Path, log: &Path) -> Result<(), OpenError>
     });
     let _ = conn.busy_timeout(Duration::ZERO);
     let holder = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-    fenced.map_err(|e| OpenError::Io {
-        path: path.display().to_string(),
+    let failed = |at: &Path, e: &dyn std::fmt::Display| OpenError::Io {
+        path: at.display().to_string(),
         message: format!(
             "cannot fence out the process that has this database to itself{holder}: {e}"
         ),
-    })?;
-    synclog::fence(log).map_err(|e| OpenError::Io {
-        path: log.display().to_string(),
-        message: format!(
-            "cannot fence out the process that has this database to itself{holder}: {e}"
-        ),
-    })
+    };
+    fenced.map_err(|e| failed(path, &e))?;
+    synclog::fence(log).map_err(|e| failed(log, &e))
 }
 
 /// The newest committed version SQLite holds.

@@ -251,11 +251,11 @@ impl SyncLog {
 
     /// Whether a breaker fenced this log's writer out ([`fence`]), or the
     /// log is no longer this writer's (another salt: defensive — no other
-    /// process can start the log while this one holds presence). Read back after
-    /// each append: a record written before a read that finds no mark was
-    /// in the file before the mark, so before any breaker read the log
-    /// (it marks first) — replay gets it. One `pread` of page 0 from the
-    /// page cache, the breaker's write being on the same host.
+    /// process can start the log while this one holds presence). Read back
+    /// after each append: a record written before a read that finds no
+    /// mark was in the file before the mark, so before any breaker read
+    /// the log (it marks first) — replay gets it. One `pread` of page 0
+    /// from the page cache, the breaker's write being on the same host.
     ///
     /// Only the salt and the mark are compared: a newcomer the file was
     /// handed over to retires the log (its `active` byte and CRC change)
