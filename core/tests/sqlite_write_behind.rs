@@ -459,6 +459,14 @@ fn stopped_worker(path: &Path) {
         assert!(backend.write_behind_active());
         increment(&db, b"n").await;
         db.sync().await.unwrap();
+        // Stopped while its flusher holds SQLite's write lock (a flush of
+        // that increment), it would keep every opener out for good —
+        // SQLite's locks go only with the process — and the breaker's open
+        // would wait forever (seen once in CI): wait for the write first.
+        wait_until("the increment written to SQLite", || {
+            stored(path, b"n").is_some()
+        })
+        .await;
         answer_increments(&db).await;
     });
 }
