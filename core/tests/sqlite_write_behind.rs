@@ -462,7 +462,8 @@ fn stopped_worker(path: &Path) {
         // Stopped while its flusher holds SQLite's write lock (a flush of
         // that increment), it would keep every opener out for good —
         // SQLite's locks go only with the process — and the breaker's open
-        // would wait forever (seen once in CI): wait for the write first.
+        // would fail after its `lock_wait` (seen in CI, back when it waited
+        // 21 minutes): wait for the write first.
         wait_until("the increment written to SQLite", || {
             stored(path, b"n").is_some()
         })
@@ -626,6 +627,69 @@ fn a_stopped_holder_is_fenced_out_after_the_wait() {
         increment(&db, b"n").await;
         db.sync().await.expect("a sync of the next holder");
         assert_eq!(decode(read(&db, b"n").await), 3);
+    });
+}
+
+const LOCKED_ENV: &str = "HAFS_TEST_WRITE_BEHIND_LOCKED_DB";
+
+/// A child holding SQLite's write lock, as a holder stopped in the middle
+/// of a flush does: `BEGIN IMMEDIATE` on a plain connection, `ready`, then
+/// nothing until its stdin closes.
+fn locked_worker(path: &Path) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    println!("ready");
+    for _ in std::io::stdin().lock().lines() {}
+}
+
+/// Nobody can break SQLite's write lock: an opener waits `lock_wait` for it,
+/// then fails with an error that names the process holding it, and opens
+/// once that process is gone, with nothing lost.
+#[test]
+fn an_open_gives_up_on_a_write_lock_held_for_good_and_names_its_holder() {
+    if let Ok(path) = std::env::var(LOCKED_ENV) {
+        locked_worker(Path::new(&path));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (_, db) = open(&path, Durability::Durable);
+        increment(&db, b"n").await;
+    });
+    let child = Answering::start(
+        "an_open_gives_up_on_a_write_lock_held_for_good_and_names_its_holder",
+        LOCKED_ENV,
+        &path,
+    );
+    let options = SqliteOptions {
+        lock_wait: Duration::from_secs(1),
+        ..SqliteOptions::default()
+    };
+    let (done, result) = std::sync::mpsc::channel();
+    let opener = path.clone();
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        let opened = SqliteBackend::open(&opener, options, TokioClock::new());
+        done.send(opened.map(drop).map_err(|e| e.to_string()))
+            .unwrap();
+    });
+    let opened = result
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the open gives up within seconds");
+    let waited = started.elapsed();
+    let error = opened.expect_err("no open while another process writes");
+    let holder = format!(
+        "process {} has held the database's write lock for 1 s",
+        child.child.id()
+    );
+    assert!(error.contains(&holder), "{error}");
+    assert!(waited >= Duration::from_secs(1), "{waited:?}");
+    child.kill();
+    runtime.block_on(async {
+        let (_, db) = open(&path, Durability::Durable);
+        assert_eq!(decode(read(&db, b"n").await), 1);
     });
 }
 

@@ -162,8 +162,9 @@ const WAL_SIZE_LIMIT_BYTES: u64 = 64 << 20;
 /// How long a commit waits for SQLite's write lock before reporting
 /// `Unavailable` (which the runner retries).
 const WRITE_LOCK_WAIT: Duration = Duration::from_secs(5);
-/// Opens retried while the database is busy (20 ms apart).
-const OPEN_BUSY_ATTEMPTS: u32 = 250;
+/// How long opening waits by default for SQLite's write lock, held by
+/// another process, before giving up ([`SqliteOptions::lock_wait`]).
+const LOCK_WAIT: Duration = Duration::from_secs(30);
 /// Prepared statements kept per connection: every statement this backend
 /// runs (about 16), with room to spare, so none is ever parsed twice.
 const STATEMENT_CACHE: usize = 64;
@@ -211,6 +212,12 @@ pub struct SqliteOptions {
     /// How long opening waits for a process that has the database to
     /// itself to hand it over ([`HostLock`]) before fencing it out.
     pub join_wait: Duration,
+    /// How long opening waits for SQLite's write lock before failing with
+    /// [`OpenError::Busy`]. Other processes hold it for milliseconds at a
+    /// time; one stopped (SIGSTOP, a debugger) while it held the lock keeps
+    /// it until resumed or killed — an `fcntl` lock nobody can break, so
+    /// unlike a stopped holder between writes it cannot be fenced out.
+    pub lock_wait: Duration,
     /// How often the watcher looks for commits of other processes.
     pub watch_poll: Duration,
     /// Write-behind: how long an acknowledged commit may wait in memory
@@ -224,6 +231,7 @@ impl Default for SqliteOptions {
             durability: Durability::Durable,
             write_behind: true,
             join_wait: JOIN_WAIT,
+            lock_wait: LOCK_WAIT,
             // A waiter on another process's lock release wakes on this poll:
             // at 10 ms, lock hand-off between two mounts took 5.2 ms median;
             // at 2 ms, 1.4 ms (`hafs bench locks`, release build). A poll is one
@@ -497,16 +505,29 @@ impl SqliteBackend {
     ) -> Result<SqliteBackend, OpenError> {
         // Two processes opening one new database at once can find it busy
         // in ways SQLite's busy handler does not cover (seen once in CI:
-        // "database is locked" while the other set up WAL mode): retry.
-        let mut attempts = 0;
+        // "database is locked" while the other set up WAL mode): retry, up
+        // to `lock_wait` in all. (Each attempt waited up to 5 s, and there
+        // were 250 of them: a stopped lock holder kept an opener waiting 21
+        // minutes without a word.)
+        let started = real_now();
         let conn = loop {
+            let wait = WRITE_LOCK_WAIT.min(options.lock_wait.saturating_sub(started.elapsed()));
             let opened = connect(path)
                 .map_err(|e| open_error(path, e))
-                .and_then(|conn| init_schema(&conn, path).map(|()| conn));
+                .and_then(|conn| init_schema(&conn, path, wait).map(|()| conn));
             match opened {
-                Err(OpenError::Busy { .. }) if attempts < OPEN_BUSY_ATTEMPTS => {
-                    attempts += 1;
+                Err(OpenError::Busy { .. }) if started.elapsed() < options.lock_wait => {
                     std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(OpenError::Busy { path, .. }) => {
+                    return Err(OpenError::Busy {
+                        holder: write_lock_holder(Path::new(&path)).map_or_else(
+                            || "another process".into(),
+                            |pid| format!("process {pid}"),
+                        ),
+                        waited_secs: started.elapsed().as_secs(),
+                        path,
+                    })
                 }
                 other => break other?,
             }
@@ -1086,6 +1107,44 @@ fn statx_only(path: &Path, mask: rustix::fs::StatxFlags) -> std::io::Result<rust
     Ok(statx(CWD, path, AtFlags::empty(), mask)?)
 }
 
+/// Real time, for waits on other processes: the SQLite backend never runs
+/// under the simulator, and a test's manual clock would never end them.
+#[allow(clippy::disallowed_methods)]
+fn real_now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+/// The process holding SQLite's write lock on the database at `path`, as
+/// `/proc/locks` tells: in WAL mode that is an `fcntl` write lock on byte
+/// 120 of the `-shm` file (`UNIX_SHM_BASE` + `WAL_WRITE_LOCK` in
+/// sqlite3.c). Not `F_GETLK`: that needs a descriptor of the file, and
+/// closing it would drop every `fcntl` lock this process's own connections
+/// hold on it. `None` when nobody holds it or it cannot be told (a holder
+/// in another PID namespace shows as pid 0 or not at all).
+fn write_lock_holder(path: &Path) -> Option<u32> {
+    const WRITE_LOCK_BYTE: u64 = 120;
+    let mut shm = std::fs::canonicalize(path).ok()?.into_os_string();
+    shm.push("-shm");
+    let st = statx_only(Path::new(&shm), rustix::fs::StatxFlags::INO).ok()?;
+    let file = format!(
+        "{:02x}:{:02x}:{}",
+        st.stx_dev_major, st.stx_dev_minor, st.stx_ino
+    );
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        // "3: POSIX  ADVISORY  WRITE 1234 fe:01:5678 120 120"; a waiter's
+        // line has "->" after the number and is skipped by the match.
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [_, "POSIX" | "OFDLCK", _, "WRITE", pid, id, start, end] = fields[..] else {
+            return None;
+        };
+        let start: u64 = start.parse().ok()?;
+        let covers = end == "EOF" || end.parse::<u64>().is_ok_and(|end| end >= WRITE_LOCK_BYTE);
+        let pid: u32 = pid.parse().ok().filter(|pid| *pid > 0)?;
+        (id == file && start <= WRITE_LOCK_BYTE && covers).then_some(pid)
+    })
+}
+
 /// The WAL's name for the database at `path` (which exists): symlinks
 /// resolved, as SQLite resolves them.
 fn wal_path(path: &Path) -> std::io::Result<PathBuf> {
@@ -1142,7 +1201,12 @@ fn open_error(path: &Path, e: rusqlite::Error) -> OpenError {
     match e.sqlite_error_code() {
         Some(ErrorCode::NotADatabase) => OpenError::NotHafs { path },
         Some(ErrorCode::ReadOnly) => OpenError::ReadOnly { path },
-        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => OpenError::Busy { path },
+        // `open` retries, then says who holds the lock and for how long.
+        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => OpenError::Busy {
+            path,
+            holder: String::new(),
+            waited_secs: 0,
+        },
         Some(ErrorCode::CannotOpen) | Some(ErrorCode::PermissionDenied) => {
             diagnose_cannot_open(Path::new(&path))
         }
@@ -1188,9 +1252,8 @@ fn diagnose_cannot_open(path: &Path) -> OpenError {
 /// Create the tables, or check that an existing file is a hafs database of
 /// a format this build reads. Runs under the write lock, so two processes
 /// opening a new file at once do not race; also proves the file writable.
-fn init_schema(conn: &Connection, path: &Path) -> Result<(), OpenError> {
-    conn.busy_timeout(WRITE_LOCK_WAIT)
-        .map_err(|e| open_error(path, e))?;
+fn init_schema(conn: &Connection, path: &Path, wait: Duration) -> Result<(), OpenError> {
+    conn.busy_timeout(wait).map_err(|e| open_error(path, e))?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(|e| open_error(path, e))?;

@@ -34,8 +34,15 @@ pub enum OpenError {
     ReadOnly { path: String },
     #[error("cannot open {path}: {message}")]
     Io { path: String, message: String },
-    #[error("cannot open {path}: another process kept it locked")]
-    Busy { path: String },
+    #[error(
+        "cannot open {path}: {holder} has held the database's write lock for {waited_secs} s \
+         (a process stopped while writing keeps it until resumed or killed)"
+    )]
+    Busy {
+        path: String,
+        holder: String,
+        waited_secs: u64,
+    },
     #[error("hafs was built without FoundationDB support; rebuild with `--features fdb`")]
     FdbNotBuilt,
     #[error("cannot open FoundationDB: {0}")]
