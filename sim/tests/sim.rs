@@ -6,7 +6,8 @@
 //! - each planted bug is caught by some seed of a small fixed batch.
 //!
 //! `MADSIM_TEST_SEED=N` reruns one seed; `MADSIM_TEST_NUM=N` sets the batch
-//! size (default 50 per workload).
+//! size (default 50 per workload), `HAFS_SIM_FIRST_SEED=N` its first seed
+//! (default 1; a soak run past the seeds CI runs).
 
 /// An environment RUSTFLAGS silently replaces the alias's `--cfg madsim`;
 /// `cargo sim` sets HAFS_SIM, so this catches a run that is not simulated.
@@ -36,11 +37,14 @@ mod simulated {
         {
             return vec![seed];
         }
-        let n: u64 = std::env::var("MADSIM_TEST_NUM")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(50);
-        (1..=n).collect()
+        let var = |name: &str, default: u64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(default)
+        };
+        let (first, n) = (var("HAFS_SIM_FIRST_SEED", 1), var("MADSIM_TEST_NUM", 50));
+        (first..first + n).collect()
     }
 
     #[allow(clippy::disallowed_methods)] // wall-clock speed of the harness, for the report
