@@ -446,6 +446,97 @@ mod tests {
         ));
     }
 
+    /// Whatever bytes a key holds, every decoder answers a value or
+    /// `Corrupted` (EIO at the FUSE edge), never panics. The bytes are
+    /// random, or a good encoding of each kind damaged (cut short, one byte
+    /// replaced, bytes inserted), which gets past the tuple layer's first
+    /// checks far more often than random bytes do.
+    mod arbitrary_bytes {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn good() -> Vec<Vec<u8>> {
+            vec![
+                encode_attr(&sample()),
+                encode_dirent(&Dirent {
+                    ino: 7,
+                    kind: FileType::Symlink,
+                }),
+                encode_settings(&Settings {
+                    chunk_size: 4096,
+                    generation: 2,
+                    created_ns: -1,
+                    inode_layout: InodeLayout::Spread,
+                }),
+                encode_client(&ClientInfo {
+                    id: "c".into(),
+                    hostname: "h\0".into(),
+                    pid: 9,
+                    exe: "/bin/x".into(),
+                    description: "é".into(),
+                    mounted_ns: 5,
+                    version: "0".into(),
+                }),
+                encode_lock(&LockValue {
+                    kind: LockKind::Write,
+                    end: u64::MAX,
+                    pid: 3,
+                }),
+                encode_waiter(&Waiter {
+                    client: "c".into(),
+                    owner: 1,
+                    kind: LockKind::Read,
+                    start: 0,
+                    end: 10,
+                    pid: 4,
+                }),
+                7i64.to_le_bytes().to_vec(),
+            ]
+        }
+
+        fn decodes_or_is_corrupted(bytes: &[u8]) -> Result<(), TestCaseError> {
+            fn ok<T>(r: FsResult<T>) -> bool {
+                matches!(r, Ok(_) | Err(FsError::Corrupted(_)))
+            }
+            prop_assert!(ok(decode_attr(1, bytes)), "attr");
+            prop_assert!(ok(decode_dirent(bytes)), "dirent");
+            prop_assert!(ok(decode_settings(bytes)), "settings");
+            prop_assert!(ok(decode_client("c", bytes)), "client");
+            prop_assert!(ok(decode_lock(bytes)), "lock");
+            prop_assert!(ok(decode_waiter(bytes)), "waiter");
+            prop_assert!(ok(decode_counter(Some(bytes))), "counter");
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            #[test]
+            fn random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+                decodes_or_is_corrupted(&bytes)?;
+            }
+
+            #[test]
+            fn damaged_encodings(
+                which in any::<prop::sample::Index>(),
+                at in any::<prop::sample::Index>(),
+                byte in any::<u8>(),
+                inserted in proptest::collection::vec(any::<u8>(), 1..12),
+            ) {
+                let good = good();
+                let value = which.get(&good);
+                let i = at.index(value.len());
+                decodes_or_is_corrupted(&value[..i])?;
+                let mut replaced = value.clone();
+                replaced[i] = byte;
+                decodes_or_is_corrupted(&replaced)?;
+                let mut longer = value.clone();
+                longer.splice(i..i, inserted);
+                decodes_or_is_corrupted(&longer)?;
+            }
+        }
+    }
+
     #[test]
     fn malformed_values_are_corrupted_errors() {
         let good = encode_attr(&sample());
