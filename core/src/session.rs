@@ -54,6 +54,18 @@ pub async fn attach(db: &Database, keys: &Keys, info: &ClientInfo) -> FsResult<(
                 info.id
             )));
         }
+        if maybe_committed {
+            // An earlier attempt may have attached, and an eviction (this
+            // client did not heartbeat yet) removed it since: attaching
+            // again would undo the eviction. Seen in the simulation (seed
+            // 3138 of `lockset`, HAFS_SIM_FIRST_SEED soak): a lock taken
+            // after an eviction succeeded.
+            return Err(FsError::Busy(format!(
+                "attaching client {} had an ambiguous commit and its registration is \
+                 gone (evicted meanwhile?); mount again",
+                info.id
+            )));
+        }
         txn.set(&key, &codec::encode_client(info));
         txn.atomic_add(&keys.client_heartbeat(&info.id), 0);
         txn.set(
