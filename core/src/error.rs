@@ -110,6 +110,7 @@ impl FsError {
             FsError::Fenced | FsError::Corrupted(_) => libc::EIO,
             FsError::Kv(e) => match e {
                 KvError::TimedOut => libc::ETIMEDOUT,
+                KvError::NoSpace(_) => libc::ENOSPC,
                 KvError::TransactionTooLarge { .. }
                 | KvError::KeyTooLarge { .. }
                 | KvError::ValueTooLarge { .. } => libc::EFBIG,

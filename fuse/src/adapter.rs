@@ -293,6 +293,10 @@ fn signal_pending(tid: u32) -> bool {
 
 fn errno(e: &FsError) -> Errno {
     match e {
+        // A full disk is logged where it is found, at most every 10 s.
+        FsError::Kv(hafs_core::kv::KvError::NoSpace(_)) => {
+            tracing::debug!(error = %e, "operation failed")
+        }
         FsError::Corrupted(_) | FsError::Kv(_) => tracing::warn!(error = %e, "operation failed"),
         _ => tracing::debug!(error = %e, "operation failed"),
     }

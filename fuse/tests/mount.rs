@@ -343,3 +343,111 @@ fn fsync_on_a_relaxed_mount_syncs_the_log_or_the_wal() {
     }
     eprintln!("skipped: the WAL's pages never stayed dirty (not a page-cache filesystem?)");
 }
+
+/// A tmpfs of `size`, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(path: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(path).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount a tmpfs at {}", path.display());
+        SmallDisk(path.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The database's disk fills up: the writer gets ENOSPC while the disk can
+/// still take everything acknowledged — an fsync of it succeeds, the rest
+/// of the filesystem keeps working, space freed by deleting is used again,
+/// and a remount has every byte. Both for a mount alone on its database
+/// (which acknowledges writes before SQLite has them: before, its flush
+/// failed for good, EIO for every operation until a remount, acknowledged
+/// writes lost) and for one committing straight to SQLite (before, the WAL
+/// took the room its checkpoint needed, and not even a delete committed
+/// again).
+#[test]
+fn a_full_disk_gives_enospc_and_loses_nothing() {
+    if !fuse_available() {
+        return;
+    }
+    for flags in [&["--relaxed-durability"][..], &["--no-write-behind"]] {
+        fill_the_disk(flags);
+    }
+}
+
+fn fill_the_disk(flags: &[&str]) {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let disk = SmallDisk::mount(&tmp.path().join("disk"), "48m");
+    let db = disk.0.join("hafs.db");
+    let mount = |path: &Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hafs-fuse"));
+        cmd.arg("--kv")
+            .arg(format!("sqlite://{}", db.display()))
+            .arg("--mkfs")
+            .args(flags);
+        Mount::start(cmd, path)
+    };
+    let data: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut written = 0usize;
+    {
+        let m = mount(&tmp.path().join("m"));
+        std::fs::write(m.p("keep"), b"kept").unwrap();
+        let mut big = std::fs::File::create(m.p("big")).unwrap();
+        let refused = loop {
+            match big.write_all(&data) {
+                Ok(()) => written += data.len(),
+                Err(e) => break e,
+            }
+            assert!(written < 100 << 20, "{flags:?}: 48 MB took {written} bytes");
+        };
+        assert_eq!(
+            refused.raw_os_error(),
+            Some(libc::ENOSPC),
+            "{flags:?}: {refused}"
+        );
+        assert!(
+            written >= 4 << 20,
+            "{flags:?}: only {written} bytes before ENOSPC"
+        );
+        big.sync_all().expect("what was acknowledged fits");
+        drop(big);
+        assert_eq!(std::fs::read(m.p("keep")).unwrap(), b"kept");
+        std::fs::write(m.p("small"), b"metadata and small files still go").unwrap();
+        std::fs::remove_file(m.p("big")).unwrap();
+        // The deleted file's pages are reused (after its unlink grace and
+        // the checkpointer's next count of SQLite's free pages).
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match std::fs::write(m.p("again"), data.repeat(4)) {
+                Ok(()) => break,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(e) => panic!("{flags:?}: the freed space is not used again: {e}"),
+            }
+        }
+    }
+    let m = mount(&tmp.path().join("m"));
+    assert_eq!(std::fs::read(m.p("keep")).unwrap(), b"kept");
+    assert_eq!(
+        std::fs::read(m.p("small")).unwrap(),
+        b"metadata and small files still go"
+    );
+    assert_eq!(std::fs::read(m.p("again")).unwrap(), data.repeat(4));
+    assert!(!m.p("big").exists());
+    drop(m);
+    drop(disk);
+}

@@ -52,8 +52,12 @@ pub enum KvError {
     /// failure during commit is reported as `CommitUnknownResult`). Retry.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The database's disk is full: nothing was applied. Not retried (ENOSPC
+    /// at the FUSE edge).
+    #[error("no space left for the database: {0}")]
+    NoSpace(String),
     /// Stored bytes the backend cannot interpret, or a backend failure that is
-    /// not transient (I/O error, disk full, permission denied). Not retried.
+    /// not transient (I/O error, permission denied). Not retried.
     #[error("database error: {0}")]
     Backend(String),
 }
@@ -84,6 +88,7 @@ impl KvError {
             | KvError::InvalidArgument(_)
             | KvError::UsedAfterCommit
             | KvError::Cancelled
+            | KvError::NoSpace(_)
             | KvError::Backend(_) => RetryDecision::Fail,
         }
     }

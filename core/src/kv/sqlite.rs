@@ -184,6 +184,24 @@ const KNOCK_POLL: Duration = Duration::from_millis(10);
 /// How often a backend that shares the database tries to have it alone
 /// again.
 const REGAIN_POLL: Duration = Duration::from_millis(100);
+/// Write-behind: how often the flusher tries again after finding the disk
+/// full.
+const FULL_RETRY: Duration = Duration::from_millis(200);
+/// How long closing keeps trying to write out commits to a full disk
+/// before giving them up (the process cannot exit while holding them).
+const CLOSE_FULL_WAIT: Duration = Duration::from_secs(10);
+/// Write-behind's room check ([`Space`]): disk bytes counted per byte of
+/// unflushed commits (the WAL, then the database file, with the b-tree's
+/// overhead: 1 GiB written took 1.26 GB of WAL and 1.24 GB of database).
+const SPACE_AMPLIFICATION: u64 = 3;
+/// Commits up to this many bytes (metadata, deletes, small files) may use
+/// [`SPACE_RESERVE`]; bigger ones leave it free.
+const SMALL_COMMIT_BYTES: usize = 8 << 10;
+const SPACE_RESERVE: u64 = 8 << 20;
+/// How stale the free-space figure may be while there is plenty
+/// (below `SPACE_LOW` it is read for every commit).
+const SPACE_REFRESH: Duration = Duration::from_millis(10);
+const SPACE_LOW: u64 = 256 << 20;
 /// WAL fsyncs that may run at once ([`WalSync`]).
 const SYNCS_IN_FLIGHT: u32 = 2;
 /// Idle connections kept for reuse.
@@ -273,9 +291,20 @@ impl Drop for Closer {
         }
         match open_leader(shared) {
             Ok(conn) => {
-                drain(shared, wb, &conn);
-                if let Some(e) = &wb.state.lock().failed {
-                    tracing::error!(error = %e, "sqlite: commits lost at close");
+                if !drain_until(shared, wb, &conn, Some(CLOSE_FULL_WAIT)) {
+                    let mut st = wb.state.lock();
+                    if let Some(e) = &st.failed {
+                        tracing::error!(error = %e, "sqlite: commits lost at close");
+                    } else {
+                        let message = format!(
+                            "sqlite: the database's disk stayed full for {} s at close: \
+                             {} bytes of acknowledged changes lost",
+                            CLOSE_FULL_WAIT.as_secs(),
+                            st.table.unflushed_bytes()
+                        );
+                        tracing::error!(%message);
+                        st.failed = Some(message);
+                    }
                 }
             }
             Err(e) => {
@@ -328,6 +357,12 @@ struct Shared {
     watch_wake: Condvar,
     group: GroupCommit,
     wal_sync: WalSync,
+    /// WAL bytes the last checkpoint left uncopied into the database file
+    /// (what checkpoints may still add to it): write-behind's [`Space`].
+    wal_backlog: AtomicU64,
+    /// Bytes of the database file's free pages, as last counted.
+    db_free_bytes: AtomicU64,
+    space: Space,
     /// Presence in the lock file next to the database ([`HostLock`]).
     host: HostLock,
     /// Unless `SqliteOptions::write_behind` is off.
@@ -571,6 +606,9 @@ impl SqliteBackend {
             watch_wake: Condvar::new(),
             group: GroupCommit::default(),
             wal_sync: WalSync::default(),
+            wal_backlog: AtomicU64::new(0),
+            db_free_bytes: AtomicU64::new(0),
+            space: Space::default(),
             host,
             wb,
             closed: std::sync::atomic::AtomicBool::new(false),
@@ -732,6 +770,13 @@ impl Shared {
             // A later memtable starts from a fully written-out one.
             if st.table_generation != generation || st.table.flushed() >= through {
                 return Ok(());
+            }
+            if st.no_space {
+                // As a local filesystem's fsync on a full disk: ENOSPC, the
+                // changes kept in memory (written once there is room).
+                return Err(KvError::NoSpace(
+                    "sqlite: the database's disk is full; the changes are kept in memory".into(),
+                ));
             }
             wb.changed.wait(&mut st);
         }
@@ -1008,6 +1053,31 @@ impl Shared {
         sync.state.lock().poison(error);
         sync.done.notify_all();
     }
+}
+
+impl Shared {
+    /// Bytes free for the database (on its disk and in its file's free
+    /// pages) and the WAL backlog, for [`Space::admit`].
+    fn room(&self) -> (u64, u64) {
+        let free = self
+            .space
+            .free(&self.path, self.clock.monotonic())
+            .saturating_add(self.db_free_bytes.load(Ordering::Relaxed));
+        (free, self.wal_backlog.load(Ordering::Relaxed))
+    }
+
+    /// `bytes` of commits went into the WAL: a checkpoint will copy them
+    /// into the database file (with the b-tree's pages, hence 3/2).
+    /// Counted until the checkpointer measures the backlog again.
+    fn wal_grew(&self, bytes: usize) {
+        self.wal_backlog
+            .fetch_add((bytes as u64).saturating_mul(3) / 2, Ordering::Relaxed);
+    }
+}
+
+/// The bytes a commit writes, as [`Space`] counts them.
+fn commit_bytes(request: &CommitRequest) -> usize {
+    request.mutations.iter().map(memtable::mutation_bytes).sum()
 }
 
 impl WalSyncState {
@@ -1341,7 +1411,7 @@ fn map_error(e: rusqlite::Error) -> KvError {
         Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => {
             KvError::Unavailable(format!("sqlite: {e}"))
         }
-        Some(ErrorCode::DiskFull) => KvError::Backend(format!("sqlite: disk full: {e}")),
+        Some(ErrorCode::DiskFull) => KvError::NoSpace(format!("sqlite: {e}")),
         Some(ErrorCode::DatabaseCorrupt) | Some(ErrorCode::NotADatabase) => {
             KvError::Backend(format!("sqlite: database corrupted: {e}"))
         }
@@ -1580,6 +1650,18 @@ impl BackendTxn for SqliteTxn {
             }
             TxnMode::Direct { generation } => generation,
         };
+        // Straight into the WAL, then the database file: the same room
+        // check as a buffered commit, with nothing unflushed ([`Space`];
+        // without it a full disk took the WAL past what a checkpoint could
+        // copy, and not even a delete could commit again).
+        let bytes = commit_bytes(&request);
+        let (free, backlog) = self.shared.room();
+        if let Err(e) = Space::admit(0, false, bytes, free, backlog) {
+            let _ = control(&conn, "ROLLBACK");
+            self.release(conn);
+            self.shared.space.warn(&e, self.shared.clock.monotonic());
+            return Err(e);
+        }
         let direct = match DirectCommit::enter(&self.shared, generation) {
             Ok(guard) => guard,
             Err(e) => {
@@ -1628,6 +1710,7 @@ impl BackendTxn for SqliteTxn {
             }
         };
         let version = result?;
+        self.shared.wal_grew(bytes);
         nudge_watcher(&self.shared);
         if durable {
             // Committed and visible, not durable if the sync fails. That
@@ -1672,12 +1755,23 @@ impl SqliteTxn {
             })
             .await?;
         }
+        let bytes = commit_bytes(&request);
+        let (free, backlog) = shared.room();
         let result = {
             let mut st = wb.state.lock();
             if let Some(e) = &st.failed {
                 Err(KvError::Backend(e.clone()))
             } else if st.generation != generation || !st.buffered || st.draining {
                 Err(KvError::NotCommitted)
+            } else if let Err(e) = Space::admit(
+                st.table.unflushed_bytes(),
+                st.no_space,
+                bytes,
+                free,
+                backlog,
+            ) {
+                shared.space.warn(&e, shared.clock.monotonic());
+                Err(e)
             } else {
                 let now = shared.clock.monotonic();
                 let committed = st.table.commit(
@@ -2115,15 +2209,27 @@ fn checkpoint_loop(weak: Weak<Shared>) {
 }
 
 fn checkpoint(shared: &Shared, conn: &Connection) -> rusqlite::Result<()> {
-    let wal_frames = |mode: &str| {
-        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-            r.get::<_, i64>(1)
-        })
+    // Frames in the WAL and frames copied into the database; what is left
+    // is what checkpoints may still add to the file (`Space`).
+    let run = |mode: &str| {
+        let (frames, copied) =
+            conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })?;
+        let backlog = u64::try_from(frames - copied).unwrap_or(0) * WAL_FRAME_BYTES;
+        shared.wal_backlog.store(backlog, Ordering::Relaxed);
+        Ok::<_, rusqlite::Error>(frames)
     };
-    let frames = wal_frames("PASSIVE")?;
+    let frames = run("PASSIVE")?;
+    // Pages SQLite reuses before it grows the file: room too (`Space`).
+    let free_pages: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    shared.db_free_bytes.store(
+        u64::try_from(free_pages).unwrap_or(0) * 4096,
+        Ordering::Relaxed,
+    );
     if frames > WAL_RESTART_FRAMES {
         conn.busy_timeout(CHECKPOINT_RESTART_WAIT)?;
-        let restarted = wal_frames("RESTART");
+        let restarted = run("RESTART");
         conn.busy_timeout(Duration::ZERO)?;
         restarted?;
     } else {
@@ -2157,6 +2263,13 @@ fn presize_wal(shared: &Shared, conn: &Connection, frames: i64) -> rusqlite::Res
     let live_end = WAL_HEADER_BYTES + u64::try_from(frames).unwrap_or(0) * WAL_FRAME_BYTES;
     let wanted = (live_end + WAL_AHEAD_BYTES).min(WAL_PRESIZE_BYTES);
     if wal_size(&shared.wal).is_ok_and(|size| size >= wanted) {
+        return Ok(());
+    }
+    // Not on a nearly full disk: zeros ahead of the WAL would take the room
+    // write-behind counts on (`Space`; a 48 MB disk filled up with them).
+    let roomy = rustix::fs::statvfs(&shared.wal)
+        .is_ok_and(|st| st.f_bavail.saturating_mul(st.f_frsize) >= 4 * WAL_PRESIZE_BYTES);
+    if !roomy {
         return Ok(());
     }
     conn.busy_timeout(CHECKPOINT_RESTART_WAIT)?;
@@ -2420,6 +2533,101 @@ struct WriteBehind {
     log_records: AtomicU64,
 }
 
+/// Room on the database's disk. A buffered commit is acknowledged before
+/// SQLite has it, so it is taken only if the disk can hold it with
+/// everything still unflushed — the way a local filesystem reserves blocks
+/// at `write(2)`, not at writeback, so that ENOSPC reaches the writer
+/// instead of failing later where nobody can be told. Before this, a full
+/// disk failed the flush for good: every operation answered EIO until a
+/// remount, and what the memtable held was lost. A direct commit is
+/// checked the same way: SQLite would report the full disk itself, but
+/// only once the WAL had taken the room a checkpoint needs to copy it into
+/// the database, and then not even a delete could commit again.
+///
+/// Big commits leave [`SPACE_RESERVE`] free; small ones (metadata,
+/// deletes) may use it. An estimate ([`SPACE_AMPLIFICATION`], the
+/// checkpoint backlog, the database's free pages, as last measured): a
+/// flush can still find the disk full (another program filled it); it
+/// then keeps its commits and tries again ([`FULL_RETRY`]).
+#[derive(Default)]
+struct Space {
+    /// Bytes available to this process (statvfs), `u64::MAX` if unknown.
+    free: AtomicU64,
+    /// When `free` was read (monotonic ns + 1; 0: never).
+    read_at_ns: AtomicU64,
+    /// When a refusal was last logged (monotonic ns + 1; 0: never).
+    warned_at_ns: AtomicU64,
+}
+
+impl Space {
+    /// Available bytes on the disk holding `path`, read again if stale.
+    fn free(&self, path: &Path, now: Duration) -> u64 {
+        let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+        let read_at = self.read_at_ns.load(Ordering::Relaxed);
+        let free = self.free.load(Ordering::Relaxed);
+        let stale = read_at == 0
+            || free < SPACE_LOW
+            || now_ns.saturating_sub(read_at - 1) >= SPACE_REFRESH.as_nanos() as u64;
+        if !stale {
+            return free;
+        }
+        let free = rustix::fs::statvfs(path)
+            .map(|st| st.f_bavail.saturating_mul(st.f_frsize))
+            .unwrap_or(u64::MAX);
+        self.free.store(free, Ordering::Relaxed);
+        self.read_at_ns
+            .store(now_ns.saturating_add(1), Ordering::Relaxed);
+        free
+    }
+
+    /// Log a refusal, at most every 10 s (a writer may retry in a loop).
+    fn warn(&self, refusal: &KvError, now: Duration) {
+        let now_ns = u64::try_from(now.as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        let last = self.warned_at_ns.load(Ordering::Relaxed);
+        if last == 0 || now_ns.saturating_sub(last) >= 10_000_000_000 {
+            self.warned_at_ns.store(now_ns, Ordering::Relaxed);
+            tracing::warn!(error = %refusal, "writes refused: ENOSPC");
+        }
+    }
+
+    /// Whether a buffered commit of `bytes` may be acknowledged, given
+    /// `free` bytes on the disk and `backlog` bytes of WAL the checkpoint
+    /// has yet to copy into the database.
+    ///
+    /// Small commits — metadata, deletes, the freeing of an unlinked
+    /// file's data — are taken whatever the count says (until a full disk
+    /// has kept `4 × FLUSH_BYTES` of them unflushed): the reserve the big
+    /// ones leave is theirs, and without them nothing could ever free room.
+    fn admit(
+        unflushed: usize,
+        no_space: bool,
+        bytes: usize,
+        free: u64,
+        backlog: u64,
+    ) -> KvResult<()> {
+        if bytes <= SMALL_COMMIT_BYTES {
+            if no_space && unflushed >= 4 * FLUSH_BYTES {
+                return Err(KvError::NoSpace(
+                    "sqlite: the database's disk is full; changes wait in memory".into(),
+                ));
+            }
+            return Ok(());
+        }
+        let need = ((unflushed + bytes) as u64)
+            .saturating_mul(SPACE_AMPLIFICATION)
+            .saturating_add(backlog)
+            .saturating_add(SPACE_RESERVE);
+        if no_space || free < need {
+            return Err(KvError::NoSpace(format!(
+                "sqlite: the database's disk is nearly full ({free} bytes free, {need} wanted)"
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Default)]
 struct WbState {
     buffered: bool,
@@ -2454,6 +2662,11 @@ struct WbState {
     /// for the next one; `None` while not logging, or after more than a
     /// record's worth (the next sync then goes through SQLite).
     pending: Option<RecordBuf>,
+    /// The last flush found the disk full ([`Space`]): the memtable keeps
+    /// its commits and the flusher tries again at `flush_retry_at`;
+    /// meanwhile only small commits are taken.
+    no_space: bool,
+    flush_retry_at: Option<Duration>,
 }
 
 /// How a transaction reads and commits.
@@ -2519,7 +2732,12 @@ impl WriteBehind {
     /// no longer buffered: the caller then refuses it). Blocks.
     fn wait_writable(&self) {
         let mut st = self.state.lock();
-        while Self::must_wait(&st) && st.failed.is_none() && st.buffered && !st.closed {
+        while Self::must_wait(&st)
+            && st.failed.is_none()
+            && !st.no_space
+            && st.buffered
+            && !st.closed
+        {
             self.wake.notify_one();
             self.changed.wait(&mut st);
         }
@@ -2608,6 +2826,7 @@ fn flush_loop(weak: Weak<Shared>) {
         let mut st = wb.state.lock();
         let due = st.table.has_unflushed()
             && st.failed.is_none()
+            && st.flush_retry_at.is_none_or(|at| now >= at)
             && (st.sync_wanted > st.table.flushed()
                 || st.table.unflushed_bytes() >= FLUSH_BYTES
                 || st
@@ -2618,8 +2837,9 @@ fn flush_loop(weak: Weak<Shared>) {
             flush_once(&shared, wb, c);
             continue;
         }
-        let wait = match st.first_unflushed {
-            Some(at) if st.failed.is_none() => {
+        let wait = match (st.flush_retry_at, st.first_unflushed) {
+            (Some(retry), _) if st.failed.is_none() => retry.saturating_sub(now),
+            (None, Some(at)) if st.failed.is_none() => {
                 (shared.options.flush_interval).saturating_sub(now.saturating_sub(at))
             }
             _ => KNOCK_POLL,
@@ -2640,6 +2860,11 @@ fn flush_once(shared: &Shared, wb: &WriteBehind, conn: &Connection) {
     if batch.is_empty() {
         return;
     }
+    let batch_bytes = batch
+        .iter()
+        .flat_map(|c| &c.mutations)
+        .map(memtable::mutation_bytes)
+        .sum::<usize>() as u64;
     let commits = shared.commits.fetch_add(1, Ordering::Relaxed) + 1;
     if commits.is_multiple_of(CHECKPOINT_EVERY) {
         shared.checkpoint_wake.notify_one();
@@ -2654,10 +2879,27 @@ fn flush_once(shared: &Shared, wb: &WriteBehind, conn: &Connection) {
     let written = write_batch(conn, &batch, prune_through, &owner);
     let mut st = wb.state.lock();
     match written {
-        Ok(()) => st.table.flushed_through(last),
+        Ok(()) => {
+            st.table.flushed_through(last);
+            st.flush_retry_at = None;
+            shared.wal_grew(batch_bytes as usize);
+            if std::mem::take(&mut st.no_space) {
+                tracing::info!("sqlite: room on the database's disk again; writes resume");
+            }
+        }
         Err(FlushError::Displaced) => {
             st.table.restore_unflushed(batch);
             fenced_out(&mut st);
+        }
+        Err(FlushError::Sql(e)) if e.sqlite_error_code() == Some(ErrorCode::DiskFull) => {
+            st.table.restore_unflushed(batch);
+            if !st.no_space {
+                tracing::warn!(error = %e, path = %shared.path.display(),
+                    "sqlite: the database's disk is full; changes acknowledged so far are kept \
+                     in memory and written once there is room; new writes fail with ENOSPC");
+            }
+            st.no_space = true;
+            st.flush_retry_at = Some(shared.clock.monotonic() + FULL_RETRY);
         }
         Err(FlushError::Sql(e)) => {
             st.table.restore_unflushed(batch);
@@ -2929,11 +3171,36 @@ fn set_meta(conn: &Connection, name: &str, value: &dyn rusqlite::ToSql) -> rusql
 
 /// Flush until nothing is left (new commits wait while `draining`).
 fn drain(shared: &Shared, wb: &WriteBehind, conn: &Connection) {
+    drain_until(shared, wb, conn, None);
+}
+
+/// [`drain`], giving up after `full_for` of finding the disk full
+/// (`None`: until there is room, or another process breaks in — as on a
+/// holder that stopped, a newcomer does after its `join_wait`). Returns
+/// whether everything was written.
+fn drain_until(
+    shared: &Shared,
+    wb: &WriteBehind,
+    conn: &Connection,
+    full_for: Option<Duration>,
+) -> bool {
+    let mut waited = Duration::ZERO;
     loop {
         flush_once(shared, wb, conn);
         let st = wb.state.lock();
-        if !st.table.has_unflushed() || st.failed.is_some() {
-            break;
+        if !st.table.has_unflushed() {
+            return true;
+        }
+        if st.failed.is_some() {
+            return false;
+        }
+        if st.no_space {
+            drop(st);
+            if full_for.is_some_and(|limit| waited >= limit) {
+                return false;
+            }
+            std::thread::sleep(FULL_RETRY);
+            waited += FULL_RETRY;
         }
     }
 }
