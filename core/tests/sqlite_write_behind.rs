@@ -780,3 +780,101 @@ async fn an_opener_through_a_symlink_is_a_newcomer_too() {
     increment(&b, b"n").await;
     assert_eq!(decode(read(&a, b"n").await), 2, "a sees b's");
 }
+
+/// A tmpfs of `size`, unmounted when dropped; `None` where mounting needs a
+/// root this process lacks (then the test is skipped — unless
+/// `HAFS_REQUIRE_FUSE` is set, as CI sets it for the real-mount tests).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(path: &Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(path).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            assert!(
+                std::env::var_os("HAFS_REQUIRE_FUSE").is_none(),
+                "cannot mount a tmpfs (not root?)"
+            );
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        Some(SmallDisk(path.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+async fn put(db: &Database, key: &[u8], value: &[u8]) -> Result<(), KvError> {
+    db.run(|txn, _| async move {
+        txn.set(key, value);
+        Ok::<_, KvError>(())
+    })
+    .await
+}
+
+/// Another program fills the disk while a lone backend holds acknowledged
+/// commits it has not written to SQLite: a sync answers NoSpace (ENOSPC),
+/// big commits are refused, tiny ones (a heartbeat) still go, nothing is
+/// dropped, and once there is room the flusher writes everything out by
+/// itself (it never flushes here but to retry) and big commits go again.
+/// Before, the flush failed the backend for good and the commits were lost.
+#[test]
+fn a_disk_filled_by_another_program_keeps_what_was_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&dir.path().join("disk"), "32m") else {
+        return;
+    };
+    let path = disk.0.join("kv.db");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (backend, db) = open_never_flushing(&path, Durability::Relaxed);
+        assert!(backend.write_behind_active());
+        let value = vec![7u8; 16 << 10];
+        for i in 0..64u32 {
+            put(&db, format!("v{i:02}").as_bytes(), &value)
+                .await
+                .expect("room for it");
+        }
+        // The other program.
+        let filler = disk.0.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        while std::io::Write::write_all(&mut f, &[1u8; 64 << 10]).is_ok() {}
+        drop(f);
+        let synced = db.sync().await;
+        assert!(matches!(synced, Err(KvError::NoSpace(_))), "{synced:?}");
+        let big = put(&db, b"big", &value).await;
+        assert!(matches!(big, Err(KvError::NoSpace(_))), "{big:?}");
+        put(&db, b"beat", &1u64.to_le_bytes())
+            .await
+            .expect("a heartbeat is never refused");
+        assert_eq!(stored(&path, b"v63"), None, "not in SQLite yet");
+        std::fs::remove_file(&filler).unwrap();
+        wait_until("the flusher's retry wrote everything", || {
+            stored(&path, b"v63").is_some() && stored(&path, b"beat").is_some()
+        })
+        .await;
+        put(&db, b"big", &value).await.expect("room again");
+        db.sync().await.expect("a sync with room");
+    });
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (_, db) = open(&path, Durability::Relaxed);
+        for i in 0..64u32 {
+            assert_eq!(
+                read(&db, format!("v{i:02}").as_bytes()).await.as_deref(),
+                Some(&[7u8; 16 << 10][..])
+            );
+        }
+        assert!(read(&db, b"big").await.is_some());
+    });
+    drop(disk);
+}

@@ -194,9 +194,12 @@ const CLOSE_FULL_WAIT: Duration = Duration::from_secs(10);
 /// unflushed commits (the WAL, then the database file, with the b-tree's
 /// overhead: 1 GiB written took 1.26 GB of WAL and 1.24 GB of database).
 const SPACE_AMPLIFICATION: u64 = 3;
-/// Commits up to this many bytes (metadata, deletes, small files) may use
+/// Commits up to this many bytes (metadata, small files) may use
 /// [`SPACE_RESERVE`]; bigger ones leave it free.
 const SMALL_COMMIT_BYTES: usize = 8 << 10;
+/// Commits this small (a heartbeat, a lock record) are never refused for
+/// room; a file's create is bigger.
+const TINY_COMMIT_BYTES: usize = 256;
 const SPACE_RESERVE: u64 = 8 << 20;
 /// How stale the free-space figure may be while there is plenty
 /// (below `SPACE_LOW` it is read for every commit).
@@ -752,14 +755,9 @@ impl Shared {
         if pending {
             // Write it out on this thread: handing it to the flusher and
             // waiting costs two thread wake-ups on the fsync's path.
-            let mut conn = self.take_connection()?;
-            if conn.busy_handler(Some(wait_for_lock)).is_ok() {
-                flush_once(self, wb, &conn);
-            }
-            if conn.busy_timeout(Duration::ZERO).is_ok() {
-                self.give_back(conn);
-            }
+            self.flush_inline(wb)?;
         }
+        let mut tried = false;
         let mut st = wb.state.lock();
         st.sync_wanted = st.sync_wanted.max(through);
         wb.wake.notify_one();
@@ -772,14 +770,36 @@ impl Shared {
                 return Ok(());
             }
             if st.no_space {
-                // As a local filesystem's fsync on a full disk: ENOSPC, the
-                // changes kept in memory (written once there is room).
-                return Err(KvError::NoSpace(
-                    "sqlite: the database's disk is full; the changes are kept in memory".into(),
-                ));
+                if tried {
+                    // As a local filesystem's fsync on a full disk: ENOSPC,
+                    // the changes kept in memory (written once there is room).
+                    return Err(KvError::NoSpace(
+                        "sqlite: the database's disk is full; the changes are kept in memory"
+                            .into(),
+                    ));
+                }
+                // Maybe from an earlier flush, or one still running: try
+                // once more (after it, `flushing` orders the two).
+                tried = true;
+                drop(st);
+                self.flush_inline(wb)?;
+                st = wb.state.lock();
+                continue;
             }
             wb.changed.wait(&mut st);
         }
+    }
+
+    /// Write the memtable out on this thread.
+    fn flush_inline(&self, wb: &WriteBehind) -> KvResult<()> {
+        let mut conn = self.take_connection()?;
+        if conn.busy_handler(Some(wait_for_lock)).is_ok() {
+            flush_once(self, wb, &conn);
+        }
+        if conn.busy_timeout(Duration::ZERO).is_ok() {
+            self.give_back(conn);
+        }
+        Ok(())
     }
 
     /// Wait until everything committed before this call is durable
@@ -1056,14 +1076,13 @@ impl Shared {
 }
 
 impl Shared {
-    /// Bytes free for the database (on its disk and in its file's free
-    /// pages) and the WAL backlog, for [`Space::admit`].
-    fn room(&self) -> (u64, u64) {
-        let free = self
-            .space
-            .free(&self.path, self.clock.monotonic())
-            .saturating_add(self.db_free_bytes.load(Ordering::Relaxed));
-        (free, self.wal_backlog.load(Ordering::Relaxed))
+    /// The room for the database, for [`Space::admit`].
+    fn room(&self) -> Room {
+        Room {
+            free: self.space.free(&self.path, self.clock.monotonic()),
+            free_pages: self.db_free_bytes.load(Ordering::Relaxed),
+            backlog: self.wal_backlog.load(Ordering::Relaxed),
+        }
     }
 
     /// `bytes` of commits went into the WAL: a checkpoint will copy them
@@ -1073,11 +1092,6 @@ impl Shared {
         self.wal_backlog
             .fetch_add((bytes as u64).saturating_mul(3) / 2, Ordering::Relaxed);
     }
-}
-
-/// The bytes a commit writes, as [`Space`] counts them.
-fn commit_bytes(request: &CommitRequest) -> usize {
-    request.mutations.iter().map(memtable::mutation_bytes).sum()
 }
 
 impl WalSyncState {
@@ -1654,9 +1668,8 @@ impl BackendTxn for SqliteTxn {
         // check as a buffered commit, with nothing unflushed ([`Space`];
         // without it a full disk took the WAL past what a checkpoint could
         // copy, and not even a delete could commit again).
-        let bytes = commit_bytes(&request);
-        let (free, backlog) = self.shared.room();
-        if let Err(e) = Space::admit(0, false, bytes, free, backlog) {
+        let commit = Commit::of(&request);
+        if let Err(e) = Space::admit(commit, 0, false, self.shared.room()) {
             let _ = control(&conn, "ROLLBACK");
             self.release(conn);
             self.shared.space.warn(&e, self.shared.clock.monotonic());
@@ -1710,7 +1723,7 @@ impl BackendTxn for SqliteTxn {
             }
         };
         let version = result?;
-        self.shared.wal_grew(bytes);
+        self.shared.wal_grew(commit.bytes);
         nudge_watcher(&self.shared);
         if durable {
             // Committed and visible, not durable if the sync fails. That
@@ -1755,21 +1768,17 @@ impl SqliteTxn {
             })
             .await?;
         }
-        let bytes = commit_bytes(&request);
-        let (free, backlog) = shared.room();
+        let commit = Commit::of(&request);
+        let room = shared.room();
         let result = {
             let mut st = wb.state.lock();
             if let Some(e) = &st.failed {
                 Err(KvError::Backend(e.clone()))
             } else if st.generation != generation || !st.buffered || st.draining {
                 Err(KvError::NotCommitted)
-            } else if let Err(e) = Space::admit(
-                st.table.unflushed_bytes(),
-                st.no_space,
-                bytes,
-                free,
-                backlog,
-            ) {
+            } else if let Err(e) =
+                Space::admit(commit, st.table.unflushed_bytes(), st.no_space, room)
+            {
                 shared.space.warn(&e, shared.clock.monotonic());
                 Err(e)
             } else {
@@ -2544,11 +2553,10 @@ struct WriteBehind {
 /// only once the WAL had taken the room a checkpoint needs to copy it into
 /// the database, and then not even a delete could commit again.
 ///
-/// Big commits leave [`SPACE_RESERVE`] free; small ones (metadata,
-/// deletes) may use it. An estimate ([`SPACE_AMPLIFICATION`], the
-/// checkpoint backlog, the database's free pages, as last measured): a
-/// flush can still find the disk full (another program filled it); it
-/// then keeps its commits and tries again ([`FULL_RETRY`]).
+/// An estimate ([`Space::admit`]: [`SPACE_AMPLIFICATION`], the checkpoint
+/// backlog and the database's free pages as last measured): a flush can
+/// still find the disk full (another program filled it); it then keeps its
+/// commits and tries again ([`FULL_RETRY`]).
 #[derive(Default)]
 struct Space {
     /// Bytes available to this process (statvfs), `u64::MAX` if unknown.
@@ -2592,39 +2600,73 @@ impl Space {
         }
     }
 
-    /// Whether a buffered commit of `bytes` may be acknowledged, given
-    /// `free` bytes on the disk and `backlog` bytes of WAL the checkpoint
-    /// has yet to copy into the database.
+    /// Whether a commit may be acknowledged: `free` bytes on the disk,
+    /// `free_pages` bytes of free pages in the database file, `backlog`
+    /// bytes of WAL a checkpoint has yet to copy into it, `unflushed` bytes
+    /// acknowledged but not in SQLite yet.
     ///
-    /// Small commits — metadata, deletes, the freeing of an unlinked
-    /// file's data — are taken whatever the count says (until a full disk
-    /// has kept `4 × FLUSH_BYTES` of them unflushed): the reserve the big
-    /// ones leave is theirs, and without them nothing could ever free room.
-    fn admit(
-        unflushed: usize,
-        no_space: bool,
-        bytes: usize,
-        free: u64,
-        backlog: u64,
-    ) -> KvResult<()> {
-        if bytes <= SMALL_COMMIT_BYTES {
-            if no_space && unflushed >= 4 * FLUSH_BYTES {
-                return Err(KvError::NoSpace(
-                    "sqlite: the database's disk is full; changes wait in memory".into(),
-                ));
-            }
+    /// The WAL needs blocks on the disk; the database file grows into its
+    /// own free pages first. Commits that only free room or barely take any
+    /// (deletes, truncates, the freeing of an unlinked file, heartbeats and
+    /// lock records: [`Commit::frees_or_tiny`]) are taken whatever the
+    /// count says, else a full disk could never be emptied, nor a client
+    /// stay alive; other commits up to [`SMALL_COMMIT_BYTES`] may use the
+    /// reserve; bigger ones leave it.
+    fn admit(commit: Commit, unflushed: usize, no_space: bool, room: Room) -> KvResult<()> {
+        let stuck = no_space && unflushed >= 4 * FLUSH_BYTES;
+        if commit.frees_or_tiny() && !stuck {
             return Ok(());
         }
-        let need = ((unflushed + bytes) as u64)
-            .saturating_mul(SPACE_AMPLIFICATION)
-            .saturating_add(backlog)
-            .saturating_add(SPACE_RESERVE);
-        if no_space || free < need {
+        let coming = ((unflushed + commit.bytes) as u64).saturating_mul(SPACE_AMPLIFICATION) / 2;
+        let database = coming
+            .saturating_add(room.backlog)
+            .saturating_sub(room.free_pages);
+        let reserve = if commit.bytes > SMALL_COMMIT_BYTES {
+            SPACE_RESERVE
+        } else {
+            0
+        };
+        let need = coming.saturating_add(database).saturating_add(reserve);
+        if stuck || (no_space && commit.bytes > SMALL_COMMIT_BYTES) || room.free < need {
             return Err(KvError::NoSpace(format!(
-                "sqlite: the database's disk is nearly full ({free} bytes free, {need} wanted)"
+                "sqlite: the database's disk is nearly full ({} bytes free, {need} wanted)",
+                room.free
             )));
         }
         Ok(())
+    }
+}
+
+/// What [`Space::admit`] knows of the room for a commit.
+#[derive(Debug, Clone, Copy)]
+struct Room {
+    free: u64,
+    free_pages: u64,
+    backlog: u64,
+}
+
+/// What [`Space::admit`] knows of a commit.
+#[derive(Debug, Clone, Copy)]
+struct Commit {
+    /// Keys and values it writes ([`memtable::mutation_bytes`]).
+    bytes: usize,
+    /// It clears a key or a range.
+    clears: bool,
+}
+
+impl Commit {
+    fn of(request: &CommitRequest) -> Commit {
+        Commit {
+            bytes: request.mutations.iter().map(memtable::mutation_bytes).sum(),
+            clears: request
+                .mutations
+                .iter()
+                .any(|m| matches!(m, Mutation::Clear { .. } | Mutation::ClearRange { .. })),
+        }
+    }
+
+    fn frees_or_tiny(self) -> bool {
+        (self.clears && self.bytes <= SMALL_COMMIT_BYTES) || self.bytes <= TINY_COMMIT_BYTES
     }
 }
 
@@ -2824,14 +2866,20 @@ fn flush_loop(weak: Weak<Shared>) {
             continue;
         }
         let mut st = wb.state.lock();
+        // After a full disk, only at the retry time (then whatever else
+        // holds: nothing may stay in memory longer than it must).
         let due = st.table.has_unflushed()
             && st.failed.is_none()
-            && st.flush_retry_at.is_none_or(|at| now >= at)
-            && (st.sync_wanted > st.table.flushed()
-                || st.table.unflushed_bytes() >= FLUSH_BYTES
-                || st
-                    .first_unflushed
-                    .is_some_and(|at| now.saturating_sub(at) >= shared.options.flush_interval));
+            && match st.flush_retry_at {
+                Some(at) => now >= at,
+                None => {
+                    st.sync_wanted > st.table.flushed()
+                        || st.table.unflushed_bytes() >= FLUSH_BYTES
+                        || st.first_unflushed.is_some_and(|at| {
+                            now.saturating_sub(at) >= shared.options.flush_interval
+                        })
+                }
+            };
         if due {
             drop(st);
             flush_once(&shared, wb, c);
@@ -2876,13 +2924,15 @@ fn flush_once(shared: &Shared, wb: &WriteBehind, conn: &Connection) {
         .then(|| shared.prune_mark(at_ms, last))
         .flatten();
     let owner = wb.state.lock().owner.clone();
+    // Counted before it is written: while it is, the memtable no longer
+    // counts it (a failed write counts it twice until the next measure).
+    shared.wal_grew(batch_bytes as usize);
     let written = write_batch(conn, &batch, prune_through, &owner);
     let mut st = wb.state.lock();
     match written {
         Ok(()) => {
             st.table.flushed_through(last);
             st.flush_retry_at = None;
-            shared.wal_grew(batch_bytes as usize);
             if std::mem::take(&mut st.no_space) {
                 tracing::info!("sqlite: room on the database's disk again; writes resume");
             }
