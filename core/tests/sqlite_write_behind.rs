@@ -821,12 +821,30 @@ async fn put(db: &Database, key: &[u8], value: &[u8]) -> Result<(), KvError> {
     .await
 }
 
+/// What SQLite holds for `key`, failing loudly (not `None`) on any error.
+fn stored_strict(path: &Path, key: &[u8]) -> Option<Vec<u8>> {
+    use rusqlite::OptionalExtension;
+    let conn = rusqlite::Connection::open(path).expect("raw open");
+    conn.query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+        .expect("raw read")
+}
+
+/// Fill the disk holding `dir` with a file; returns its path.
+fn fill(dir: &Path) -> std::path::PathBuf {
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    while std::io::Write::write_all(&mut f, &[1u8; 64 << 10]).is_ok() {}
+    filler
+}
+
 /// Another program fills the disk while a lone backend holds acknowledged
-/// commits it has not written to SQLite: a sync answers NoSpace (ENOSPC),
-/// big commits are refused, tiny ones (a heartbeat) still go, nothing is
-/// dropped, and once there is room the flusher writes everything out by
-/// itself (it never flushes here but to retry) and big commits go again.
-/// Before, the flush failed the backend for good and the commits were lost.
+/// commits it has not written to SQLite. Its flush (on its own timer: no
+/// sync asked for) finds the disk full and keeps them; big commits are
+/// refused, tiny ones (a heartbeat) still go; once there is room the
+/// flusher's retry writes everything out by itself. A sync that needs
+/// SQLite on a full disk answers NoSpace (ENOSPC) and keeps the commits
+/// too. Before, the flush failed the backend for good and they were lost.
 #[test]
 fn a_disk_filled_by_another_program_keeps_what_was_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
@@ -836,7 +854,12 @@ fn a_disk_filled_by_another_program_keeps_what_was_acknowledged() {
     let path = disk.0.join("kv.db");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let (backend, db) = open_never_flushing(&path, Durability::Relaxed);
+        let options = SqliteOptions {
+            durability: Durability::Relaxed,
+            flush_interval: Duration::from_millis(500),
+            ..SqliteOptions::default()
+        };
+        let (backend, db) = open_with(&path, options);
         assert!(backend.write_behind_active());
         let value = vec![7u8; 16 << 10];
         for i in 0..64u32 {
@@ -844,37 +867,51 @@ fn a_disk_filled_by_another_program_keeps_what_was_acknowledged() {
                 .await
                 .expect("room for it");
         }
-        // The other program.
-        let filler = disk.0.join("filler");
-        let mut f = std::fs::File::create(&filler).unwrap();
-        while std::io::Write::write_all(&mut f, &[1u8; 64 << 10]).is_ok() {}
-        drop(f);
-        let synced = db.sync().await;
-        assert!(matches!(synced, Err(KvError::NoSpace(_))), "{synced:?}");
+        // The other program, before the flush is due.
+        let filler = fill(&disk.0);
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert_eq!(
+            stored_strict(&path, b"v63"),
+            None,
+            "the flush found no room"
+        );
         let big = put(&db, b"big", &value).await;
         assert!(matches!(big, Err(KvError::NoSpace(_))), "{big:?}");
-        put(&db, b"beat", &1u64.to_le_bytes())
-            .await
-            .expect("a heartbeat is never refused");
-        assert_eq!(stored(&path, b"v63"), None, "not in SQLite yet");
         std::fs::remove_file(&filler).unwrap();
+        // No commit, no sync since the failed flush: only its retry writes.
         wait_until("the flusher's retry wrote everything", || {
-            stored(&path, b"v63").is_some() && stored(&path, b"beat").is_some()
+            stored_strict(&path, b"v63").is_some()
         })
         .await;
         put(&db, b"big", &value).await.expect("room again");
+
+        // A sync through SQLite (a record too big for the sync log) on a
+        // full disk.
+        for i in 0..64u32 {
+            put(&db, format!("w{i:02}").as_bytes(), &value)
+                .await
+                .expect("room for it");
+        }
+        let filler = fill(&disk.0);
+        let synced = db.sync().await;
+        assert!(matches!(synced, Err(KvError::NoSpace(_))), "{synced:?}");
+        put(&db, b"beat", &1u64.to_le_bytes())
+            .await
+            .expect("a heartbeat is never refused");
+        std::fs::remove_file(&filler).unwrap();
         db.sync().await.expect("a sync with room");
+        assert!(stored_strict(&path, b"w63").is_some() && stored_strict(&path, b"beat").is_some());
     });
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let (_, db) = open(&path, Durability::Relaxed);
-        for i in 0..64u32 {
+        for key in ["v00", "v63", "w00", "w63", "big"] {
             assert_eq!(
-                read(&db, format!("v{i:02}").as_bytes()).await.as_deref(),
-                Some(&[7u8; 16 << 10][..])
+                read(&db, key.as_bytes()).await.as_deref(),
+                Some(&[7u8; 16 << 10][..]),
+                "{key}"
             );
         }
-        assert!(read(&db, b"big").await.is_some());
     });
     drop(disk);
 }

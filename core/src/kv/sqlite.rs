@@ -197,9 +197,12 @@ const SPACE_AMPLIFICATION: u64 = 3;
 /// Commits up to this many bytes (metadata, small files) may use
 /// [`SPACE_RESERVE`]; bigger ones leave it free.
 const SMALL_COMMIT_BYTES: usize = 8 << 10;
-/// Commits this small (a heartbeat, a lock record) are never refused for
-/// room; a file's create is bigger.
+/// Commits this small are never refused for room; a file's create is
+/// bigger.
 const TINY_COMMIT_BYTES: usize = 256;
+/// What a commit that clears may also write and still count as a delete:
+/// an inode's attributes, a dirent, markers.
+const EXEMPT_WRITES_BYTES: usize = 1 << 10;
 const SPACE_RESERVE: u64 = 8 << 20;
 /// How stale the free-space figure may be while there is plenty
 /// (below `SPACE_LOW` it is read for every commit).
@@ -365,6 +368,10 @@ struct Shared {
     wal_backlog: AtomicU64,
     /// Bytes of the database file's free pages, as last counted.
     db_free_bytes: AtomicU64,
+    /// WAL file bytes new frames will overwrite, as last counted.
+    wal_reusable: AtomicU64,
+    /// The flusher's batch being written (bytes), else 0.
+    flushing_bytes: AtomicU64,
     space: Space,
     /// Presence in the lock file next to the database ([`HostLock`]).
     host: HostLock,
@@ -611,6 +618,8 @@ impl SqliteBackend {
             wal_sync: WalSync::default(),
             wal_backlog: AtomicU64::new(0),
             db_free_bytes: AtomicU64::new(0),
+            wal_reusable: AtomicU64::new(0),
+            flushing_bytes: AtomicU64::new(0),
             space: Space::default(),
             host,
             wb,
@@ -1082,6 +1091,8 @@ impl Shared {
             free: self.space.free(&self.path, self.clock.monotonic()),
             free_pages: self.db_free_bytes.load(Ordering::Relaxed),
             backlog: self.wal_backlog.load(Ordering::Relaxed),
+            wal_reusable: self.wal_reusable.load(Ordering::Relaxed),
+            in_flight: self.flushing_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -1089,8 +1100,13 @@ impl Shared {
     /// into the database file (with the b-tree's pages, hence 3/2).
     /// Counted until the checkpointer measures the backlog again.
     fn wal_grew(&self, bytes: usize) {
-        self.wal_backlog
-            .fetch_add((bytes as u64).saturating_mul(3) / 2, Ordering::Relaxed);
+        let frames = (bytes as u64).saturating_mul(3) / 2;
+        self.wal_backlog.fetch_add(frames, Ordering::Relaxed);
+        let _ = self
+            .wal_reusable
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(frames))
+            });
     }
 }
 
@@ -2227,6 +2243,16 @@ fn checkpoint(shared: &Shared, conn: &Connection) -> rusqlite::Result<()> {
             })?;
         let backlog = u64::try_from(frames - copied).unwrap_or(0) * WAL_FRAME_BYTES;
         shared.wal_backlog.store(backlog, Ordering::Relaxed);
+        // All copied: the next commit starts the WAL over, in its blocks.
+        let live = if backlog == 0 {
+            0
+        } else {
+            WAL_HEADER_BYTES + u64::try_from(frames).unwrap_or(0) * WAL_FRAME_BYTES
+        };
+        let size = wal_size(&shared.wal).unwrap_or(0);
+        shared
+            .wal_reusable
+            .store(size.saturating_sub(live), Ordering::Relaxed);
         Ok::<_, rusqlite::Error>(frames)
     };
     let frames = run("PASSIVE")?;
@@ -2600,73 +2626,99 @@ impl Space {
         }
     }
 
-    /// Whether a commit may be acknowledged: `free` bytes on the disk,
-    /// `free_pages` bytes of free pages in the database file, `backlog`
-    /// bytes of WAL a checkpoint has yet to copy into it, `unflushed` bytes
-    /// acknowledged but not in SQLite yet.
+    /// Whether a commit may be acknowledged, `unflushed` bytes being
+    /// acknowledged and not in SQLite yet.
     ///
-    /// The WAL needs blocks on the disk; the database file grows into its
-    /// own free pages first. Commits that only free room or barely take any
-    /// (deletes, truncates, the freeing of an unlinked file, heartbeats and
-    /// lock records: [`Commit::frees_or_tiny`]) are taken whatever the
-    /// count says, else a full disk could never be emptied, nor a client
-    /// stay alive; other commits up to [`SMALL_COMMIT_BYTES`] may use the
-    /// reserve; bigger ones leave it.
+    /// What is coming — the commit, the unflushed bytes, a batch being
+    /// written — takes 3/2 of its size in the WAL, which must fit on the
+    /// disk or in WAL blocks a restart reuses, and as much again in the
+    /// database file, which grows into its own free pages first, after the
+    /// WAL backlog a checkpoint has yet to copy. Commits over
+    /// [`SMALL_COMMIT_BYTES`] leave [`SPACE_RESERVE`] free. Commits that
+    /// barely take room ([`Commit::exempt`]: deletes, heartbeats, lock and
+    /// open records) are taken whatever the count says, else a full disk
+    /// could never be emptied, nor a client stay alive.
     fn admit(commit: Commit, unflushed: usize, no_space: bool, room: Room) -> KvResult<()> {
         let stuck = no_space && unflushed >= 4 * FLUSH_BYTES;
-        if commit.frees_or_tiny() && !stuck {
+        if commit.exempt() && !stuck {
             return Ok(());
         }
-        let coming = ((unflushed + commit.bytes) as u64).saturating_mul(SPACE_AMPLIFICATION) / 2;
-        let database = coming
+        let big = commit.bytes > SMALL_COMMIT_BYTES;
+        let coming = ((unflushed + commit.bytes) as u64)
+            .saturating_add(room.in_flight)
+            .saturating_mul(SPACE_AMPLIFICATION)
+            / 2;
+        let wal_room = room.free.saturating_add(room.wal_reusable);
+        let total_room = wal_room.saturating_add(room.free_pages);
+        let need = coming
+            .saturating_mul(2)
             .saturating_add(room.backlog)
-            .saturating_sub(room.free_pages);
-        let reserve = if commit.bytes > SMALL_COMMIT_BYTES {
-            SPACE_RESERVE
-        } else {
-            0
-        };
-        let need = coming.saturating_add(database).saturating_add(reserve);
-        if stuck || (no_space && commit.bytes > SMALL_COMMIT_BYTES) || room.free < need {
+            .saturating_add(if big { SPACE_RESERVE } else { 0 });
+        if stuck || (no_space && big) || coming > wal_room || need > total_room {
             return Err(KvError::NoSpace(format!(
-                "sqlite: the database's disk is nearly full ({} bytes free, {need} wanted)",
-                room.free
+                "sqlite: the database's disk is nearly full ({total_room} bytes of room, \
+                 {need} wanted)"
             )));
         }
         Ok(())
     }
 }
 
-/// What [`Space::admit`] knows of the room for a commit.
+/// What [`Space::admit`] knows of the room for a commit (bytes).
 #[derive(Debug, Clone, Copy)]
 struct Room {
+    /// Free on the database's disk.
     free: u64,
+    /// The database file's free pages.
     free_pages: u64,
+    /// WAL frames a checkpoint has yet to copy into the database file.
     backlog: u64,
+    /// WAL file blocks the next frames overwrite.
+    wal_reusable: u64,
+    /// A batch being written by the flusher.
+    in_flight: u64,
 }
 
 /// What [`Space::admit`] knows of a commit.
 #[derive(Debug, Clone, Copy)]
 struct Commit {
-    /// Keys and values it writes ([`memtable::mutation_bytes`]).
+    /// Keys and values it writes or clears ([`memtable::mutation_bytes`]).
     bytes: usize,
+    /// Of those, what it sets or adds.
+    written: usize,
     /// It clears a key or a range.
     clears: bool,
+    /// Bookkeeping written without fsync: heartbeats, lock and open records.
+    relaxed: bool,
 }
 
 impl Commit {
     fn of(request: &CommitRequest) -> Commit {
+        let (mut bytes, mut written, mut clears) = (0, 0, false);
+        for m in &request.mutations {
+            let n = memtable::mutation_bytes(m);
+            bytes += n;
+            match m {
+                Mutation::Set { .. } | Mutation::Add { .. } => written += n,
+                Mutation::Clear { .. } | Mutation::ClearRange { .. } => clears = true,
+            }
+        }
         Commit {
-            bytes: request.mutations.iter().map(memtable::mutation_bytes).sum(),
-            clears: request
-                .mutations
-                .iter()
-                .any(|m| matches!(m, Mutation::Clear { .. } | Mutation::ClearRange { .. })),
+            bytes,
+            written,
+            clears,
+            relaxed: request.relaxed,
         }
     }
 
-    fn frees_or_tiny(self) -> bool {
-        (self.clears && self.bytes <= SMALL_COMMIT_BYTES) || self.bytes <= TINY_COMMIT_BYTES
+    /// Barely takes room: a delete or truncate (clears, and writes no more
+    /// than an inode's attributes and markers), the session and lock
+    /// bookkeeping, or anything this small. A write whose chunk became
+    /// zeros clears it too, but writes its other chunks: not exempt.
+    fn exempt(self) -> bool {
+        self.bytes <= TINY_COMMIT_BYTES
+            || (self.relaxed && self.bytes <= SMALL_COMMIT_BYTES)
+            || (self.clears && self.written <= EXEMPT_WRITES_BYTES)
     }
 }
 
@@ -2924,10 +2976,13 @@ fn flush_once(shared: &Shared, wb: &WriteBehind, conn: &Connection) {
         .then(|| shared.prune_mark(at_ms, last))
         .flatten();
     let owner = wb.state.lock().owner.clone();
-    // Counted before it is written: while it is, the memtable no longer
-    // counts it (a failed write counts it twice until the next measure).
-    shared.wal_grew(batch_bytes as usize);
+    // While it is written the memtable no longer counts it: `Space` does.
+    shared.flushing_bytes.store(batch_bytes, Ordering::Relaxed);
     let written = write_batch(conn, &batch, prune_through, &owner);
+    shared.flushing_bytes.store(0, Ordering::Relaxed);
+    if written.is_ok() {
+        shared.wal_grew(batch_bytes as usize);
+    }
     let mut st = wb.state.lock();
     match written {
         Ok(()) => {
