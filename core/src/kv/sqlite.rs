@@ -304,7 +304,9 @@ impl Drop for Closer {
                     } else {
                         let message = format!(
                             "sqlite: the database's disk stayed full for {} s at close: \
-                             {} bytes of acknowledged changes lost",
+                             {} bytes of changes not written to SQLite; those never \
+                             synced are lost (synced ones are in the sync log, which \
+                             the next opener applies)",
                             CLOSE_FULL_WAIT.as_secs(),
                             st.table.unflushed_bytes()
                         );
