@@ -122,7 +122,9 @@ const _: () = assert!(WAL_PRESIZE_BYTES <= WAL_SIZE_LIMIT_BYTES);
 const WAL_HEADER_BYTES: u64 = 32;
 /// One WAL frame: its 24-byte header and a page (SQLite's default 4 KiB,
 /// which hafs databases keep).
-const WAL_FRAME_BYTES: u64 = 24 + 4096;
+const WAL_FRAME_BYTES: u64 = 24 + PAGE_BYTES;
+/// SQLite's page size (its default; hafs never sets another).
+const PAGE_BYTES: u64 = 4096;
 /// How long a RESTART checkpoint waits for readers and writers to drain.
 const CHECKPOINT_RESTART_WAIT: Duration = Duration::from_millis(20);
 /// How much of the database file a transaction's connection reads through
@@ -1098,6 +1100,15 @@ impl Shared {
         }
     }
 
+    /// [`Space::admit`], logging a refusal (at most every 10 s).
+    fn admit(&self, commit: Commit, unflushed: usize, no_space: bool, room: Room) -> KvResult<()> {
+        let admitted = Space::admit(commit, unflushed, no_space, room);
+        if let Err(e) = &admitted {
+            self.space.warn(e, self.clock.monotonic());
+        }
+        admitted
+    }
+
     /// `bytes` of commits went into the WAL: a checkpoint will copy them
     /// into the database file (with the b-tree's pages, hence 3/2).
     /// Counted until the checkpointer measures the backlog again.
@@ -1687,10 +1698,9 @@ impl BackendTxn for SqliteTxn {
         // without it a full disk took the WAL past what a checkpoint could
         // copy, and not even a delete could commit again).
         let commit = Commit::of(&request);
-        if let Err(e) = Space::admit(commit, 0, false, self.shared.room()) {
+        if let Err(e) = self.shared.admit(commit, 0, false, self.shared.room()) {
             let _ = control(&conn, "ROLLBACK");
             self.release(conn);
-            self.shared.space.warn(&e, self.shared.clock.monotonic());
             return Err(e);
         }
         let direct = match DirectCommit::enter(&self.shared, generation) {
@@ -1795,9 +1805,8 @@ impl SqliteTxn {
             } else if st.generation != generation || !st.buffered || st.draining {
                 Err(KvError::NotCommitted)
             } else if let Err(e) =
-                Space::admit(commit, st.table.unflushed_bytes(), st.no_space, room)
+                shared.admit(commit, st.table.unflushed_bytes(), st.no_space, room)
             {
-                shared.space.warn(&e, shared.clock.monotonic());
                 Err(e)
             } else {
                 let now = shared.clock.monotonic();
@@ -2261,7 +2270,7 @@ fn checkpoint(shared: &Shared, conn: &Connection) -> rusqlite::Result<()> {
     // Pages SQLite reuses before it grows the file: room too (`Space`).
     let free_pages: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
     shared.db_free_bytes.store(
-        u64::try_from(free_pages).unwrap_or(0) * 4096,
+        u64::try_from(free_pages).unwrap_or(0) * PAGE_BYTES,
         Ordering::Relaxed,
     );
     if frames > WAL_RESTART_FRAMES {
