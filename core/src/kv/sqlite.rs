@@ -402,6 +402,11 @@ struct Shared {
 #[cfg(test)]
 type TestHook = Box<dyn FnOnce() + Send>;
 
+/// Tests: run once by the next replay of the sync log at this path, just
+/// after it read the log (an opener, before `Shared` exists).
+#[cfg(test)]
+static REPLAY_READ_HOOK: Mutex<Option<(PathBuf, TestHook)>> = Mutex::new(None);
+
 /// Run the hook in `slot`, if one is set, once (not holding the slot).
 #[cfg(test)]
 fn run_test_hook(slot: &Mutex<Option<TestHook>>) {
@@ -3221,6 +3226,13 @@ fn replay_sync_log(conn: &Connection, log: &Path, wal: &Path) -> Result<(), Open
     else {
         return Ok(());
     };
+    #[cfg(test)]
+    {
+        let hook = REPLAY_READ_HOOK.lock().take_if(|(at, _)| at == log);
+        if let Some((_, hook)) = hook {
+            hook();
+        }
+    }
     let mut applied = 0;
     let replayed = conn
         .busy_timeout(WRITE_LOCK_WAIT)
@@ -3854,5 +3866,50 @@ mod tests {
                 "b acknowledged after the break-in (replayed: {replayed}): {synced:?}"
             );
         }
+    }
+
+    /// A breaker marks the holder's sync log before its replay reads it
+    /// (`open`: `break_in`, then `replay_sync_log`): a holder that logs a
+    /// sync just after the replay's read, while the breaker goes on, finds
+    /// the mark and fails that sync. Marked only after the read, the
+    /// record would be acknowledged and never replayed: lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_opener_breaking_in_marks_the_log_before_it_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, db) = buffering(dir.path());
+        put(&db, b"a").await;
+        sync(&backend).unwrap();
+        put(&db, b"b").await;
+        // The holder does not hand over: its flusher, answering the knock,
+        // waits for the flush lock held here.
+        let wb = backend.shared.wb.as_ref().unwrap();
+        let flushing = wb.flushing.lock();
+        let log = log_of(dir.path());
+        let (synced_tx, synced) = std::sync::mpsc::channel();
+        let shared = backend.shared.clone();
+        *REPLAY_READ_HOOK.lock() = Some((
+            log.clone(),
+            Box::new(move || {
+                let _ = synced_tx.send(shared.sync_relaxed());
+            }),
+        ));
+        let options = SqliteOptions {
+            join_wait: Duration::from_millis(300),
+            ..SqliteOptions::default()
+        };
+        let clock = crate::clock::TokioClock::new();
+        let opened = tokio::task::block_in_place(|| {
+            SqliteBackend::open(&dir.path().join("kv.db"), options, clock)
+        });
+        drop(flushing);
+        let breaker = opened.expect("the breaker opens");
+        let synced = synced
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the replay never read the log");
+        assert!(
+            matches!(&synced, Err(KvError::Backend(m)) if m.contains("took the database over")),
+            "a sync logged after the breaker read the log was acknowledged: {synced:?}"
+        );
+        drop(breaker);
     }
 }
