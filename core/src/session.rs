@@ -40,14 +40,28 @@ pub const GC_BATCH: usize = 64;
 /// A live client looks for half-finished evictions every this many beats.
 pub const GC_EVERY_BEATS: u64 = 10;
 
+/// How [`attach`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    /// Registered: the client is attached.
+    Yes,
+    /// Not registered, and this id must never be: an earlier attempt's
+    /// commit was ambiguous and its registration is not there, so it either
+    /// never landed or landed and was evicted since (the client has not
+    /// heartbeated yet: an expiry sweep or `hafs evict` may have taken it
+    /// for dead). Registering the id again could undo that eviction; attach
+    /// under a new id instead ([`crate::fs::Fs::open_client`] does).
+    IdSpent,
+}
+
 /// Register `info` as an attached client. A live client with the same id
 /// is `Busy`; ids must be unique per mount.
-pub async fn attach(db: &Database, keys: &Keys, info: &ClientInfo) -> FsResult<()> {
+pub async fn attach(db: &Database, keys: &Keys, info: &ClientInfo) -> FsResult<Attached> {
     db.run(|txn, maybe_committed| async move {
         let key = keys.session(&info.id);
         if let Some(existing) = txn.get(&key).await? {
             if maybe_committed && existing == codec::encode_client(info) {
-                return Ok(());
+                return Ok(Attached::Yes);
             }
             return Err(FsError::Busy(format!(
                 "client {} is already attached",
@@ -55,16 +69,10 @@ pub async fn attach(db: &Database, keys: &Keys, info: &ClientInfo) -> FsResult<(
             )));
         }
         if maybe_committed {
-            // An earlier attempt may have attached, and an eviction (this
-            // client did not heartbeat yet) removed it since: attaching
-            // again would undo the eviction. Seen in the simulation (seed
-            // 3138 of `lockset`, HAFS_SIM_FIRST_SEED soak): a lock taken
-            // after an eviction succeeded.
-            return Err(FsError::Busy(format!(
-                "attaching client {} had an ambiguous commit and its registration is \
-                 gone (evicted meanwhile?); mount again",
-                info.id
-            )));
+            // Seen in the simulation (seed 3138 of `lockset`,
+            // HAFS_SIM_FIRST_SEED soak): attaching again here undid an
+            // eviction, and a lock taken after it succeeded.
+            return Ok(Attached::IdSpent);
         }
         txn.set(&key, &codec::encode_client(info));
         txn.atomic_add(&keys.client_heartbeat(&info.id), 0);
@@ -72,7 +80,7 @@ pub async fn attach(db: &Database, keys: &Keys, info: &ClientInfo) -> FsResult<(
             &keys.client_beat_time(&info.id),
             &info.mounted_ns.to_le_bytes(),
         );
-        Ok(())
+        Ok(Attached::Yes)
     })
     .await
 }

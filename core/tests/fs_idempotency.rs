@@ -324,11 +324,12 @@ async fn sqlite_mutations_write_no_markers() {
     assert_eq!(markers(&fs).await, 0);
 }
 
-/// Reports the first commit that registers `session` as ambiguous, after
-/// applying it.
+/// Reports the first commit that registers `session` as ambiguous,
+/// having applied it or not (`applied`).
 #[derive(Debug)]
 struct AmbiguousAttach {
     session: Vec<u8>,
+    applied: bool,
     fired: std::sync::atomic::AtomicBool,
 }
 
@@ -340,7 +341,10 @@ impl FaultPlan for AmbiguousAttach {
             .iter()
             .any(|m| matches!(m, hafs_core::kv::Mutation::Set { key, .. } if *key == self.session));
         if attaches && !self.fired.swap(true, Ordering::Relaxed) {
-            return CommitFault::UnknownApplied;
+            return match self.applied {
+                true => CommitFault::UnknownApplied,
+                false => CommitFault::UnknownNotApplied,
+            };
         }
         CommitFault::None
     }
@@ -349,13 +353,9 @@ impl FaultPlan for AmbiguousAttach {
     }
 }
 
-/// An attach whose commit was ambiguous (it landed) and whose client is
-/// evicted before the retry (it has not heartbeated yet: an expiry sweep
-/// may take it for dead) must not attach again: that would undo the
-/// eviction, and the client would go on as if never evicted. Found by the
-/// simulation (`lockset`, seed 3138 of a soak past CI's seeds).
-#[tokio::test(flavor = "current_thread")]
-async fn an_attach_retried_after_an_eviction_does_not_undo_it() {
+/// A filesystem whose first commit registering `c1` is ambiguous
+/// (`applied` or not): the plain database, the faulty one, the keys.
+async fn ambiguous_attach(applied: bool) -> (Database, Database, hafs_core::keys::Keys) {
     let clock = ManualClock::new();
     let mem = MemBackend::new(clock.clone());
     let plain = Database::new(Arc::new(mem.clone()), clock.clone(), 1);
@@ -363,25 +363,39 @@ async fn an_attach_retried_after_an_eviction_does_not_undo_it() {
     let (keys, _) = hafs_core::fs::open_keys(&plain, "fs").await.unwrap();
     let plan = Arc::new(AmbiguousAttach {
         session: keys.session("c1"),
+        applied,
         fired: Default::default(),
     });
     let faulty = FaultyBackend::new(Arc::new(mem), plan, clock.clone());
-    let db = Database::new(Arc::new(faulty), clock, 2);
+    (plain, Database::new(Arc::new(faulty), clock, 2), keys)
+}
+
+async fn registered(db: &Database, keys: &hafs_core::keys::Keys, id: &str) -> bool {
+    let txn = db.begin().await.unwrap();
+    txn.get(&keys.session(id)).await.unwrap().is_some()
+}
+
+/// An attach whose commit was ambiguous (it landed) and whose client is
+/// evicted before the retry (it has not heartbeated yet: an expiry sweep
+/// may take it for dead) must not attach again: that would undo the
+/// eviction, and the client would go on as if never evicted. Found by the
+/// simulation (`lockset`, seed 3138 of a soak past CI's seeds). The mount
+/// attaches under a new id instead, which nobody evicted.
+#[tokio::test(flavor = "current_thread")]
+async fn an_attach_retried_after_an_eviction_does_not_undo_it() {
+    let (plain, db, keys) = ambiguous_attach(true).await;
     // Evicts c1 the moment its registration lands: while the attach waits
     // to retry (the runner's backoff yields to other tasks).
     let evictor = {
         let (plain, keys) = (plain.clone(), keys.clone());
         tokio::spawn(async move {
             for _ in 0..10_000 {
-                let txn = plain.begin().await.unwrap();
-                if txn.get(&keys.session("c1")).await.unwrap().is_some() {
-                    drop(txn);
+                if registered(&plain, &keys, "c1").await {
                     hafs_core::session::evict(&plain, &keys, "c1")
                         .await
                         .unwrap();
                     return;
                 }
-                drop(txn);
                 tokio::task::yield_now().await;
             }
             panic!("c1 never registered");
@@ -389,11 +403,27 @@ async fn an_attach_retried_after_an_eviction_does_not_undo_it() {
     };
     let opened = Fs::open(db.clone(), "fs", "c1", FsOptions::default()).await;
     evictor.await.unwrap();
-    let txn = plain.begin().await.unwrap();
-    let attached = txn.get(&keys.session("c1")).await.unwrap().is_some();
-    assert!(
-        matches!(opened, Err(hafs_core::error::FsError::Busy(_))) && !attached,
-        "evicted while attaching, the client attached again (open: {:?}, registered: {attached})",
-        opened.map(|_| ())
-    );
+    let c1 = registered(&plain, &keys, "c1").await;
+    assert!(!c1, "evicted while attaching, c1 attached again");
+    let fs = opened.expect("attached under a new id");
+    assert_eq!(fs.client(), "c1~1");
+    assert!(registered(&plain, &keys, "c1~1").await);
+    let root = Caller::root();
+    fs.create(&root, ROOT_INO, b"f", 0o644, true, perm::WRITE)
+        .await
+        .expect("the new client works");
+}
+
+/// An attach whose ambiguous commit did not land mounts all the same (under
+/// a new id: the retry cannot tell it from one that landed and was
+/// evicted).
+#[tokio::test(flavor = "current_thread")]
+async fn an_ambiguous_attach_that_did_not_land_still_mounts() {
+    let (plain, db, keys) = ambiguous_attach(false).await;
+    let fs = Fs::open(db.clone(), "fs", "c1", FsOptions::default())
+        .await
+        .expect("mounted");
+    assert_eq!(fs.client(), "c1~1");
+    assert!(!registered(&plain, &keys, "c1").await);
+    assert!(registered(&plain, &keys, "c1~1").await);
 }

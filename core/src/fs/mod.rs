@@ -107,6 +107,38 @@ impl MarkerReply for crate::ops::Made {
     }
 }
 
+/// Ids a mount tries before it gives up attaching: its own, then
+/// `ID~1`, `ID~2` (see [`attach_as_new`]).
+const ATTACH_IDS: u32 = 3;
+
+/// Attach as `info` describes, or, if that id is spent (an ambiguous
+/// attach that may have landed and been evicted since,
+/// [`crate::session::Attached::IdSpent`]), as `ID~1`, then `ID~2`: an id
+/// never registered before cannot undo anyone's eviction, and a client
+/// that has done nothing yet loses nothing by changing its name. Returns
+/// the description the client attached with.
+async fn attach_as_new(db: &Database, keys: &Keys, info: &ClientInfo) -> FsResult<ClientInfo> {
+    let mut attaching = info.clone();
+    for n in 1..=ATTACH_IDS {
+        match crate::session::attach(db, keys, &attaching).await? {
+            crate::session::Attached::Yes => return Ok(attaching),
+            crate::session::Attached::IdSpent => {
+                tracing::warn!(
+                    client = %attaching.id,
+                    "attaching had an ambiguous commit and the registration is gone \
+                     (evicted meanwhile?); attaching under a new id"
+                );
+                attaching.id = format!("{}~{n}", info.id);
+            }
+        }
+    }
+    Err(FsError::Busy(format!(
+        "attaching client {} had {ATTACH_IDS} ambiguous commits whose registrations went; \
+         mount again",
+        info.id
+    )))
+}
+
 /// One client's handle on one filesystem.
 #[derive(Debug)]
 pub struct Fs {
@@ -147,7 +179,7 @@ impl Fs {
         options: FsOptions,
     ) -> FsResult<Fs> {
         let (keys, settings) = format::open_keys(&db, name).await?;
-        crate::session::attach(&db, &keys, info).await?;
+        let info = &attach_as_new(&db, &keys, info).await?;
         // A `mkfs --overwrite` between reading the settings and attaching
         // would leave this client registered in a new filesystem with the
         // old one's layout and generation. Once attached, an overwrite
