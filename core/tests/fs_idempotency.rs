@@ -324,27 +324,29 @@ async fn sqlite_mutations_write_no_markers() {
     assert_eq!(markers(&fs).await, 0);
 }
 
-/// Reports the first commit that registers `session` as ambiguous,
-/// having applied it or not (`applied`).
+/// Reports the first commit that registers each of `sessions` as
+/// ambiguous, having applied it or not (`applied`).
 #[derive(Debug)]
 struct AmbiguousAttach {
-    session: Vec<u8>,
+    sessions: Vec<Vec<u8>>,
     applied: bool,
-    fired: std::sync::atomic::AtomicBool,
+    fired: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 impl FaultPlan for AmbiguousAttach {
     fn on_commit(&self, request: &CommitRequest) -> CommitFault {
-        use std::sync::atomic::Ordering;
-        let attaches = request
-            .mutations
-            .iter()
-            .any(|m| matches!(m, hafs_core::kv::Mutation::Set { key, .. } if *key == self.session));
-        if attaches && !self.fired.swap(true, Ordering::Relaxed) {
-            return match self.applied {
-                true => CommitFault::UnknownApplied,
-                false => CommitFault::UnknownNotApplied,
+        for m in &request.mutations {
+            let hafs_core::kv::Mutation::Set { key, .. } = m else {
+                continue;
             };
+            let mut fired = self.fired.lock().unwrap();
+            if self.sessions.contains(key) && !fired.contains(key) {
+                fired.push(key.clone());
+                return match self.applied {
+                    true => CommitFault::UnknownApplied,
+                    false => CommitFault::UnknownNotApplied,
+                };
+            }
         }
         CommitFault::None
     }
@@ -353,16 +355,20 @@ impl FaultPlan for AmbiguousAttach {
     }
 }
 
-/// A filesystem whose first commit registering `c1` is ambiguous
-/// (`applied` or not): the plain database, the faulty one, the keys.
-async fn ambiguous_attach(applied: bool) -> (Database, Database, hafs_core::keys::Keys) {
+/// A filesystem whose first commit registering each of `ids` is
+/// ambiguous (`applied` or not): the plain database, the faulty one, the
+/// keys.
+async fn ambiguous_attach(
+    ids: &[&str],
+    applied: bool,
+) -> (Database, Database, hafs_core::keys::Keys) {
     let clock = ManualClock::new();
     let mem = MemBackend::new(clock.clone());
     let plain = Database::new(Arc::new(mem.clone()), clock.clone(), 1);
     mkfs(&plain, "fs", MkfsOptions::default()).await.unwrap();
     let (keys, _) = hafs_core::fs::open_keys(&plain, "fs").await.unwrap();
     let plan = Arc::new(AmbiguousAttach {
-        session: keys.session("c1"),
+        sessions: ids.iter().map(|id| keys.session(id)).collect(),
         applied,
         fired: Default::default(),
     });
@@ -383,7 +389,7 @@ async fn registered(db: &Database, keys: &hafs_core::keys::Keys, id: &str) -> bo
 /// attaches under a new id instead, which nobody evicted.
 #[tokio::test(flavor = "current_thread")]
 async fn an_attach_retried_after_an_eviction_does_not_undo_it() {
-    let (plain, db, keys) = ambiguous_attach(true).await;
+    let (plain, db, keys) = ambiguous_attach(&["c1"], true).await;
     // Evicts c1 the moment its registration lands: while the attach waits
     // to retry (the runner's backoff yields to other tasks).
     let evictor = {
@@ -419,11 +425,42 @@ async fn an_attach_retried_after_an_eviction_does_not_undo_it() {
 /// evicted).
 #[tokio::test(flavor = "current_thread")]
 async fn an_ambiguous_attach_that_did_not_land_still_mounts() {
-    let (plain, db, keys) = ambiguous_attach(false).await;
+    let (plain, db, keys) = ambiguous_attach(&["c1"], false).await;
     let fs = Fs::open(db.clone(), "fs", "c1", FsOptions::default())
         .await
         .expect("mounted");
     assert_eq!(fs.client(), "c1~1");
     assert!(!registered(&plain, &keys, "c1").await);
     assert!(registered(&plain, &keys, "c1~1").await);
+}
+
+/// Each new id may be spent the same way: the mount tries `c1~2`, then
+/// gives up (`Busy`) with none of the three registered. A caller's id
+/// may not contain `~`, the new ids' mark.
+#[tokio::test(flavor = "current_thread")]
+async fn spent_ids_are_not_tried_again_and_three_are_the_limit() {
+    let (plain, db, keys) = ambiguous_attach(&["c1", "c1~1"], false).await;
+    let fs = Fs::open(db.clone(), "fs", "c1", FsOptions::default())
+        .await
+        .expect("mounted");
+    assert_eq!(fs.client(), "c1~2");
+    for (id, expected) in [("c1", false), ("c1~1", false), ("c1~2", true)] {
+        assert_eq!(registered(&plain, &keys, id).await, expected, "{id}");
+    }
+    let (plain, db, keys) = ambiguous_attach(&["c1", "c1~1", "c1~2"], false).await;
+    let opened = Fs::open(db.clone(), "fs", "c1", FsOptions::default()).await;
+    assert!(
+        matches!(opened, Err(hafs_core::error::FsError::Busy(_))),
+        "{:?}",
+        opened.map(|_| ())
+    );
+    for id in ["c1", "c1~1", "c1~2", "c1~3"] {
+        assert!(!registered(&plain, &keys, id).await, "{id}");
+    }
+    let opened = Fs::open(db, "fs", "c1~1", FsOptions::default()).await;
+    assert!(
+        matches!(opened, Err(hafs_core::error::FsError::Invalid)),
+        "{:?}",
+        opened.map(|_| ())
+    );
 }

@@ -934,8 +934,10 @@ async fn heal_and_wait(shared: &Shared, handle: &Handle, nodes: &[NodeHandle]) -
         .into_iter()
         .filter(|e| e.outcome == Outcome::Pending && !matches!(e.op, Op::Mount))
         .filter(|e| {
+            // `c{index}.{generation}`, with `~n` after it for a client
+            // that attached under a new id (`Fs::open_client`).
             let mut parts = e.client[1..]
-                .split('.')
+                .split(['.', '~'])
                 .map(|s| s.parse::<u64>().unwrap_or(0));
             let (index, generation) = (
                 parts.next().unwrap_or(0) as usize,

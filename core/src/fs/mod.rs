@@ -118,19 +118,27 @@ const ATTACH_IDS: u32 = 3;
 /// that has done nothing yet loses nothing by changing its name. Returns
 /// the description the client attached with.
 async fn attach_as_new(db: &Database, keys: &Keys, info: &ClientInfo) -> FsResult<ClientInfo> {
+    // `~` is reserved for these names: a caller's id with one could be a
+    // name this fallback gave another client, evicted since.
+    if info.id.contains('~') {
+        return Err(FsError::Invalid);
+    }
     let mut attaching = info.clone();
     for n in 1..=ATTACH_IDS {
-        match crate::session::attach(db, keys, &attaching).await? {
-            crate::session::Attached::Yes => return Ok(attaching),
-            crate::session::Attached::IdSpent => {
-                tracing::warn!(
-                    client = %attaching.id,
-                    "attaching had an ambiguous commit and the registration is gone \
-                     (evicted meanwhile?); attaching under a new id"
-                );
-                attaching.id = format!("{}~{n}", info.id);
-            }
+        if crate::session::attach(db, keys, &attaching).await? == crate::session::Attached::Yes {
+            return Ok(attaching);
         }
+        if n == ATTACH_IDS {
+            break;
+        }
+        let next = format!("{}~{n}", info.id);
+        tracing::warn!(
+            client = %attaching.id,
+            new_id = %next,
+            "attaching had an ambiguous commit and the registration is gone \
+             (evicted meanwhile?); attaching under a new id"
+        );
+        attaching.id = next;
     }
     Err(FsError::Busy(format!(
         "attaching client {} had {ATTACH_IDS} ambiguous commits whose registrations went; \
