@@ -290,7 +290,14 @@ async fn client_main(index: usize, shared: Arc<Shared>) {
         let db = Database::new(Arc::new(backend), shared.clock.clone(), seed);
         let mount = shared.history.invoke(&id, Op::Mount);
         let fs = match Fs::open(db, "fs", &id, FsOptions::default()).await {
-            Ok(fs) => Arc::new(fs),
+            Ok(fs) => {
+                if fs.client() != id {
+                    // An ambiguous attach whose registration was gone on
+                    // the retry (`Fs::open_client`).
+                    shared.count("attached_under_new_id");
+                }
+                Arc::new(fs)
+            }
             Err(e) => {
                 shared.history.complete(mount, Outcome::Err(e.errno()));
                 if shared.stop.load(Ordering::Relaxed) {
