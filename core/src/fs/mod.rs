@@ -123,22 +123,18 @@ async fn attach_as_new(db: &Database, keys: &Keys, info: &ClientInfo) -> FsResul
     if info.id.contains('~') {
         return Err(FsError::Invalid);
     }
-    let mut attaching = info.clone();
-    for n in 1..=ATTACH_IDS {
+    let names =
+        std::iter::once(info.id.clone()).chain((1..ATTACH_IDS).map(|n| format!("{}~{n}", info.id)));
+    for id in names {
+        let attaching = ClientInfo { id, ..info.clone() };
         if crate::session::attach(db, keys, &attaching).await? == crate::session::Attached::Yes {
             return Ok(attaching);
         }
-        if n == ATTACH_IDS {
-            break;
-        }
-        let next = format!("{}~{n}", info.id);
         tracing::warn!(
             client = %attaching.id,
-            new_id = %next,
             "attaching had an ambiguous commit and the registration is gone \
-             (evicted meanwhile?); attaching under a new id"
+             (evicted meanwhile?): this id is spent"
         );
-        attaching.id = next;
     }
     Err(FsError::Busy(format!(
         "attaching client {} had {ATTACH_IDS} ambiguous commits whose registrations went; \

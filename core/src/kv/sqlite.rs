@@ -1401,12 +1401,11 @@ fn diagnose_cannot_open(path: &Path) -> OpenError {
 /// opening a new file at once do not race; also proves the file writable.
 fn init_schema(conn: &Connection, path: &Path, wait: Duration) -> Result<(), OpenError> {
     conn.busy_timeout(wait).map_err(|e| open_error(path, e))?;
-    // Takes effect only on a file that has no tables yet, and only before
-    // the switch to WAL (which writes the first page): a new database
-    // gives the pages of deleted data back to the disk (`vacuum_some`).
-    // An existing one keeps its mode; SQLite converts only by a VACUUM.
-    // Only on an empty file: on a database made with auto_vacuum, the
-    // pragma writes page 1 (a commit at every open, under a holder's feet).
+    // A new database gives the pages of deleted data back to the disk
+    // (`vacuum_some`). The pragma takes only on an empty file, before the
+    // switch to WAL (which writes the first page); an existing database
+    // keeps its mode (SQLite converts only by a VACUUM), and on one made
+    // with auto_vacuum the pragma would write page 1 at every open.
     let pages: i64 = conn
         .query_row("PRAGMA page_count", [], |r| r.get(0))
         .map_err(|e| open_error(path, e))?;
@@ -3643,6 +3642,16 @@ mod tests {
         tokio::task::block_in_place(|| backend.shared.sync_relaxed())
     }
 
+    /// A buffering backend whose sync log holds `a` and whose next record
+    /// (pending) holds `b`.
+    async fn a_logged_b_pending(dir: &Path) -> (SqliteBackend, crate::kv::Database) {
+        let (backend, db) = buffering(dir);
+        put(&db, b"a").await;
+        sync(&backend).unwrap();
+        put(&db, b"b").await;
+        (backend, db)
+    }
+
     /// Transactions read the database through a memory map only while the
     /// backend has it to itself (`MMAP_BYTES`): a backend that commits
     /// straight to SQLite uses unmapped connections (`mapped_pool`).
@@ -3700,10 +3709,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn no_sync_is_acknowledged_after_a_gap_in_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let (backend, db) = buffering(dir.path());
-        put(&db, b"a").await;
-        sync(&backend).unwrap();
-        put(&db, b"b").await;
+        let (backend, db) = a_logged_b_pending(dir.path()).await;
         let wb = backend.shared.wb.as_ref().unwrap();
         // As if `b` overflowed a record: this sync goes through SQLite...
         wb.state.lock().pending = None;
@@ -3934,12 +3940,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fenced_out_holder_never_reactivates_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let (backend, db) = buffering(dir.path());
-        put(&db, b"a").await;
-        sync(&backend).unwrap();
-        // One more commit, pending for the log but written out, so the
-        // next sync has a record to log and nothing to flush.
-        put(&db, b"b").await;
+        // `b` pending for the log but written out, so the next sync has a
+        // record to log and nothing to flush.
+        let (backend, _db) = a_logged_b_pending(dir.path()).await;
         tokio::task::block_in_place(|| backend.shared.wait_flushed()).unwrap();
         // The breaker: fences in SQLite, replays, retires the log.
         let raw = Connection::open(dir.path().join("kv.db")).unwrap();
@@ -3975,10 +3978,7 @@ mod tests {
     async fn a_sync_logged_after_a_break_in_fails() {
         for replayed in [false, true] {
             let dir = tempfile::tempdir().unwrap();
-            let (backend, db) = buffering(dir.path());
-            put(&db, b"a").await;
-            sync(&backend).unwrap();
-            put(&db, b"b").await;
+            let (backend, _db) = a_logged_b_pending(dir.path()).await;
             // The breaker, on a connection of its own as another process.
             let path = dir.path().join("kv.db");
             let raw = Connection::open(&path).unwrap();
@@ -4005,10 +4005,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_opener_breaking_in_marks_the_log_before_it_reads_it() {
         let dir = tempfile::tempdir().unwrap();
-        let (backend, db) = buffering(dir.path());
-        put(&db, b"a").await;
-        sync(&backend).unwrap();
-        put(&db, b"b").await;
+        let (backend, _db) = a_logged_b_pending(dir.path()).await;
         // The holder does not hand over: its flusher, answering the knock,
         // waits for the flush lock held here.
         let wb = backend.shared.wb.as_ref().unwrap();
