@@ -48,6 +48,10 @@ pub enum FsError {
     WouldBlock,
     #[error("interrupted")]
     Interrupted,
+    /// A lock wait that would close a cycle of owners waiting on each
+    /// other's held locks.
+    #[error("resource deadlock avoided")]
+    Deadlock,
     #[error("no such device (operation needs a regular file)")]
     NoDevice,
     #[error("operation not supported")]
@@ -101,6 +105,7 @@ impl FsError {
             FsError::Stale => libc::ESTALE,
             FsError::WouldBlock => libc::EAGAIN,
             FsError::Interrupted => libc::EINTR,
+            FsError::Deadlock => libc::EDEADLK,
             FsError::NoDevice => libc::ENODEV,
             FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::ReadOnly => libc::EROFS,

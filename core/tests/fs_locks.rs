@@ -39,6 +39,13 @@ async fn assert_clean(db: &Database) {
     assert!(report.is_clean(), "{:#?}", report.violations);
 }
 
+/// A new file `f` in the root, created by `fs`.
+async fn new_file(fs: &Fs) -> u64 {
+    let root = Caller::root();
+    let made = fs.create(&root, ROOT_INO, b"f", 0o644, true, perm::WRITE);
+    made.await.unwrap().ino
+}
+
 fn req(kind: Option<LockKind>, start: u64, end: u64) -> LockRequest {
     LockRequest {
         kind,
@@ -59,11 +66,7 @@ async fn conflicts_split_merge_and_getlk() {
     let db = db_with(TokioClock::new()).await;
     let (a, b) = (client(&db, "a").await, client(&db, "b").await);
     let root = Caller::root();
-    let f = a
-        .create(&root, ROOT_INO, b"f", 0o644, true, perm::WRITE)
-        .await
-        .unwrap()
-        .ino;
+    let f = new_file(&a).await;
     a.setlk(&root, f, 1, req(W, 0, 100), false, never())
         .await
         .unwrap();
@@ -146,11 +149,7 @@ async fn waiters_are_woken_in_order_and_new_requests_do_not_barge() {
     let db = db_with(TokioClock::new()).await;
     let (a, b) = (client(&db, "a").await, client(&db, "b").await);
     let root = Caller::root();
-    let f = a
-        .create(&root, ROOT_INO, b"f", 0o644, true, perm::WRITE)
-        .await
-        .unwrap()
-        .ino;
+    let f = new_file(&a).await;
     a.setlk(&root, f, 1, req(W, 0, LOCK_END_MAX), false, never())
         .await
         .unwrap();
@@ -204,11 +203,7 @@ async fn a_cancelled_wait_leaves_nothing_behind() {
     let db = db_with(TokioClock::new()).await;
     let (a, b) = (client(&db, "a").await, client(&db, "b").await);
     let root = Caller::root();
-    let f = a
-        .create(&root, ROOT_INO, b"f", 0o644, true, perm::WRITE)
-        .await
-        .unwrap()
-        .ino;
+    let f = new_file(&a).await;
     a.setlk(&root, f, 1, req(W, 0, 10), false, never())
         .await
         .unwrap();
@@ -291,11 +286,7 @@ async fn eviction_releases_locks_and_opens_and_fences_the_client() {
     };
     let b = Fs::open(db.clone(), "fs", "b", no_grace).await.unwrap();
     let root = Caller::root();
-    let f = a
-        .create(&root, ROOT_INO, b"f", 0o644, true, perm::WRITE)
-        .await
-        .unwrap()
-        .ino;
+    let f = new_file(&a).await;
     let g = a
         .create(&root, ROOT_INO, b"g", 0o644, true, perm::WRITE)
         .await
@@ -383,11 +374,7 @@ async fn gc_finishes_an_eviction_that_stopped_midway() {
     let db = db_with(TokioClock::new()).await;
     let a = client(&db, "a").await;
     let root = Caller::root();
-    let f = a
-        .create(&root, ROOT_INO, b"f", 0o644, true, perm::WRITE)
-        .await
-        .unwrap()
-        .ino;
+    let f = new_file(&a).await;
     a.setlk(&root, f, 1, req(W, 0, 10), false, never())
         .await
         .unwrap();
@@ -475,4 +462,152 @@ async fn closes_skip_the_kv_only_for_inodes_never_locked() {
     assert_eq!(attempt, Err(FsError::Fenced));
     assert_eq!(a.unlock_owner(&root, f, 1).await, Err(FsError::Fenced));
     assert_eq!(a.unlock_owner(&root, g, 1).await, Err(FsError::Fenced));
+}
+
+/// Spawn a waiting `setlk` of `fs` (owner 7) and return once its ticket is
+/// queued (the client's lock index names the inode).
+async fn queued_waiter(
+    db: &Database,
+    fs: &Arc<Fs>,
+    ino: u64,
+    request: LockRequest,
+) -> tokio::task::JoinHandle<Result<(), FsError>> {
+    let waiter = {
+        let fs = fs.clone();
+        tokio::spawn(async move {
+            fs.setlk(&Caller::root(), ino, 7, request, true, never())
+                .await
+        })
+    };
+    let id = fs.client().to_string();
+    for _ in 0..400 {
+        let clients = session::list_clients(db, fs.keys()).await.unwrap();
+        if clients
+            .iter()
+            .any(|c| c.info.id == id && c.locked_inodes == 1)
+        {
+            return waiter;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{id} never queued");
+}
+
+async fn granted_soon(what: &str, got: impl std::future::Future<Output = Result<(), FsError>>) {
+    match tokio::time::timeout(Duration::from_secs(5), got).await {
+        Ok(result) => result.unwrap_or_else(|e| panic!("{what}: {e:?}")),
+        Err(_) => panic!("{what}: still waiting after 5 s"),
+    }
+}
+
+/// A holder's downgrade, upgrade back, and a second range are granted at
+/// once although a waiter that wants the whole file is queued: that waiter
+/// waits for the holder, so queueing the holder behind it would deadlock
+/// (Linux grants all three). The waiter still gets the file afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_never_queues_behind_a_waiter_that_waits_for_it() {
+    let db = db_with(TokioClock::new()).await;
+    let (a, b) = (client(&db, "a").await, client(&db, "b").await);
+    let root = Caller::root();
+    let f = new_file(&a).await;
+    a.setlk(&root, f, 1, req(W, 0, 10), false, never())
+        .await
+        .unwrap();
+    let waiter = queued_waiter(&db, &b, f, req(W, 0, LOCK_END_MAX)).await;
+    let downgrade = a.setlk(&root, f, 1, req(R, 0, 10), false, never()).await;
+    assert_eq!(downgrade, Ok(()), "downgrade refused behind a waiter");
+    let upgrade = a.setlk(&root, f, 1, req(W, 0, 10), false, never()).await;
+    assert_eq!(upgrade, Ok(()), "upgrade refused behind a waiter");
+    granted_soon(
+        "a second range",
+        a.setlk(&root, f, 1, req(W, 20, 30), true, never()),
+    )
+    .await;
+    assert!(!waiter.is_finished(), "the waiter got a held range");
+    a.unlock_owner(&root, f, 1).await.unwrap();
+    granted_soon("the waiter", async { waiter.await.unwrap() }).await;
+    assert_clean(&db).await;
+}
+
+/// The same through a chain: c waits for a's lock, d waits behind c (its
+/// range is not a's), so a's request that overlaps d's must not queue
+/// behind d either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_never_queues_behind_a_chain_that_waits_for_it() {
+    let db = db_with(TokioClock::new()).await;
+    let a = client(&db, "a").await;
+    let (c, d) = (client(&db, "c").await, client(&db, "d").await);
+    let root = Caller::root();
+    let f = new_file(&a).await;
+    a.setlk(&root, f, 1, req(W, 0, 10), false, never())
+        .await
+        .unwrap();
+    let c_waits = queued_waiter(&db, &c, f, req(W, 0, 100)).await;
+    let d_waits = queued_waiter(&db, &d, f, req(R, 50, 60)).await;
+    granted_soon(
+        "a's second range",
+        a.setlk(&root, f, 1, req(W, 50, 60), true, never()),
+    )
+    .await;
+    // A newcomer still queues behind both.
+    let e = client(&db, "e").await;
+    assert_eq!(
+        e.setlk(&root, f, 1, req(R, 55, 56), false, never()).await,
+        Err(FsError::WouldBlock)
+    );
+    a.unlock_owner(&root, f, 1).await.unwrap();
+    granted_soon("c", async { c_waits.await.unwrap() }).await;
+    assert!(!d_waits.is_finished(), "d barged past c");
+    c.unlock_owner(&root, f, 7).await.unwrap();
+    granted_soon("d", async { d_waits.await.unwrap() }).await;
+    assert_clean(&db).await;
+}
+
+/// Two shared holders that both ask for the write lock: the second would
+/// wait for the first, which waits for it. It gets EDEADLK at once and
+/// keeps its shared lock; the first gets the write lock once the second
+/// lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shared_holders_upgrading_get_edeadlk_instead_of_hanging() {
+    let db = db_with(TokioClock::new()).await;
+    let (a, b) = (client(&db, "a").await, client(&db, "b").await);
+    let root = Caller::root();
+    let f = new_file(&a).await;
+    a.setlk(&root, f, 7, req(R, 0, LOCK_END_MAX), false, never())
+        .await
+        .unwrap();
+    b.setlk(&root, f, 2, req(R, 0, LOCK_END_MAX), false, never())
+        .await
+        .unwrap();
+    let a_upgrades = {
+        let a = a.clone();
+        let whole = req(W, 0, LOCK_END_MAX);
+        tokio::spawn(async move { a.setlk(&Caller::root(), f, 7, whole, true, never()).await })
+    };
+    // a already holds f, so its lock index cannot show the ticket; a third
+    // client's shared request is refused once the ticket is queued.
+    let probe = client(&db, "probe").await;
+    for tries in 0.. {
+        match probe.setlk(&root, f, 1, req(R, 0, 1), false, never()).await {
+            Err(FsError::WouldBlock) => break,
+            Ok(()) => probe.unlock_owner(&root, f, 1).await.unwrap(),
+            Err(e) => panic!("{e:?}"),
+        }
+        assert!(tries < 400, "a's upgrade never queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let b_upgrades = b.setlk(&root, f, 2, req(W, 0, LOCK_END_MAX), true, never());
+    let got = tokio::time::timeout(Duration::from_secs(5), b_upgrades).await;
+    assert_eq!(got, Ok(Err(FsError::Deadlock)));
+    assert_eq!(FsError::Deadlock.errno(), libc::EDEADLK);
+    let conflict = a
+        .getlk(&root, f, 9, LockKind::Write, 0, 1)
+        .await
+        .unwrap()
+        .expect("b kept its shared lock");
+    assert_eq!(conflict.kind, LockKind::Read);
+    assert!(!a_upgrades.is_finished());
+    b.unlock_owner(&root, f, 2).await.unwrap();
+    granted_soon("a's upgrade", async { a_upgrades.await.unwrap() }).await;
+    assert_clean(&db).await;
 }

@@ -234,6 +234,92 @@ fn locks_exclude_across_mounts() {
     }
 }
 
+#[allow(unsafe_code)] // flock(2) has no safe std wrapper
+fn flock(f: &std::fs::File, op: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fd is a valid open descriptor for the call's duration.
+    match unsafe { libc::flock(f.as_raw_fd(), op) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// `flock(op)` on another thread, answered within 5 s or reported as stuck;
+/// gives the file back.
+fn flock_soon(f: std::fs::File, op: i32) -> (std::fs::File, std::io::Result<()>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let got = flock(&f, op);
+        let _ = tx.send((f, got));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(5))
+        .unwrap_or_else(|_| panic!("flock({op}) still waiting after 5 s"))
+}
+
+/// Wait until a shared `flock` through `mount` is refused: an exclusive
+/// request is queued (waiters are served in order).
+fn until_an_exclusive_waiter_is_queued(path: &Path) {
+    let started = Instant::now();
+    loop {
+        let probe = std::fs::File::open(path).unwrap();
+        if flock(&probe, libc::LOCK_SH | libc::LOCK_NB).is_err() {
+            return;
+        }
+        assert!(started.elapsed().as_secs() < 10, "no waiter queued");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// `flock` conversions with a waiter on the other mount that waits for
+/// them. A holder's downgrade and upgrade go ahead at once, as on ext4 (a
+/// version that queued them behind the waiter hung the upgrade forever).
+/// Two shared holders that both upgrade: the second gets EDEADLK and keeps
+/// its shared lock, instead of both hanging.
+#[test]
+fn flock_conversions_never_wait_for_their_own_waiters() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = two_mounts(tmp.path());
+    std::fs::write(a.p("f"), b"").unwrap();
+    let holder = std::fs::File::open(a.p("f")).unwrap();
+    flock(&holder, libc::LOCK_EX).unwrap();
+    let waiter = {
+        let path = b.p("f");
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(path).unwrap();
+            flock(&f, libc::LOCK_EX).map(|()| f)
+        })
+    };
+    until_an_exclusive_waiter_is_queued(&a.p("f"));
+    let (holder, got) = flock_soon(holder, libc::LOCK_SH);
+    got.expect("downgrade with a waiter queued");
+    let (holder, got) = flock_soon(holder, libc::LOCK_EX);
+    got.expect("upgrade with a waiter queued");
+    assert!(!waiter.is_finished(), "the waiter got a held lock");
+    drop(holder);
+    let waiter_file = waiter.join().unwrap().expect("the waiter's lock");
+    drop(waiter_file);
+
+    let first = std::fs::File::open(a.p("f")).unwrap();
+    let second = std::fs::File::open(b.p("f")).unwrap();
+    flock(&first, libc::LOCK_SH).unwrap();
+    flock(&second, libc::LOCK_SH).unwrap();
+    let first_upgrade = std::thread::spawn(move || flock(&first, libc::LOCK_EX).map(|()| first));
+    until_an_exclusive_waiter_is_queued(&b.p("f"));
+    let (second, got) = flock_soon(second, libc::LOCK_EX);
+    let err = got.expect_err("both upgrades granted");
+    assert_eq!(err.raw_os_error(), Some(libc::EDEADLK), "{err}");
+    assert!(
+        !first_upgrade.is_finished(),
+        "the first upgrade ignored a shared lock"
+    );
+    drop(second);
+    let first = first_upgrade.join().unwrap().expect("the first upgrade");
+    drop(first);
+}
+
 /// mkdir -p / rm -rf of a 10,000-entry tree, and tar x of this project's
 /// sources compared with diff -r.
 #[test]

@@ -13,10 +13,20 @@
 //! are read locks. Waiting (`F_SETLKW`) is fair: a waiter takes a ticket
 //! from the inode's queue, and a request is granted only when no held lock
 //! and no *earlier* queued request conflicts with it, so a stream of short
-//! holders cannot starve it. Waiters sleep on a watch of the inode's
-//! `lockver` key, which every change bumps, with a slow re-check as a
-//! safety net; they never poll in a tight loop. A cancelled wait removes
-//! its ticket before returning `EINTR`.
+//! holders cannot starve it. Fairness never makes an owner wait for a
+//! request that itself waits, directly or through others, for that
+//! owner's held locks ([`WaitGraph`]): a holder's downgrade, extension or
+//! second range goes ahead of the waiters queued behind it, as on Linux
+//! (where there is no queue at all). Waiters sleep on a watch of the
+//! inode's `lockver` key, which every change bumps, with a slow re-check
+//! as a safety net; they never poll in a tight loop. A cancelled wait
+//! removes its ticket before returning `EINTR`.
+//!
+//! A wait that would close a cycle of owners each waiting for another's
+//! held lock on the inode fails with `EDEADLK` (POSIX's answer; Linux's
+//! `flock` drops the old lock first instead, which FUSE cannot tell us to
+//! do — see the module's first paragraph), so two shared holders that both
+//! upgrade do not hang: the second gets `EDEADLK` and keeps its lock.
 //!
 //! A client remembers in memory which inodes it may hold locks or queue
 //! tickets on ([`LockTracker`]): only its own `setlk` creates them, so a
@@ -24,8 +34,8 @@
 //! cannot tell whether the process ever locked) answers without a
 //! transaction.
 //!
-//! Not done: deadlock detection (`EDEADLK`) — waits that form a cycle
-//! across owners wait until one is interrupted.
+//! Not done: deadlock detection across inodes — such a cycle waits until
+//! one of its waits is interrupted.
 
 use std::future::Future;
 use std::time::Duration;
@@ -211,6 +221,86 @@ async fn waiters(txn: &Transaction, keys: &Keys, ino: u64) -> FsResult<Vec<(u64,
         .collect()
 }
 
+/// A lock owner: (client, owner).
+type OwnerId<'a> = (&'a str, u64);
+
+fn owner_of(w: &Waiter) -> OwnerId<'_> {
+    (w.client.as_str(), w.owner)
+}
+
+/// Whether the held lock `h` keeps the queued request `w` waiting.
+fn held_blocks(h: &Held, w: &Waiter) -> bool {
+    (h.client.as_str(), h.owner) != owner_of(w)
+        && overlaps((w.start, w.end), (h.start, h.value.end))
+        && clash(w.kind, h.value.kind)
+}
+
+/// Whether the earlier queued request `u` keeps `w` waiting (fairness).
+fn queued_blocks(u: &Waiter, w: &Waiter) -> bool {
+    owner_of(u) != owner_of(w)
+        && overlaps((w.start, w.end), (u.start, u.end))
+        && clash(w.kind, u.kind)
+}
+
+/// Who waits for whom on one inode. A queued request waits for every other
+/// owner whose held lock conflicts with it (a *held* edge) and for every
+/// earlier conflicting request (a *fairness* edge); an owner that holds
+/// locks and waits keeps them until its wait ends, so whoever waits for
+/// that owner also waits for what the owner waits for.
+struct WaitGraph<'a> {
+    held: &'a [Held],
+    /// In ticket order.
+    queue: &'a [(u64, Waiter)],
+}
+
+impl WaitGraph<'_> {
+    /// For each queued request (by index), whether it waits — directly or
+    /// through others — for `me`'s held locks or queued requests, so can
+    /// be granted only after `me` gives something up. With `fairness`
+    /// false only held edges count: the cycles that no fairness rule can
+    /// break. A fixpoint; each pass costs the queue's length times the
+    /// locks of the owners reached and the requests reached so far (few:
+    /// usually only `me`'s), and passes repeat only while owners are added.
+    fn waiting_for(&self, me: OwnerId<'_>, fairness: bool) -> Vec<bool> {
+        let mut reached: Vec<bool> = self.queue.iter().map(|(_, w)| owner_of(w) == me).collect();
+        let mut owners = vec![me];
+        loop {
+            let mut changed = false;
+            let mut owners_held: Vec<&Held> = self
+                .held
+                .iter()
+                .filter(|h| owners.contains(&(h.client.as_str(), h.owner)))
+                .collect();
+            let mut reached_so_far: Vec<&Waiter> = Vec::new();
+            for (i, (_, w)) in self.queue.iter().enumerate() {
+                if reached[i] {
+                    reached_so_far.push(w);
+                    continue;
+                }
+                let by_held = owners_held.iter().any(|h| held_blocks(h, w));
+                let by_queue = fairness && reached_so_far.iter().any(|u| queued_blocks(u, w));
+                if by_held || by_queue {
+                    reached[i] = true;
+                    reached_so_far.push(w);
+                    changed = true;
+                    if !owners.contains(&owner_of(w)) {
+                        owners.push(owner_of(w));
+                        let id = owner_of(w);
+                        owners_held.extend(
+                            self.held
+                                .iter()
+                                .filter(|h| (h.client.as_str(), h.owner) == id),
+                        );
+                    }
+                }
+            }
+            if !changed {
+                return reached;
+            }
+        }
+    }
+}
+
 /// Whether `own` locks of mode `kind` cover all of `range`.
 fn covers(own: &[Held], kind: LockKind, range: (u64, u64)) -> bool {
     let mut pieces: Vec<(u64, u64)> = own
@@ -378,22 +468,52 @@ pub async fn apply_setlk(
     // commit landed after it timed out): granted, whatever is queued —
     // queueing behind others for a lock one holds would deadlock.
     let already = request.kind.is_some_and(|kind| covers(&own, kind, range));
+    let graph = WaitGraph {
+        held: &held,
+        queue: &queue,
+    };
+    let me = (ctx.client, owner);
     let blocked = match request.kind {
         _ if already => false,
         None => false,
         Some(kind) => {
-            let by_holder = held.iter().any(|h| {
-                !mine(&h.client, h.owner)
-                    && overlaps(range, (h.start, h.value.end))
-                    && clash(kind, h.value.kind)
-            });
-            let by_earlier = queue.iter().any(|(t, w)| {
-                ticket.is_none_or(|mine_t| *t < mine_t)
-                    && !mine(&w.client, w.owner)
-                    && overlaps(range, (w.start, w.end))
-                    && clash(kind, w.kind)
-            });
-            by_holder || by_earlier
+            let blockers: Vec<&Held> = held
+                .iter()
+                .filter(|h| {
+                    !mine(&h.client, h.owner)
+                        && overlaps(range, (h.start, h.value.end))
+                        && clash(kind, h.value.kind)
+                })
+                .collect();
+            let earlier: Vec<usize> = (queue.iter().enumerate())
+                .filter(|(_, (t, w))| {
+                    ticket.is_none_or(|mine_t| *t < mine_t)
+                        && !mine(&w.client, w.owner)
+                        && overlaps(range, (w.start, w.end))
+                        && clash(kind, w.kind)
+                })
+                .map(|(i, _)| i)
+                .collect();
+            // An earlier request that waits for this owner cannot go first:
+            // queueing behind it would deadlock.
+            let by_earlier = !earlier.is_empty() && {
+                let behind_me = graph.waiting_for(me, true);
+                earlier.iter().any(|&i| !behind_me[i])
+            };
+            // A new wait on a holder that itself waits for this owner's
+            // held locks would never end.
+            if wait && ticket.is_none() && !blockers.is_empty() && !queue.is_empty() {
+                let held_only = graph.waiting_for(me, false);
+                let deadlocked = blockers.iter().any(|h| {
+                    queue.iter().zip(&held_only).any(|((_, w), reached)| {
+                        *reached && owner_of(w) == (h.client.as_str(), h.owner)
+                    })
+                });
+                if deadlocked {
+                    return Err(FsError::Deadlock);
+                }
+            }
+            !blockers.is_empty() || by_earlier
         }
     };
     if !blocked {
