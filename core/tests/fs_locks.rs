@@ -13,7 +13,9 @@ use hafs_core::error::FsError;
 use hafs_core::fs::{mkfs, Fs, MkfsOptions};
 use hafs_core::fsck::check_invariants;
 use hafs_core::keys::ROOT_INO;
+use hafs_core::kv::fault::{CommitFault, FaultPlan, FaultyBackend, ReadFault};
 use hafs_core::kv::mem::MemBackend;
+use hafs_core::kv::CommitRequest;
 use hafs_core::kv::Database;
 use hafs_core::ops::lock::{Conflict, LockRequest, LOCK_END_MAX};
 use hafs_core::ops::write::WriteAt;
@@ -609,5 +611,88 @@ async fn two_shared_holders_upgrading_get_edeadlk_instead_of_hanging() {
     assert!(!a_upgrades.is_finished());
     b.unlock_owner(&root, f, 2).await.unwrap();
     granted_soon("a's upgrade", async { a_upgrades.await.unwrap() }).await;
+    assert_clean(&db).await;
+}
+
+/// Every read fails while `down` is set: a store out of reach.
+#[derive(Debug, Default)]
+struct Outage {
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl FaultPlan for Outage {
+    fn on_commit(&self, _request: &CommitRequest) -> CommitFault {
+        CommitFault::None
+    }
+    fn on_read(&self) -> ReadFault {
+        if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+            ReadFault::Unavailable
+        } else {
+            ReadFault::None
+        }
+    }
+}
+
+/// A close whose unlock fails (the store out of reach past the retry
+/// budget) returns the error, and the lock is owed, not forgotten: the
+/// session's housekeeping releases it once the store is back. The same
+/// owner's next lock on the file pays the debt first, so the close's
+/// unlock can never land after that lock and release it.
+#[tokio::test]
+async fn an_unlock_that_fails_is_retried_until_it_lands() {
+    let clock = ManualClock::new();
+    let plan = Arc::new(Outage::default());
+    let mem = Arc::new(MemBackend::new(clock.clone()));
+    let faulty = FaultyBackend::new(mem, plan.clone(), clock.clone());
+    let db = Database::new(Arc::new(faulty), clock, 5);
+    mkfs(&db, "fs", MkfsOptions::default()).await.unwrap();
+    let (a, b) = (client(&db, "a").await, client(&db, "b").await);
+    let root = Caller::root();
+    let f = new_file(&a).await;
+    let take = |fs: &Arc<Fs>, owner, start, end| {
+        let fs = fs.clone();
+        async move {
+            fs.setlk(
+                &Caller::root(),
+                f,
+                owner,
+                req(W, start, end),
+                false,
+                never(),
+            )
+            .await
+        }
+    };
+    let close_fails = |owner| {
+        let (a, plan) = (a.clone(), plan.clone());
+        async move {
+            use std::sync::atomic::Ordering::Relaxed;
+            plan.down.store(true, Relaxed);
+            let closed = a.unlock_owner(&Caller::root(), f, owner).await;
+            plan.down.store(false, Relaxed);
+            assert!(closed.is_err(), "the unlock got through the outage");
+        }
+    };
+
+    take(&a, 1, 0, 10).await.unwrap();
+    close_fails(1).await;
+    assert_eq!(take(&b, 9, 0, 10).await, Err(FsError::WouldBlock));
+    assert_eq!(a.pay_unlock_debts().await, 0);
+    take(&b, 9, 0, 10).await.unwrap();
+    b.unlock_owner(&root, f, 9).await.unwrap();
+
+    // The owner locks again before the debt is paid.
+    take(&a, 2, 0, 10).await.unwrap();
+    close_fails(2).await;
+    take(&a, 2, 20, 30).await.unwrap();
+    assert_eq!(a.pay_unlock_debts().await, 0);
+    take(&b, 9, 0, 10)
+        .await
+        .expect("the closed range was released");
+    assert_eq!(
+        take(&b, 9, 20, 30).await,
+        Err(FsError::WouldBlock),
+        "the debt released a lock taken after the close"
+    );
     assert_clean(&db).await;
 }

@@ -74,6 +74,13 @@ struct Inner {
     /// permission itself, so any name may be cached.
     names: Option<NameGrants>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    /// Per open file (`fh`), the (inode, lock owner) pairs that asked for a
+    /// lock through it and no FLUSH has unlocked since. The kernel's owner
+    /// of an open-file-description lock (`F_OFD_SETLK`) is the open file;
+    /// no FLUSH carries it, and RELEASE carries it only for files that
+    /// `flock` was used on, so RELEASE unlocks what is left here. A POSIX
+    /// owner (a process) is unlocked by the FLUSH of its own close first.
+    lockers: Mutex<HashMap<u64, Vec<(u64, u64)>>>,
     next_handle: AtomicU64,
     /// Whether files may be opened through the page cache: the kernel
     /// agreed to `FUSE_AUTO_INVAL_DATA` ([`Inner::open_mode`]).
@@ -148,6 +155,7 @@ impl HafsFuse {
                 cache,
                 names,
                 handles: Mutex::new(HashMap::new()),
+                lockers: Mutex::new(HashMap::new()),
                 next_handle: AtomicU64::new(1),
                 page_cache: AtomicBool::new(false),
                 kept: Mutex::new(HashMap::new()),
@@ -847,6 +855,28 @@ impl Inner {
         .await
     }
 
+    /// `owner` asks for a lock on `ino` through the open file `fh`.
+    fn locking(&self, fh: u64, ino: u64, owner: u64) {
+        let mut lockers = self.lockers.lock();
+        let pairs = lockers.entry(fh).or_default();
+        if !pairs.contains(&(ino, owner)) {
+            pairs.push((ino, owner));
+        }
+    }
+
+    /// A FLUSH released every lock of `owner` on `ino`, whichever open
+    /// file it took them through.
+    fn unlocked(&self, ino: u64, owner: u64) {
+        let mut lockers = self.lockers.lock();
+        if lockers.is_empty() {
+            return;
+        }
+        lockers.retain(|_, pairs| {
+            pairs.retain(|&pair| pair != (ino, owner));
+            !pairs.is_empty()
+        });
+    }
+
     fn add_handle(&self, handle: Handle) -> u64 {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, Arc::new(handle));
@@ -1341,7 +1371,10 @@ impl Filesystem for HafsFuse {
         // close(2) releases the closing process's POSIX locks on the file.
         self.spawn(req, move |i, c| async move {
             match i.fs.unlock_owner(&c, hafs_ino(ino), lock_owner.0).await {
-                Ok(()) => reply.ok(),
+                Ok(()) => {
+                    i.unlocked(ino.0, lock_owner.0);
+                    reply.ok()
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -1358,15 +1391,24 @@ impl Filesystem for HafsFuse {
         reply: ReplyEmpty,
     ) {
         self.inner.handles.lock().remove(&fh.0);
+        let lockers = self.inner.lockers.lock().remove(&fh.0).unwrap_or_default();
         self.spawn(req, move |i, c| async move {
             // The last close of an open file releases its flock (the kernel
-            // passes the owner then).
-            if let Some(owner) = lock_owner {
-                if let Err(e) = i.fs.unlock_owner(&c, hafs_ino(ino), owner.0).await {
-                    return reply.error(errno(&e));
+            // passes the owner then) and its OFD locks (`Inner::lockers`).
+            // The open is released whatever the unlocks answer.
+            let mut owners: Vec<u64> = lock_owner.map(|o| o.0).into_iter().collect();
+            for (locked, owner) in lockers {
+                if locked == ino.0 && !owners.contains(&owner) {
+                    owners.push(owner);
                 }
             }
-            match i.fs.release(&c, hafs_ino(ino)).await {
+            let mut result = Ok(());
+            for owner in owners {
+                let unlocked = i.fs.unlock_owner(&c, hafs_ino(ino), owner).await;
+                result = result.and(unlocked);
+            }
+            let released = i.fs.release(&c, hafs_ino(ino)).await;
+            match result.and(released) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -1605,7 +1647,7 @@ impl Filesystem for HafsFuse {
         &self,
         req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
         end: u64,
@@ -1626,6 +1668,9 @@ impl Filesystem for HafsFuse {
                 end: lock_end(end),
                 pid,
             };
+            if kind.is_some() {
+                i.locking(fh.0, ino.0, lock_owner.0);
+            }
             let waiter = c.pid;
             let result =
                 i.fs.setlk(

@@ -320,6 +320,56 @@ fn flock_conversions_never_wait_for_their_own_waiters() {
     drop(first);
 }
 
+#[allow(unsafe_code)] // fcntl(2) has no safe std wrapper
+fn ofd_lock(f: &std::fs::File, kind: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed flock is a valid whole-file description (l_pid must
+    // be 0 for OFD locks).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    // SAFETY: fd is valid and fl outlives the call.
+    match unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// An open-file-description lock (`F_OFD_SETLK`, used by QEMU and others)
+/// belongs to the open file: another descriptor's close leaves it, the
+/// open file's last close ends it. FUSE tells the daemon neither (no
+/// FLUSH carries that owner); a build that relied on FLUSH and flock's
+/// RELEASE kept such a lock until unmount.
+#[test]
+fn ofd_locks_end_with_their_open_file() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = two_mounts(tmp.path());
+    std::fs::write(a.p("f"), b"").unwrap();
+    let rw = |path: std::path::PathBuf| {
+        let mut open = std::fs::OpenOptions::new();
+        open.read(true).write(true).open(path).unwrap()
+    };
+    let holder = rw(a.p("f"));
+    ofd_lock(&holder, libc::F_WRLCK).unwrap();
+    drop(rw(a.p("f")));
+    let other = rw(b.p("f"));
+    let err = ofd_lock(&other, libc::F_WRLCK).expect_err("another close ended the OFD lock");
+    assert_eq!(err.raw_os_error(), Some(libc::EAGAIN), "{err}");
+    drop(holder);
+    // RELEASE reaches the daemon after close(2) returned.
+    let started = Instant::now();
+    while let Err(e) = ofd_lock(&other, libc::F_WRLCK) {
+        assert!(
+            started.elapsed().as_secs() < 5,
+            "the OFD lock outlived its open file: {e}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// mkdir -p / rm -rf of a 10,000-entry tree, and tar x of this project's
 /// sources compared with diff -r.
 #[test]

@@ -38,6 +38,7 @@
 //! one of its waits is interrupted.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::codec::{self, LockKind, LockValue, Waiter};
@@ -60,6 +61,16 @@ use super::read_attr;
 #[derive(Debug, Default)]
 pub struct LockTracker {
     state: parking_lot::Mutex<TrackerState>,
+    /// Unlocks of (inode, owner) that failed (a close whose transaction
+    /// gave up, as in a long outage of the store): those locks stay held
+    /// until one lands. The session's housekeeping retries them
+    /// ([`Fs::pay_unlock_debts`]), and the owner's next `setlk` on the
+    /// inode pays its debt first. Both hold this mutex through the unlock,
+    /// so a close's unlock can never land after a lock the owner took
+    /// later.
+    debts: tokio::sync::Mutex<Vec<(u64, u64)>>,
+    /// Whether `debts` may be non-empty (the common case reads only this).
+    owing: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -680,6 +691,16 @@ impl Fs {
     ) -> FsResult<()> {
         let request = &request;
         let _entered = self.lock_tracker().enter(ino);
+        if self.lock_tracker().owing.load(Ordering::Acquire) {
+            let mut debts = self.lock_tracker().debts.lock().await;
+            if let Some(at) = debts.iter().position(|&d| d == (ino, owner)) {
+                self.unlock_owner_once(caller, ino, owner).await?;
+                debts.swap_remove(at);
+                self.lock_tracker()
+                    .owing
+                    .store(!debts.is_empty(), Ordering::Release);
+            }
+        }
         let mut ticket: Option<u64> = None;
         let mut cancel = std::pin::pin!(cancel);
         loop {
@@ -751,8 +772,59 @@ impl Fs {
 
     /// Release every lock `owner` holds on `ino` (`flush`, `flock` release).
     /// Without a transaction when this client never locked `ino` (see
-    /// [`LockTracker`]).
+    /// [`LockTracker`]). Should the unlock fail, it is owed: retried until
+    /// it lands (see `LockTracker::debts`), and the error returned.
     pub async fn unlock_owner(&self, caller: &Caller, ino: u64, owner: u64) -> FsResult<()> {
+        let tracker = self.lock_tracker();
+        // Hold the debts while unlocking only when some are owed, so that
+        // a payment of this very debt cannot race this unlock.
+        let mut debts = if tracker.owing.load(Ordering::Acquire) {
+            Some(tracker.debts.lock().await)
+        } else {
+            None
+        };
+        let result = self.unlock_owner_once(caller, ino, owner).await;
+        let owed = match &result {
+            Ok(()) | Err(FsError::Fenced) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, ino, owner, "unlock failed; retrying in the background");
+                true
+            }
+        };
+        if owed && debts.is_none() {
+            debts = Some(tracker.debts.lock().await);
+        }
+        if let Some(debts) = debts.as_deref_mut() {
+            debts.retain(|&d| d != (ino, owner));
+            if owed {
+                debts.push((ino, owner));
+            }
+            tracker.owing.store(!debts.is_empty(), Ordering::Release);
+        }
+        result
+    }
+
+    /// Retry every owed unlock once (the session's housekeeping calls this
+    /// each period). Returns how many are still owed.
+    pub async fn pay_unlock_debts(&self) -> usize {
+        let tracker = self.lock_tracker();
+        if !tracker.owing.load(Ordering::Acquire) {
+            return 0;
+        }
+        let mut debts = tracker.debts.lock().await;
+        let mut left = Vec::new();
+        for &(ino, owner) in debts.iter() {
+            match self.unlock_owner_once(&Caller::root(), ino, owner).await {
+                Ok(()) | Err(FsError::Fenced) => {}
+                Err(_) => left.push((ino, owner)),
+            }
+        }
+        *debts = left;
+        tracker.owing.store(!debts.is_empty(), Ordering::Release);
+        debts.len()
+    }
+
+    async fn unlock_owner_once(&self, caller: &Caller, ino: u64, owner: u64) -> FsResult<()> {
         if crate::planted::active(crate::planted::Bug::UnlockInMemoryOnly) {
             return Ok(());
         }
