@@ -131,3 +131,117 @@ async fn new_files_take_the_callers_identity_and_setgid_group() {
     let sub = fs.mkdir(&user, shared.ino, b"sub", 0o755).await.unwrap();
     assert_ne!(sub.mode & libc::S_ISGID, 0, "subdirectories inherit setgid");
 }
+
+/// Set-ID bits, as the kernel clears them before a non-owner's truncate or
+/// write: it sends the new mode with the size, as the writer. Linux allows
+/// that to anyone who may write the file; any other mode change by a
+/// non-owner stays EPERM.
+#[tokio::test]
+async fn a_writer_who_is_not_the_owner_may_clear_set_id_bits_only() {
+    use hafs_core::ops::setattr::SetAttr;
+    let fs = new_fs().await;
+    let (owner, writer) = (Caller::user(1000, 1000), Caller::user(2000, 2000));
+    let f = fs
+        .create(&owner, ROOT_INO, b"f", 0o644, true, perm::WRITE)
+        .await
+        .unwrap();
+    let mode = |m: u32| SetAttr {
+        mode: Some(m),
+        ..SetAttr::default()
+    };
+    fs.setattr(&owner, f.ino, mode(0o4766 | libc::S_ISGID))
+        .await
+        .unwrap();
+    let truncate = SetAttr {
+        size: Some(0),
+        mode: Some(0o766),
+        ..SetAttr::default()
+    };
+    let done = fs.setattr(&writer, f.ino, truncate.clone()).await.unwrap();
+    assert_eq!(done.mode & 0o7777, 0o766);
+    assert_eq!(
+        fs.setattr(&writer, f.ino, mode(0o777)).await,
+        Err(FsError::Perm),
+        "a non-owner changed permission bits"
+    );
+    fs.setattr(&owner, f.ino, mode(0o4744)).await.unwrap();
+    assert_eq!(
+        fs.setattr(&writer, f.ino, mode(0o744)).await,
+        Err(FsError::Perm),
+        "a non-owner who may not write cleared set-user-ID"
+    );
+}
+
+/// `touch -a` (atime now, mtime left alone) needs the owner, as on Linux;
+/// both times to now is a touch that write permission allows; a truncate
+/// by a writer carries mtime "now" alone and is allowed.
+#[tokio::test]
+async fn only_both_times_to_now_is_a_touch_for_writers() {
+    use hafs_core::ops::setattr::{SetAttr, TimeSet};
+    let fs = new_fs().await;
+    let (owner, writer) = (Caller::user(1000, 1000), Caller::user(2000, 2000));
+    let f = fs
+        .create(&owner, ROOT_INO, b"f", 0o666, true, perm::WRITE)
+        .await
+        .unwrap();
+    let times = |atime, mtime| SetAttr {
+        atime,
+        mtime,
+        ..SetAttr::default()
+    };
+    let now = Some(TimeSet::Now);
+    fs.setattr(&writer, f.ino, times(now, now)).await.unwrap();
+    assert_eq!(
+        fs.setattr(&writer, f.ino, times(now, None)).await,
+        Err(FsError::Perm)
+    );
+    assert_eq!(
+        fs.setattr(&writer, f.ino, times(None, now)).await,
+        Err(FsError::Perm)
+    );
+    fs.setattr(&owner, f.ino, times(now, None)).await.unwrap();
+    let truncate = SetAttr {
+        size: Some(0),
+        mtime: now,
+        ..SetAttr::default()
+    };
+    fs.setattr(&writer, f.ino, truncate).await.unwrap();
+}
+
+/// `O_CREAT|O_TRUNC` on a name another mount created after this kernel's
+/// lookup: the create finds the file, and must truncate it and check write
+/// permission as `open` would (the kernel believes it created the file and
+/// does neither).
+#[tokio::test]
+async fn create_with_o_trunc_of_an_existing_file_truncates_it() {
+    use hafs_core::ops::write::WriteAt;
+    let fs = new_fs().await;
+    let (owner, other) = (Caller::user(1000, 1000), Caller::user(2000, 2000));
+    let f = fs
+        .create(&owner, ROOT_INO, b"f", 0o644, true, perm::WRITE)
+        .await
+        .unwrap();
+    fs.write(&owner, f.ino, WriteAt::Offset(0), b"longer contents")
+        .await
+        .unwrap();
+    let flags = libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC;
+    let opened = fs
+        .create_open(&owner, ROOT_INO, b"f", 0o644, flags)
+        .await
+        .unwrap();
+    assert_eq!(opened.ino, f.ino);
+    assert_eq!(opened.size, 0);
+    assert_eq!(fs.getattr(&owner, f.ino).await.unwrap().size, 0);
+    fs.release(&owner, f.ino).await.unwrap();
+    fs.write(&owner, f.ino, WriteAt::Offset(0), b"kept")
+        .await
+        .unwrap();
+    let read_only = libc::O_CREAT | libc::O_RDONLY | libc::O_TRUNC;
+    assert_eq!(
+        fs.create_open(&other, ROOT_INO, b"f", 0o644, read_only)
+            .await,
+        Err(FsError::Access),
+        "O_TRUNC without write permission"
+    );
+    assert_eq!(fs.getattr(&owner, f.ino).await.unwrap().size, 4);
+}

@@ -50,7 +50,7 @@ const DIR_PAGE: usize = 512;
 /// An open file or directory.
 #[derive(Debug)]
 enum Handle {
-    File { append: bool },
+    File,
     Dir(Mutex<DirCursor>),
 }
 
@@ -430,10 +430,13 @@ fn time(ns: i64) -> SystemTime {
     }
 }
 
+/// Nanoseconds since the epoch, clamped to what an i64 holds (1677 to
+/// 2262), as the kernel clamps times to a filesystem's range; a bare cast
+/// made `touch -d 2300-01-01` read back as 1715.
 fn ns(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_nanos() as i64,
-        Err(e) => -(e.duration().as_nanos() as i64),
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
     }
 }
 
@@ -900,7 +903,10 @@ impl Inner {
             return reply.ok();
         }
         if offset < 2 {
-            let parent = match self.fs.lookup(caller, dir, b"..").await {
+            // Listing needs read permission only (checked with the first
+            // page); a directory one may read but not search still lists,
+            // so `..` is looked up as root.
+            let parent = match self.fs.lookup(&Caller::root(), dir, b"..").await {
                 Ok(p) => p.ino,
                 Err(e) => return reply.error(errno(&e)),
             };
@@ -1296,9 +1302,7 @@ impl Filesystem for HafsFuse {
             let ticket = i.cache.ticket();
             match i.fs.open_file(&c, ino, flags.0).await.map_err(stale) {
                 Ok(a) => {
-                    let fh = i.add_handle(Handle::File {
-                        append: flags.0 & libc::O_APPEND != 0,
-                    });
+                    let fh = i.add_handle(Handle::File);
                     let ttl = i.cache.enter(ticket);
                     let mode = i.open_mode(&ttl, &a, flags.0, may_drop).await;
                     reply.opened(FileHandle(fh), mode);
@@ -1332,19 +1336,18 @@ impl Filesystem for HafsFuse {
         &self,
         req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
-        let append = matches!(
-            self.inner.handle(fh).as_deref(),
-            Some(Handle::File { append: true })
-        );
+        // The open file's flags now: `fcntl(F_SETFL)` may have changed
+        // O_APPEND since the open.
+        let append = flags.0 & libc::O_APPEND != 0;
         self.spawn(req, move |i, c| async move {
             // O_APPEND writes go to the real end at commit time, whatever
             // offset the kernel computed from its (uncached) view.
@@ -1455,7 +1458,7 @@ impl Filesystem for HafsFuse {
         self.spawn(req, move |i, c| async move {
             match &*handle {
                 Handle::Dir(cursor) => i.readdir(&c, hafs_ino(ino), cursor, offset, reply).await,
-                Handle::File { .. } => reply.error(Errno::ENOTDIR),
+                Handle::File => reply.error(Errno::ENOTDIR),
             }
         });
     }
@@ -1584,9 +1587,7 @@ impl Filesystem for HafsFuse {
                     .await;
             match opened {
                 Ok(Made { attr: a, dir_mode }) => {
-                    let fh = i.add_handle(Handle::File {
-                        append: flags & libc::O_APPEND != 0,
-                    });
+                    let fh = i.add_handle(Handle::File);
                     let ttl = i.cache.enter(ticket);
                     let name_ttl = i.name_ttl(&ttl, name_ticket, parent, Some(dir_mode));
                     // One TTL for the name and the attributes here.
@@ -1725,6 +1726,16 @@ fn xattr_reply(reply: ReplyXattr, size: u32, value: Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_outside_the_i64_range_clamp() {
+        let far = UNIX_EPOCH + Duration::from_secs(10_413_792_000); // 2300
+        assert_eq!(ns(far), i64::MAX);
+        let early = UNIX_EPOCH - Duration::from_secs(10_000_000_000); // 1653
+        assert_eq!(ns(early), i64::MIN);
+        assert_eq!(ns(UNIX_EPOCH - Duration::from_nanos(5)), -5);
+        assert_eq!(ns(UNIX_EPOCH + Duration::from_nanos(5)), 5);
+    }
 
     #[test]
     fn node_ids_are_a_dense_involution_with_the_root_fixed() {

@@ -370,6 +370,104 @@ fn ofd_locks_end_with_their_open_file() {
     }
 }
 
+/// Run `args` as the unprivileged user nobody; its exit status and stderr.
+fn as_nobody(args: &[&str]) -> (bool, String) {
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(args)
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.success(), err)
+}
+
+/// What an unprivileged user meets on a mount (without
+/// `default_permissions`, hafs decides): each case was wrong once.
+/// - a directory it may read but not search lists (`..` was looked up
+///   with a search check, so the listing failed with EACCES);
+/// - truncating a set-user-ID file it may write works and clears the bit
+///   (the kernel sends that mode change as the writer; it was EPERM);
+/// - `touch -a` of a file it may write but does not own is EPERM, as on
+///   Linux (only both times to now is a writer's touch).
+#[test]
+fn an_unprivileged_user_meets_linux_rules() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hafs-fuse"));
+    cmd.arg("--kv")
+        .arg(format!("sqlite://{}", tmp.path().join("hafs.db").display()))
+        .args(["--mkfs", "-o", "allow_other"]);
+    let m = Mount::start(cmd, &tmp.path().join("m"));
+    let path = |rel: &str| m.p(rel).display().to_string();
+    std::fs::create_dir(m.p("d")).unwrap();
+    std::fs::write(m.p("d/a"), b"").unwrap();
+    std::fs::set_permissions(m.p("d"), std::fs::Permissions::from_mode(0o444)).unwrap();
+    let (listed, err) = as_nobody(&["ls", &path("d")]);
+    assert!(listed, "ls of a readable, unsearchable directory: {err}");
+
+    std::fs::write(m.p("suid"), b"contents").unwrap();
+    std::fs::set_permissions(m.p("suid"), std::fs::Permissions::from_mode(0o4766)).unwrap();
+    let (truncated, err) = as_nobody(&["truncate", "-s", "0", &path("suid")]);
+    assert!(
+        truncated,
+        "a writer's truncate of a set-user-ID file: {err}"
+    );
+    let meta = std::fs::metadata(m.p("suid")).unwrap();
+    assert_eq!((meta.len(), meta.mode() & 0o7777), (0, 0o766));
+
+    std::fs::write(m.p("shared"), b"").unwrap();
+    std::fs::set_permissions(m.p("shared"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (touched, _) = as_nobody(&["touch", "-c", &path("shared")]);
+    assert!(touched, "a writer's touch (both times to now)");
+    let (touched, err) = as_nobody(&["touch", "-a", &path("shared")]);
+    assert!(
+        !touched,
+        "touch -a by a writer who is not the owner succeeded"
+    );
+    assert!(err.contains("not permitted"), "{err}");
+}
+
+/// Times beyond what nanoseconds in an i64 hold are clamped (the kernel
+/// does so for filesystems with a narrower range), not wrapped; and
+/// `fcntl(F_SETFL)` turning O_APPEND off makes a positioned write land at
+/// its offset.
+#[test]
+fn far_times_clamp_and_o_append_follows_setfl() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let m = mount(&tmp.path().join("hafs.db"), &tmp.path().join("m"));
+    std::fs::write(m.p("f"), b"abc").unwrap();
+    let status = Command::new("touch")
+        .args(["-m", "-d", "2300-01-01"])
+        .arg(m.p("f"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mtime = std::fs::metadata(m.p("f")).unwrap().mtime();
+    assert_eq!(mtime, i64::MAX / 1_000_000_000, "2300 became {mtime}");
+
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.p("f"))
+        .unwrap();
+    set_flags(&f, 0);
+    std::os::unix::fs::FileExt::write_at(&f, b"X", 0).unwrap();
+    assert_eq!(std::fs::read(m.p("f")).unwrap(), b"Xbc");
+}
+
+#[allow(unsafe_code)] // fcntl(2) has no safe std wrapper
+fn set_flags(f: &std::fs::File, flags: i32) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fd is a valid open descriptor for the call's duration.
+    let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+}
+
 /// mkdir -p / rm -rf of a 10,000-entry tree, and tar x of this project's
 /// sources compared with diff -r.
 #[test]

@@ -435,11 +435,27 @@ impl Fs {
         drop(state);
         self.open_table().forget(ino, &slot);
         match result {
-            // The name held an existing file: open it like `open` would.
+            // The name held an existing file (another mount created it
+            // since the kernel's lookup): open it like `open` would, with
+            // O_TRUNC's permission check and truncation — the kernel takes
+            // the file for one it just created and does neither.
             Ok(existing) => {
-                let attr = self
-                    .open_file(caller, existing.attr.ino, flags & !libc::O_TRUNC)
-                    .await?;
+                let mut attr = self.open_file(caller, existing.attr.ino, flags).await?;
+                if flags & libc::O_TRUNC != 0 && attr.size > 0 && !attr.is_dir() {
+                    let truncate = super::setattr::SetAttr {
+                        size: Some(0),
+                        mtime: Some(super::setattr::TimeSet::Now),
+                        by_handle: true,
+                        ..Default::default()
+                    };
+                    match self.setattr(caller, attr.ino, truncate).await {
+                        Ok(truncated) => attr = truncated,
+                        Err(e) => {
+                            self.release(caller, attr.ino).await.ok();
+                            return Err(e);
+                        }
+                    }
+                }
                 Ok(Made {
                     attr,
                     dir_mode: existing.dir_mode,

@@ -1,14 +1,17 @@
 //! `setattr`: chmod, chown, truncate/extend and utimens in one transaction,
 //! with Linux's rules:
 //! - mode: owner or root (`EPERM`); an unprivileged owner outside the
-//!   file's group loses set-group-ID;
+//!   file's group loses set-group-ID; clearing only set-ID bits is also
+//!   allowed to whoever may write the file (the kernel's own change before
+//!   a truncate or write by a non-owner);
 //! - uid: root only; gid: root, or the owner changing to a group it is in;
 //!   a chown of a non-directory clears set-user-ID, and set-group-ID when
 //!   group-executable (for root too, as Linux does);
 //! - size: write permission unless done through an open handle (`ftruncate`);
 //!   updates mtime and ctime; an unprivileged truncate clears set-user-ID;
 //! - times: `UTIME_NOW` for both needs ownership or write permission, any
-//!   explicit time needs ownership (`EPERM`, or `EACCES` for `UTIME_NOW`).
+//!   explicit time, or one time set and the other left alone, needs
+//!   ownership (`EPERM`, or `EACCES` for `UTIME_NOW`).
 //!
 //! Every change updates ctime.
 
@@ -55,6 +58,7 @@ pub async fn apply(
     changes: &SetAttr,
 ) -> FsResult<Attr> {
     let mut attr = read_attr(txn, ctx, ino).await?;
+    let before = attr.mode;
     let caller = ctx.caller;
     if let Some(size) = changes.size {
         set_size(txn, ctx, &mut attr, size, changes.by_handle).await?;
@@ -63,7 +67,20 @@ pub async fn apply(
         chown(&mut attr, caller, changes.uid, changes.gid)?;
     }
     if let Some(mode) = changes.mode {
-        perm::check_owner(&attr, caller)?;
+        // The kernel clears set-ID bits itself before a truncate or write
+        // by anyone (fuser negotiates no HANDLE_KILLPRIV), sending us a mode
+        // change as the writer: allowed to whoever may write the file, as
+        // the truncate or write it comes with would clear them anyway.
+        let set_id = libc::S_ISUID | libc::S_ISGID;
+        // Removes at least one set-ID bit and changes nothing else (a
+        // no-op chmod by a non-owner stays EPERM, as on Linux).
+        let kills_set_id = mode & !set_id & 0o7777 == before & !set_id & 0o7777
+            && mode & set_id & !before == 0
+            && before & set_id & !mode != 0;
+        let may_write = changes.by_handle || perm::check(&attr, caller, perm::WRITE).is_ok();
+        if !(kills_set_id && may_write) {
+            perm::check_owner(&attr, caller)?;
+        }
         let mut bits = mode & 0o7777;
         if !caller.is_root() && !caller.in_group(attr.gid) {
             bits &= !libc::S_ISGID;
@@ -134,7 +151,12 @@ fn set_times(attr: &mut Attr, ctx: &Ctx<'_>, changes: &SetAttr) -> FsResult<()> 
     if times.iter().all(Option::is_none) {
         return Ok(());
     }
-    let explicit = times.iter().any(|t| matches!(t, Some(TimeSet::At(_))));
+    // Only "both to now" (utimensat with NULL, or UTIME_NOW twice) is a
+    // touch that write permission allows; any other pair, including one
+    // time to now and the other left alone, needs the owner (as in
+    // Linux's `vfs_utimes`). A truncate sends its mtime as "now" alone.
+    let explicit = times.iter().any(|t| matches!(t, Some(TimeSet::At(_))))
+        || changes.size.is_none() && !times.iter().all(|t| matches!(t, Some(TimeSet::Now)));
     let caller = ctx.caller;
     if explicit {
         perm::check_owner(attr, caller)?;
