@@ -1434,6 +1434,14 @@ impl Filesystem for HafsFuse {
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.spawn(req, move |i, c| async move {
             match i.fs.getattr(&c, hafs_ino(ino)).await.map_err(stale) {
+                // open(2) of a directory needs read permission (the kernel
+                // checks it only with `-o default_permissions`).
+                Ok(a)
+                    if a.is_dir()
+                        && hafs_core::perm::check(&a, &c, hafs_core::perm::READ).is_err() =>
+                {
+                    reply.error(Errno::EACCES)
+                }
                 Ok(a) if a.is_dir() => {
                     let fh = i.add_handle(Handle::Dir(Mutex::new(DirCursor::default())));
                     reply.opened(FileHandle(fh), FopenFlags::empty());

@@ -384,7 +384,8 @@ fn as_nobody(args: &[&str]) -> (bool, String) {
 /// What an unprivileged user meets on a mount (without
 /// `default_permissions`, hafs decides): each case was wrong once.
 /// - a directory it may read but not search lists (`..` was looked up
-///   with a search check, so the listing failed with EACCES);
+///   with a search check, so the listing failed with EACCES), and one it
+///   may search but not read does not open (it did, failing at readdir);
 /// - truncating a set-user-ID file it may write works and clears the bit
 ///   (the kernel sends that mode change as the writer; it was EPERM);
 /// - `touch -a` of a file it may write but does not own is EPERM, as on
@@ -407,6 +408,10 @@ fn an_unprivileged_user_meets_linux_rules() {
     std::fs::set_permissions(m.p("d"), std::fs::Permissions::from_mode(0o444)).unwrap();
     let (listed, err) = as_nobody(&["ls", &path("d")]);
     assert!(listed, "ls of a readable, unsearchable directory: {err}");
+    std::fs::set_permissions(m.p("d"), std::fs::Permissions::from_mode(0o311)).unwrap();
+    let (opened, err) = as_nobody(&["/bin/sh", "-c", "exec 3<\"$1\"", "sh", &path("d")]);
+    assert!(!opened, "opened a directory without read permission");
+    assert!(err.contains("Permission denied"), "{err}");
 
     std::fs::write(m.p("suid"), b"contents").unwrap();
     std::fs::set_permissions(m.p("suid"), std::fs::Permissions::from_mode(0o4766)).unwrap();

@@ -1146,16 +1146,26 @@ fn check_linearizable(events: &[Event]) -> Vec<String> {
     }
     per_inode
         .into_iter()
-        .filter(|(ino, ops)| match crate::wgl::check(&LockTable::default(), ops, crate::wgl::STATES_MAX) {
-            Some(verdict) => !verdict,
+        .filter_map(|(ino, ops)| match crate::wgl::check(&LockTable::default(), &ops, crate::wgl::STATES_MAX) {
+            Some(true) => None,
+            Some(false) => Some((ino, ops, true)),
+            // Too many operations of unknown outcome to decide. A failure,
+            // not a pass: a history that is not linearizable is exactly
+            // one the search must explore to the end, so an undecided
+            // search could hide the bug it is there to find. (It never
+            // happened in the soaks: 0 in lockrange 50,501-60,500 and the
+            // runs before.)
             None => {
-                // Too many operations of unknown outcome to decide: say so,
-                // without calling it a violation.
-                println!("  note: lock history of inode {ino} too ambiguous to check ({} operations)", ops.len());
-                false
+                Some((ino, ops, false))
             }
         })
-        .map(|(ino, ops)| {
+        .map(|(ino, ops, decided)| {
+            if !decided {
+                return format!(
+                    "lock history of inode {ino} is too ambiguous to decide ({} operations)",
+                    ops.len()
+                );
+            }
             let at = crate::wgl::first_violation(&LockTable::default(), &ops).unwrap_or(0);
             let mut near: Vec<_> = ops
                 .iter()
