@@ -19,16 +19,20 @@ pub enum Bug {
     /// Byte ranges conflict only when they start at the same offset (a
     /// partial overlap is missed).
     PartialOverlapMissed,
+    /// Queue fairness makes a holder wait for waiters that wait for it
+    /// (the deadlock a review found: `ops::lock::WaitGraph` ignored).
+    FairnessIgnoresWaitGraph,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 7] = [
         Bug::SkipFence,
         Bug::UnlockInMemoryOnly,
         Bug::RenameInTwoTransactions,
         Bug::SkipIdempotency,
         Bug::SkipAncestorCheck,
         Bug::PartialOverlapMissed,
+        Bug::FairnessIgnoresWaitGraph,
     ];
 }
 

@@ -603,15 +603,61 @@ const REGION: u64 = 16;
 
 /// Exclusive lock on a random span of regions, then increment each region
 /// in the span, then release. Overlapping spans must exclude each other;
-/// disjoint ones run at once.
+/// disjoint ones run at once. A third of the time the holder then waits
+/// for a second span while it holds the first (holders that wait: the
+/// case queue fairness once deadlocked, and two such holders each waiting
+/// for the other's span get EDEADLK), and a quarter of the time it
+/// downgrades its first span to a read lock, which must never be refused,
+/// whoever is queued.
 async fn lockrange_step(fs: &Fs, shared: &Shared, rng: &mut ChaCha8Rng) -> Result<(), FsError> {
-    let root = Caller::root();
-    let history = &shared.history;
-    let id = fs.client().to_string();
     let ino = shared.inodes.lock()[rng.gen_range(0..LOCK_FILES as usize)];
     let owner = rng.gen_range(1..=2u64);
-    let first = rng.gen_range(0..REGIONS);
-    let last = rng.gen_range(first..REGIONS);
+    let span = |rng: &mut ChaCha8Rng| {
+        let first = rng.gen_range(0..REGIONS);
+        (first, rng.gen_range(first..REGIONS))
+    };
+    let first_span = span(rng);
+    let mut worked = lock_span_and_increment(fs, shared, rng, ino, owner, first_span).await;
+    if worked.is_ok() && rng.gen_ratio(1, 3) {
+        let second_span = span(rng);
+        let second = lock_span_and_increment(fs, shared, rng, ino, owner, second_span).await;
+        if second == Err(FsError::Deadlock) {
+            shared.count("lock_deadlock_refused");
+        } else {
+            worked = second;
+        }
+    }
+    if worked.is_ok() && rng.gen_ratio(1, 4) {
+        let (first, last) = first_span;
+        let read = LockRequest {
+            kind: Some(LockKind::Read),
+            start: first * REGION,
+            end: (last + 1) * REGION,
+            pid: 1,
+        };
+        let pending = std::future::pending();
+        let root = Caller::root();
+        match fs.setlk(&root, ino, owner, read, false, pending).await {
+            Err(FsError::WouldBlock) => shared.history.violation(format!(
+                "{} owner {owner}: downgrading its own span {first_span:?} of inode {ino} was refused",
+                fs.client()
+            )),
+            done => worked = done,
+        }
+    }
+    release(fs, shared, ino, owner, worked).await
+}
+
+/// Take an exclusive lock on the regions `first..=last` (waiting 5 to 40
+/// simulated seconds at most), then increment each.
+async fn lock_span_and_increment(
+    fs: &Fs,
+    shared: &Shared,
+    rng: &mut ChaCha8Rng,
+    ino: u64,
+    owner: u64,
+    (first, last): (u64, u64),
+) -> Result<(), FsError> {
     let (start, end) = (first * REGION, (last + 1) * REGION);
     let request = LockRequest {
         kind: Some(LockKind::Write),
@@ -619,8 +665,8 @@ async fn lockrange_step(fs: &Fs, shared: &Shared, rng: &mut ChaCha8Rng) -> Resul
         end,
         pid: 1,
     };
-    let call = history.invoke(
-        &id,
+    let call = shared.history.invoke(
+        fs.client(),
         Op::LockRange {
             ino,
             owner,
@@ -631,18 +677,15 @@ async fn lockrange_step(fs: &Fs, shared: &Shared, rng: &mut ChaCha8Rng) -> Resul
     let give_up = shared
         .clock
         .sleep(Duration::from_secs(rng.gen_range(5..40)));
-    let locked = fs.setlk(&root, ino, owner, request, true, give_up).await;
-    history.complete(call, outcome(&locked));
-    let mut worked = locked;
-    if worked.is_ok() {
-        for region in first..=last {
-            worked = increment(fs, shared, ino, region).await;
-            if worked.is_err() {
-                break;
-            }
-        }
+    let locked = fs
+        .setlk(&Caller::root(), ino, owner, request, true, give_up)
+        .await;
+    shared.history.complete(call, outcome(&locked));
+    locked?;
+    for region in first..=last {
+        increment(fs, shared, ino, region).await?;
     }
-    release(fs, shared, ino, owner, worked).await
+    Ok(())
 }
 
 /// The counter in region `region` of a lock file's contents (0 if unwritten).

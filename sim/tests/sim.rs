@@ -171,6 +171,7 @@ mod simulated {
             (Bug::SkipFence, Workload::LockRange),
             (Bug::UnlockInMemoryOnly, Workload::LockRange),
             (Bug::PartialOverlapMissed, Workload::LockRange),
+            (Bug::FairnessIgnoresWaitGraph, Workload::LockRange),
             (Bug::SkipIdempotency, Workload::Model),
             (Bug::RenameInTwoTransactions, Workload::Rename),
             (Bug::SkipAncestorCheck, Workload::Rename),
