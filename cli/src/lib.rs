@@ -35,7 +35,7 @@ pub enum Command {
     Mkfs {
         #[arg(long)]
         overwrite: bool,
-        /// Bytes per data chunk (default 4096; at most 100000).
+        /// Bytes per data chunk (default 4096; 512 to 100000).
         #[arg(long)]
         chunk_size: Option<u64>,
         /// Where inodes' keys sit: "allocation" (made-together inodes side
@@ -136,7 +136,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
                     hafs_core::error::FsError::AlreadyFormatted(n) => {
                         format!("filesystem {n:?} already exists (use --overwrite to replace it)")
                     }
-                    hafs_core::error::FsError::Invalid => "invalid --chunk-size (1..=100000)".into(),
+                    hafs_core::error::FsError::Invalid => "invalid --chunk-size (512..=100000)".into(),
                     other => other.to_string(),
                 })?;
                 println!("created filesystem {name:?} in {}", cli.kv.url());

@@ -45,6 +45,13 @@ async fn client(db: &Database, id: &str) -> Fs {
         .expect("open")
 }
 
+/// A new file `f` in the root, created by `fs`; its inode.
+async fn new_file(fs: &Fs) -> u64 {
+    let root = Caller::root();
+    let made = fs.create(&root, ROOT_INO, b"f", 0o644, true, perm::WRITE);
+    made.await.unwrap().ino
+}
+
 async fn assert_clean(db: &Database) {
     let report = check_invariants(db, "fs", |_| {}).await.unwrap();
     assert!(report.is_clean(), "{:#?}", report.violations);
@@ -484,4 +491,127 @@ async fn create_open_grants_the_creator_its_access() {
     fs.release(&user, f.ino).await.unwrap();
     assert!(fs.open_table().is_empty());
     assert_clean(&db).await;
+}
+
+/// The second big commit waits (real time) and says so: room for another
+/// client to append between two pieces of one large append.
+#[derive(Debug, Default)]
+struct PauseSecondPiece {
+    big_commits: std::sync::atomic::AtomicUsize,
+    reached: tokio::sync::Notify,
+}
+
+impl hafs_core::kv::fault::FaultPlan for PauseSecondPiece {
+    fn on_commit(
+        &self,
+        request: &hafs_core::kv::CommitRequest,
+    ) -> hafs_core::kv::fault::CommitFault {
+        use hafs_core::kv::fault::CommitFault;
+        if request.mutations.len() < 100 {
+            return CommitFault::None;
+        }
+        let n = self
+            .big_commits
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n == 1 {
+            self.reached.notify_one();
+            return CommitFault::Delay(Duration::from_millis(300));
+        }
+        CommitFault::None
+    }
+    fn on_read(&self) -> hafs_core::kv::fault::ReadFault {
+        hafs_core::kv::fault::ReadFault::None
+    }
+}
+
+/// Another client's append that lands between two pieces of a large
+/// append is kept: each piece appends where its own transaction finds the
+/// end (a later piece once wrote at the offset the earlier one ended at,
+/// over the other client's bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_between_two_pieces_of_a_large_append_is_kept() {
+    use hafs_core::clock::TokioClock;
+    use hafs_core::kv::fault::FaultyBackend;
+    let clock = TokioClock::new();
+    let plan = Arc::new(PauseSecondPiece::default());
+    let mem = Arc::new(MemBackend::new(clock.clone()));
+    let db = Database::new(
+        Arc::new(FaultyBackend::new(mem, plan.clone(), clock.clone())),
+        clock,
+        1,
+    );
+    mkfs(&db, "fs", MkfsOptions::default()).await.unwrap();
+    let (a, b) = (Arc::new(client(&db, "a").await), client(&db, "b").await);
+    let root = Caller::root();
+    let f = new_file(&a).await;
+    let big = vec![b'a'; 2 * WRITE_TRANSACTION_BYTES + 1];
+    let appending = {
+        let (a, big) = (a.clone(), big.clone());
+        tokio::spawn(async move { a.write(&Caller::root(), f, WriteAt::Append, &big).await })
+    };
+    plan.reached.notified().await;
+    b.write(&root, f, WriteAt::Append, b"BBBB").await.unwrap();
+    assert_eq!(appending.await.unwrap(), Ok(big.len() as u64));
+    let size = b.getattr(&root, f).await.unwrap().size;
+    assert_eq!(size, big.len() as u64 + 4, "an append was overwritten");
+    let data = b.read(&root, f, 0, size as u32).await.unwrap();
+    assert_eq!(data.iter().filter(|&&c| c == b'B').count(), 4);
+    assert_clean(&db).await;
+}
+
+/// A large write whose later piece fails reports the bytes the earlier
+/// pieces stored (a short write), not an error that hides them.
+#[tokio::test]
+async fn a_large_write_failing_midway_is_a_short_write() {
+    let db = new_db().await;
+    let fs = client(&db, "a").await;
+    let root = Caller::root();
+    let f = new_file(&fs).await;
+    let max = hafs_core::ops::data::FILE_BYTES_MAX;
+    let at = max - WRITE_TRANSACTION_BYTES as u64 - 10;
+    let bytes = vec![1u8; WRITE_TRANSACTION_BYTES + 20];
+    let wrote = fs.write(&root, f, WriteAt::Offset(at), &bytes).await;
+    assert_eq!(wrote, Ok(WRITE_TRANSACTION_BYTES as u64));
+    assert_eq!(
+        fs.getattr(&root, f).await.unwrap().size,
+        at + WRITE_TRANSACTION_BYTES as u64
+    );
+    let past = fs
+        .write(&root, f, WriteAt::Offset(max - 10), &[1u8; 20])
+        .await;
+    assert_eq!(
+        past,
+        Err(FsError::FileTooBig),
+        "a first piece's failure is an error"
+    );
+}
+
+/// mkfs refuses chunks so small that a write transaction's piece passes
+/// the KV's transaction size limit, and the smallest it takes works.
+#[tokio::test]
+async fn mkfs_refuses_chunks_too_small_for_a_write_piece() {
+    use hafs_core::fs::format::CHUNK_SIZE_MIN;
+    for (name, chunk_size) in [("tiny", 16), ("min", CHUNK_SIZE_MIN)] {
+        let db = new_db().await;
+        let options = MkfsOptions {
+            chunk_size,
+            ..MkfsOptions::default()
+        };
+        let made = mkfs(&db, name, options).await;
+        if chunk_size < CHUNK_SIZE_MIN {
+            assert_eq!(made, Err(FsError::Invalid));
+            continue;
+        }
+        made.unwrap();
+        let fs = Fs::open(db.clone(), name, "a", FsOptions::default())
+            .await
+            .unwrap();
+        let root = Caller::root();
+        let f = new_file(&fs).await;
+        let bytes = vec![3u8; WRITE_TRANSACTION_BYTES + 1];
+        assert_eq!(
+            fs.write(&root, f, WriteAt::Append, &bytes).await,
+            Ok(bytes.len() as u64)
+        );
+    }
 }

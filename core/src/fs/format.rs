@@ -15,6 +15,12 @@ use crate::kv::{Database, RangeOptions, Transaction};
 /// databases, config files) and FoundationDB's preference for small values.
 pub const CHUNK_SIZE_DEFAULT: u64 = 4096;
 
+/// The smallest chunk `mkfs` takes: below it a write transaction's piece
+/// ([`crate::ops::write::WRITE_TRANSACTION_BYTES`]) is so many keys that
+/// their bytes pass the KV's 10 MB transaction limit (at 16 bytes, one
+/// 4 MiB piece is ~11 MB), and every write over a few KiB fails.
+pub const CHUNK_SIZE_MIN: u64 = 512;
+
 /// Options of [`mkfs`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MkfsOptions {
@@ -45,7 +51,9 @@ impl Default for MkfsOptions {
 
 /// Create filesystem `name` with an empty root directory.
 pub async fn mkfs(db: &Database, name: &str, options: MkfsOptions) -> FsResult<()> {
-    if options.chunk_size == 0 || options.chunk_size > crate::limits::VALUE_BYTES_MAX as u64 {
+    if options.chunk_size < CHUNK_SIZE_MIN
+        || options.chunk_size > crate::limits::VALUE_BYTES_MAX as u64
+    {
         return Err(FsError::Invalid);
     }
     let layout = options

@@ -6,7 +6,10 @@
 //! transactions, each extending the size only over bytes it stored, so no
 //! reader ever sees a size its chunks disagree with. An append that spans
 //! several transactions is atomic per piece only: another client's append
-//! may land between two pieces.
+//! may land between two pieces (each piece appends at the end as its own
+//! transaction finds it, so neither overwrites the other). Should a later
+//! piece fail, the write returns the bytes the earlier pieces stored (a
+//! short write, as Linux reports one), not an error that hides them.
 
 use crate::codec::{Attr, FileType};
 use crate::ctx::{Caller, Ctx};
@@ -74,7 +77,8 @@ pub fn kill_privileges(attr: &mut Attr, caller: &Caller) {
 }
 
 impl Fs {
-    /// Write `bytes`; returns how many were written (all of them).
+    /// Write `bytes`; returns how many were written: all of them, or, when
+    /// a piece after the first failed, those the earlier pieces stored.
     pub async fn write(
         &self,
         caller: &Caller,
@@ -88,14 +92,23 @@ impl Fs {
             return Ok(0);
         }
         let mut at = at;
+        let mut written = 0u64;
         for piece in bytes.chunks(WRITE_TRANSACTION_BYTES) {
-            let end = self
+            let stored = self
                 .mutate(caller, |txn, ctx| async move {
                     apply(&txn, &ctx, ino, at, piece).await
                 })
-                .await?;
-            at = WriteAt::Offset(end);
+                .await;
+            let end = match stored {
+                Ok(end) => end,
+                Err(_) if written > 0 => return Ok(written),
+                Err(e) => return Err(e),
+            };
+            written += piece.len() as u64;
+            if let WriteAt::Offset(_) = at {
+                at = WriteAt::Offset(end);
+            }
         }
-        Ok(bytes.len() as u64)
+        Ok(written)
     }
 }
