@@ -11,8 +11,9 @@ use std::time::Duration;
 pub const KEY_BYTES_MAX: usize = 10_000;
 /// Largest value accepted by `set`.
 pub const VALUE_BYTES_MAX: usize = 100_000;
-/// Largest sum of mutation and write-conflict bytes one transaction may commit
-/// (keys, values, range ends; FoundationDB's "affected bytes").
+/// Largest sum of bytes one transaction may commit: its mutations' keys and
+/// values, and the begin and end keys of its read and write conflict
+/// ranges (FoundationDB's "affected data"; the reads' values do not count).
 pub const TRANSACTION_BYTES_MAX: usize = 10_000_000;
 /// A transaction may read for this long after it got its read version;
 /// afterwards every operation fails with `transaction_too_old`.

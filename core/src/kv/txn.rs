@@ -58,7 +58,8 @@ struct State {
     read_conflicts: RangeSet,
     write_conflicts: RangeSet,
     watches: Vec<(Vec<u8>, oneshot::Sender<KvResult<()>>)>,
-    /// Mutation and write-conflict bytes so far, as FoundationDB counts them.
+    /// Mutation bytes so far (keys and values, every call counted, as
+    /// FoundationDB counts them). `commit` adds the conflict ranges'.
     bytes: usize,
     /// The first limit a mutation broke; reported by `commit`.
     error: Option<KvError>,
@@ -259,9 +260,7 @@ impl Transaction {
             state.error.get_or_insert(e);
             return;
         }
-        state.bytes += begin.len() + end.len();
         state.write_conflicts.insert(begin, end);
-        check_total(&mut state);
     }
 
     /// Watch `key`: once this transaction commits, the returned watch fires
@@ -325,13 +324,26 @@ impl Transaction {
             let mut state = self.inner.state.lock();
             let mut write_conflicts = std::mem::take(&mut state.write_conflicts);
             state.overlay.write_ranges(&mut write_conflicts);
-            CommitRequest {
+            let request = CommitRequest {
                 mutations: state.overlay.mutations(),
                 read_conflicts: state.read_conflicts.to_ranges(),
                 write_conflicts: write_conflicts.to_ranges(),
                 watches: requests,
                 relaxed: state.relaxed,
+            };
+            // FoundationDB's limit counts the conflict ranges' keys too
+            // (coalesced, as its client sends them): a transaction that
+            // fits only without them would fail on a cluster alone.
+            let range_bytes = |ranges: &[KeyRange]| -> usize {
+                ranges.iter().map(|r| r.begin.len() + r.end.len()).sum()
+            };
+            let bytes = state.bytes
+                + range_bytes(&request.read_conflicts)
+                + range_bytes(&request.write_conflicts);
+            if bytes > TRANSACTION_BYTES_MAX {
+                return Err(KvError::TransactionTooLarge { bytes });
             }
+            request
         };
         self.inner.backend.commit(request).await
     }

@@ -87,6 +87,7 @@ macro_rules! conformance_tests {
             limits_key_size => check_limits_key_size,
             limits_value_size => check_limits_value_size,
             limits_transaction_size => check_limits_transaction_size,
+            limits_count_conflict_ranges => check_limits_count_conflict_ranges,
             too_old => check_too_old,
             runner_retries_conflicts => check_runner_retries_conflicts,
             runner_non_retryable => check_runner_non_retryable,
@@ -1637,6 +1638,38 @@ pub async fn check_limits_transaction_size(f: &dyn Factory) {
     assert!(
         matches!(result, Err(KvError::TransactionTooLarge { .. })),
         "{i} values, {bytes} bytes: {result:?}"
+    );
+    assert_eq!(contents(&db, &s).await, vec![], "nothing applied");
+}
+
+/// Conflict ranges count toward the 10,000,000 bytes, as FoundationDB
+/// counts them: writes whose keys and values fit but whose write conflict
+/// ranges (begin and end key each) pass the limit fail, and so do reads of
+/// keys whose read conflict ranges pass it.
+pub async fn check_limits_count_conflict_ranges(f: &dyn Factory) {
+    // Catches: a size that counts mutations only, which accepts here what
+    // a FoundationDB cluster refuses.
+    let db = f.open(tokio_clock()).await;
+    let s = Space::of(f);
+    let long = |i: u32| s.k(format!("{i:05}/{}", "k".repeat(4_990)));
+    let txn = begin(&db).await;
+    for i in 0..700 {
+        txn.set(&long(i), b"v"); // ~3.5 MB of mutations, ~7 MB of ranges
+    }
+    let result = txn.commit().await;
+    assert!(
+        matches!(result, Err(KvError::TransactionTooLarge { .. })),
+        "write conflict ranges: {result:?}"
+    );
+    let txn = begin(&db).await;
+    for i in 0..1_100 {
+        assert_eq!(txn.get(&long(i)).await, Ok(None)); // ~11 MB of ranges
+    }
+    txn.set(&s.k(b"small"), b"v");
+    let result = txn.commit().await;
+    assert!(
+        matches!(result, Err(KvError::TransactionTooLarge { .. })),
+        "read conflict ranges: {result:?}"
     );
     assert_eq!(contents(&db, &s).await, vec![], "nothing applied");
 }
