@@ -372,13 +372,22 @@ impl CacheGate {
     /// Held by a rename from before it may change anything until its
     /// reply is sent: the kernel moves a cached name when it takes that
     /// reply, so closing lets renames finish (and the margin pass) before
-    /// it takes stock of what is cached, like replies carrying TTLs.
+    /// it takes stock of what is cached, like replies carrying TTLs. Only
+    /// renames that began while the gate was open count: one that begins
+    /// after the close shows in `renames` instead (which makes the close
+    /// wait out the TTL), so a steady stream of renames cannot hold the
+    /// close back for ever (a review found a newcomer's mount waiting as
+    /// long as the holder renamed every 250 ms).
     pub fn moving(&self) -> CacheGuard<'_> {
-        self.state.lock().in_flight += 1;
+        let mut state = self.state.lock();
+        let counted = state.open;
+        if counted {
+            state.in_flight += 1;
+        }
         CacheGuard {
             gate: self,
             ttls: CacheTtls::default(),
-            counted: true,
+            counted,
             generation: None,
         }
     }
@@ -1043,5 +1052,33 @@ mod tests {
         drop(moving);
         closing.await.unwrap();
         assert!(clock.monotonic() >= released + REVOKE_MARGIN);
+    }
+
+    /// A rename that began after the close does not hold it back: the
+    /// close waits for the one in flight before it, not for the next.
+    #[tokio::test]
+    async fn renames_that_began_after_the_close_do_not_hold_it_back() {
+        let clock = ManualClock::new();
+        let gate = open_gate(&clock);
+        gate.set_kernel(Arc::new(Kernel::default()));
+        let before = gate.moving();
+        let closing = {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.close().await })
+        };
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!closing.is_finished(), "closed under a rename in flight");
+        let after = gate.moving();
+        drop(before);
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            closing.is_finished(),
+            "a rename that began after the close held it back"
+        );
+        drop(after);
     }
 }

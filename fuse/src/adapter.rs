@@ -1256,12 +1256,17 @@ impl Filesystem for HafsFuse {
             let r =
                 i.fs.rename(&c, from, &name, to, &newname, flags.bits())
                     .await;
-            // A timed-out or unknown commit may have landed: assume it did.
-            if matches!(r, Ok(()) | Err(FsError::Kv(_))) {
+            // The kernel moves a cached name only when the rename
+            // succeeded; on an error it keeps both names as they were, so
+            // their records stay where they are too (a review found a
+            // failed rename's source record moved, and so never dropped).
+            if r.is_ok() {
                 i.cache.renamed(from, &name, to, &newname, exchange);
-                if across {
-                    i.names_moved(from, to, exchange).await;
-                }
+            }
+            // A timed-out or unknown commit may have landed: for who may
+            // walk in through the names, assume it did.
+            if across && matches!(r, Ok(()) | Err(FsError::Kv(_))) {
+                i.names_moved(from, to, exchange).await;
             }
             match r {
                 Ok(()) => reply.ok(),

@@ -208,13 +208,17 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
         }
     }
     let expiry = args.expiry.max(2) as f64;
+    let heartbeat = args.heartbeat.max(1) as f64;
     let longest = args.attr_timeout.max(args.entry_timeout);
-    if longest > 0.0 && longest + hafs_core::cache::REVOKE_MARGIN.as_secs_f64() >= expiry {
-        // A mount that froze while caching is evicted after its expiry; its
-        // kernel must have stopped believing its caches by then.
+    let margin = hafs_core::cache::REVOKE_MARGIN.as_secs_f64();
+    if longest > 0.0 && heartbeat + longest + margin >= expiry {
+        // A mount that froze while caching is evicted once its heartbeat
+        // stood still for the expiry; it may have replied with TTLs up to a
+        // heartbeat period after its last beat, and its kernel must have
+        // stopped believing those by the eviction (other mounts then go on
+        // at once).
         return Err(format!(
-            "--attr-timeout/--entry-timeout {longest} must be shorter than --expiry {expiry} (by {} s)",
-            hafs_core::cache::REVOKE_MARGIN.as_secs_f64()
+            "--attr-timeout/--entry-timeout {longest} plus --heartbeat {heartbeat} must be shorter than --expiry {expiry} (by {margin} s)"
         ));
     }
     if !(args.unlink_grace >= 0.0 && args.unlink_grace <= 3600.0) {
