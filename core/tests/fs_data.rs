@@ -615,3 +615,60 @@ async fn mkfs_refuses_chunks_too_small_for_a_write_piece() {
         );
     }
 }
+
+/// `rm -rf` of a subvolume: its files wait out their unlink grace (one of
+/// them open and written to meanwhile) after the root is gone. Their
+/// writes and frees must not bring the deleted root's totals back: fsck
+/// is clean during the grace and after the sweep (it reported negative
+/// totals for ever before).
+#[tokio::test]
+async fn a_deleted_subvolumes_parked_files_leave_no_totals_behind() {
+    let (db, clock) = new_db_and_clock().await;
+    let fs = client(&db, "a").await;
+    let root = Caller::root();
+    let s = fs.mkdir(&root, ROOT_INO, b"s", 0o755).await.unwrap();
+    fs.setxattr(&root, s.ino, b"hafs.subvolume", b"true", 0)
+        .await
+        .unwrap();
+    let made = fs
+        .create_open(&root, s.ino, b"f", 0o644, libc::O_RDWR)
+        .await
+        .unwrap();
+    fs.write(&root, made.ino, WriteAt::Append, b"abc")
+        .await
+        .unwrap();
+    fs.create(&root, s.ino, b"g", 0o644, true, perm::WRITE)
+        .await
+        .unwrap();
+    fs.unlink(&root, s.ino, b"f").await.unwrap();
+    fs.unlink(&root, s.ino, b"g").await.unwrap();
+    fs.rmdir(&root, ROOT_INO, b"s").await.unwrap();
+    fs.write(&root, made.ino, WriteAt::Append, b"defgh")
+        .await
+        .unwrap();
+    assert_clean(&db).await;
+    fs.release(&root, made.ino).await.unwrap();
+    clock.advance(Duration::from_nanos(DEFAULT_UNLINK_GRACE_NS as u64) + Duration::from_secs(1));
+    assert_eq!(sweep_unlinked(&db, fs.keys()).await.unwrap(), 2);
+    assert_clean(&db).await;
+}
+
+/// A rename into a directory removed while another client has it open
+/// fails with ENOENT, like a create there; it used to move the file into
+/// the parked directory, whose freeing then left it unreachable.
+#[tokio::test]
+async fn a_rename_into_a_removed_directory_is_enoent() {
+    let (db, _clock) = new_db_and_clock().await;
+    let (a, b) = (client(&db, "a").await, client(&db, "b").await);
+    let root = Caller::root();
+    let d = a.mkdir(&root, ROOT_INO, b"d", 0o755).await.unwrap();
+    new_file(&a).await;
+    b.open_file(&root, d.ino, libc::O_RDONLY).await.unwrap();
+    a.rmdir(&root, ROOT_INO, b"d").await.unwrap();
+    assert_eq!(
+        a.rename(&root, ROOT_INO, b"f", d.ino, b"f", 0).await,
+        Err(FsError::NotFound)
+    );
+    b.release(&root, d.ino).await.unwrap();
+    assert_clean(&db).await;
+}

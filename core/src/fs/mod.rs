@@ -11,7 +11,10 @@
 //! written twice). Markers older than [`IDEMPOTENCY_WINDOW`] operations of
 //! the same client are cleared by later operations, [`IDEMPOTENCY_CLEAR_EVERY`]
 //! at a time: clearing one old marker per operation dirtied a second B-tree
-//! page (far from the new marker's) in every mutating transaction.
+//! page (far from the new marker's) in every mutating transaction. A marker
+//! is never cleared while its operation is still running ([`MarkerSeqs`]):
+//! one that waits out a timed-out commit for seconds while the mount's
+//! other threads run thousands of operations must still find it.
 //!
 //! Markers are written only where commits can be ambiguous in normal
 //! operation (FoundationDB; the fault-injecting wrapper the simulator and
@@ -44,6 +47,54 @@ pub const IDEMPOTENCY_CLEAR_EVERY: u64 = 256;
 const _: () = assert!(IDEMPOTENCY_CLEAR_EVERY <= IDEMPOTENCY_WINDOW);
 /// Timed-out commits settled (waited out) before giving up.
 const SETTLE_ATTEMPTS: u32 = 5;
+
+/// Which idempotency markers may be cleared: those left behind by the
+/// window and by every operation still running, from where the last clear
+/// stopped.
+#[derive(Debug, Default)]
+pub struct MarkerSeqs {
+    running: std::collections::BTreeSet<u64>,
+    /// Every marker below this one has been cleared (or claimed by a clear).
+    cleared_below: u64,
+}
+
+impl MarkerSeqs {
+    /// Operation `seq` starts; the markers it should clear, if any
+    /// (inclusive; every [`IDEMPOTENCY_CLEAR_EVERY`] operations).
+    pub fn start(&mut self, seq: u64) -> Option<(u64, u64)> {
+        self.running.insert(seq);
+        if !seq.is_multiple_of(IDEMPOTENCY_CLEAR_EVERY) {
+            return None;
+        }
+        let old = seq.checked_sub(IDEMPOTENCY_WINDOW)?;
+        let oldest_running = self.running.first().copied().unwrap_or(seq);
+        let last = old.min(oldest_running.checked_sub(1)?);
+        if last < self.cleared_below {
+            return None;
+        }
+        let first = self.cleared_below;
+        self.cleared_below = last + 1;
+        Some((first, last))
+    }
+
+    /// Operation `seq` is over (whatever its outcome).
+    pub fn end(&mut self, seq: u64) {
+        self.running.remove(&seq);
+    }
+}
+
+/// Ends a running operation's sequence number on drop, also when the
+/// operation is cancelled.
+struct Running<'a> {
+    seqs: &'a parking_lot::Mutex<MarkerSeqs>,
+    seq: u64,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.seqs.lock().end(self.seq);
+    }
+}
 
 /// A reply that can be stored in an idempotency marker.
 pub trait MarkerReply: Sized {
@@ -153,6 +204,7 @@ pub struct Fs {
     options: FsOptions,
     client: String,
     next_seq: AtomicU64,
+    marker_seqs: parking_lot::Mutex<MarkerSeqs>,
     /// Mutations write idempotency markers: the store's commits can be
     /// ambiguous ([`crate::kv::Backend::ambiguous_commits`]).
     markers: bool,
@@ -210,6 +262,7 @@ impl Fs {
             options,
             client: info.id.clone(),
             next_seq: AtomicU64::new(1),
+            marker_seqs: parking_lot::Mutex::new(MarkerSeqs::default()),
             markers,
             inodes: alloc::InodeBatch::default(),
             open: Default::default(),
@@ -363,19 +416,21 @@ impl Fs {
         if !self.markers {
             return self.mutate_unmarked(caller, op).await;
         }
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        // Numbered and started under one lock, so a clear never passes a
+        // number not yet marked running.
+        let (seq, expired) = {
+            let mut seqs = self.marker_seqs.lock();
+            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            (seq, seqs.start(seq))
+        };
+        let _running = Running {
+            seqs: &self.marker_seqs,
+            seq,
+        };
         let ctx = self.ctx(caller);
         let marker = self.keys.idempotency_marker(&self.client, seq);
-        // At seq = k * CLEAR_EVERY: the markers (old - CLEAR_EVERY, old],
-        // old = seq - WINDOW; consecutive clears tile the sequence.
-        let expired = seq
-            .is_multiple_of(IDEMPOTENCY_CLEAR_EVERY)
-            .then(|| seq.checked_sub(IDEMPOTENCY_WINDOW))
-            .flatten()
-            .map(|old| {
-                let first = old.saturating_sub(IDEMPOTENCY_CLEAR_EVERY - 1);
-                self.keys.idempotency_markers(&self.client, first, old + 1)
-            });
+        let expired = expired
+            .map(|(first, last)| self.keys.idempotency_markers(&self.client, first, last + 1));
         let (op, marker, expired) = (&op, &marker, &expired);
         self.settled(|settling| async move {
             self.db
@@ -458,5 +513,48 @@ impl Fs {
             }
         }
         Err(FsError::Kv(KvError::TimedOut))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MarkerSeqs, IDEMPOTENCY_CLEAR_EVERY as EVERY, IDEMPOTENCY_WINDOW as WINDOW};
+
+    /// Clears tile the sequence from 0, each reaching the window's edge,
+    /// but never the marker of an operation still running: a slow one
+    /// holds every clear below itself until it ends, and the next clear
+    /// after that covers what was held back.
+    #[test]
+    fn markers_of_running_operations_are_never_cleared() {
+        let mut seqs = MarkerSeqs::default();
+        let mut cleared = Vec::new();
+        let slow = 10;
+        for seq in 1..=3 * WINDOW {
+            if let Some((first, last)) = seqs.start(seq) {
+                assert!(last + WINDOW <= seq, "cleared inside the window");
+                cleared.push((first, last));
+            }
+            if seq == 2 * WINDOW {
+                seqs.end(slow);
+            }
+            if seq != slow {
+                seqs.end(seq);
+            }
+            for &(first, last) in &cleared {
+                assert!(
+                    seq >= 2 * WINDOW || !(first..=last).contains(&slow),
+                    "the running operation {slow}'s marker was cleared at {seq}"
+                );
+            }
+        }
+        let mut next = 0;
+        for &(first, last) in &cleared {
+            assert_eq!(first, next, "a gap or an overlap in {cleared:?}");
+            next = last + 1;
+        }
+        assert!(
+            next + WINDOW + EVERY > 3 * WINDOW,
+            "clears fell behind: {next}"
+        );
     }
 }

@@ -45,7 +45,7 @@ pub async fn apply(
     write_attr(txn, ctx, &attr);
     set_dirent(txn, ctx, parent, name, Dirent { ino, kind });
     touch_dir(txn, ctx, &mut dir);
-    account(txn, ctx, &attr, 0, 1);
+    account(txn, ctx, &attr, 0, 1).await?;
     Ok(Made {
         attr,
         dir_mode: dir.mode,

@@ -61,7 +61,7 @@ pub async fn apply(
     }
     if attr.size != old_size || punch || zero {
         write_attr(txn, ctx, &attr);
-        account(txn, ctx, &attr, (attr.size - old_size) as i64, 0);
+        account(txn, ctx, &attr, (attr.size - old_size) as i64, 0).await?;
     }
     Ok(())
 }

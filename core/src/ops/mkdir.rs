@@ -37,7 +37,7 @@ pub async fn apply(
     );
     dir.nlink += 1;
     touch_dir(txn, ctx, &mut dir);
-    account(txn, ctx, &attr, 0, 1);
+    account(txn, ctx, &attr, 0, 1).await?;
     Ok(Made {
         attr,
         dir_mode: dir.mode,

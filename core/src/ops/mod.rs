@@ -193,13 +193,35 @@ pub const FLAG_SUBVOLUME: u32 = 1;
 
 /// Add to a subvolume's byte and inode totals with conflict-free atomic
 /// adds on a shard picked by the inode, so parallel writers rarely share a key.
-pub fn account(txn: &Transaction, ctx: &Ctx<'_>, attr: &Attr, bytes: i64, inodes: i64) {
-    account_keys(txn, ctx.keys, attr, bytes, inodes);
+pub async fn account(
+    txn: &Transaction,
+    ctx: &Ctx<'_>,
+    attr: &Attr,
+    bytes: i64,
+    inodes: i64,
+) -> FsResult<()> {
+    account_keys(txn, ctx.keys, attr, bytes, inodes).await
 }
 
-fn account_keys(txn: &Transaction, keys: &crate::keys::Keys, attr: &Attr, bytes: i64, inodes: i64) {
+async fn account_keys(
+    txn: &Transaction,
+    keys: &crate::keys::Keys,
+    attr: &Attr,
+    bytes: i64,
+    inodes: i64,
+) -> FsResult<()> {
     if attr.subvolume == 0 {
-        return;
+        return Ok(());
+    }
+    // An unlinked inode (parked, or open) can outlive its subvolume's root:
+    // `rm -rf` of a subvolume removes the root while the files it unlinked
+    // wait out their grace, and deleting the root deletes its totals. Their
+    // later writes and frees must not bring those totals back as orphans
+    // (a review found negative ones fsck reported for ever). The read
+    // conflicts with the root's deletion; a linked inode needs none (its
+    // subvolume's root cannot be deleted under it).
+    if attr.nlink == 0 && txn.get(&keys.attr(attr.subvolume)).await?.is_none() {
+        return Ok(());
     }
     let shard = attr.ino % COUNTER_SHARDS;
     if bytes != 0 {
@@ -214,6 +236,7 @@ fn account_keys(txn: &Transaction, keys: &crate::keys::Keys, attr: &Attr, bytes:
             inodes,
         );
     }
+    Ok(())
 }
 
 /// Set mtime and ctime of a directory whose entries changed.
@@ -260,8 +283,7 @@ pub async fn drop_link(txn: &Transaction, ctx: &Ctx<'_>, attr: &mut Attr) -> FsR
         txn.set(&ctx.keys.unlinked(attr.ino), &free_after.to_le_bytes());
         return Ok(());
     }
-    delete_inode(txn, ctx, attr);
-    Ok(())
+    delete_inode(txn, ctx, attr).await
 }
 
 /// The wall time (ns) after which a parked inode may be freed, from its
@@ -277,14 +299,18 @@ pub fn parked_until(value: &[u8]) -> Option<i64> {
 
 /// Delete every key of an inode (attributes, data, target, xattrs, open
 /// counts) and take it out of its subvolume's totals.
-pub fn delete_inode(txn: &Transaction, ctx: &Ctx<'_>, attr: &Attr) {
-    delete_inode_keys(txn, ctx.keys, attr);
+pub async fn delete_inode(txn: &Transaction, ctx: &Ctx<'_>, attr: &Attr) -> FsResult<()> {
+    delete_inode_keys(txn, ctx.keys, attr).await
 }
 
 /// [`delete_inode`] without an operation context (eviction, gc).
-pub fn delete_inode_keys(txn: &Transaction, keys: &crate::keys::Keys, attr: &Attr) {
+pub async fn delete_inode_keys(
+    txn: &Transaction,
+    keys: &crate::keys::Keys,
+    attr: &Attr,
+) -> FsResult<()> {
     let (begin, end) = keys.inode_range(attr.ino);
     txn.clear_range(&begin, &end);
     txn.clear(&keys.unlinked(attr.ino));
-    account_keys(txn, keys, attr, -(attr.size as i64), -1);
+    account_keys(txn, keys, attr, -(attr.size as i64), -1).await
 }

@@ -356,7 +356,7 @@ pub async fn free_if_unused(
             return Ok(false);
         }
     }
-    super::delete_inode_keys(txn, keys, attr);
+    super::delete_inode_keys(txn, keys, attr).await?;
     Ok(true)
 }
 

@@ -66,6 +66,12 @@ pub async fn apply(
     } else {
         Some(searchable_dir(txn, ctx, new_parent).await?)
     };
+    // Into a directory that was removed (still open somewhere, so parked):
+    // ENOENT, as for a create there. Its entries would go with it when it
+    // is freed, and the moved inode with them, unreachable.
+    if dst_dir.as_ref().is_some_and(|d| d.nlink == 0) {
+        return Err(FsError::NotFound);
+    }
     if is_dot_or_dotdot(name) || is_dot_or_dotdot(new_name) {
         return Err(FsError::Busy("cannot rename . or ..".into()));
     }

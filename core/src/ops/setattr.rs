@@ -118,7 +118,7 @@ async fn set_size(
     attr.size = size;
     attr.mtime_ns = ctx.now_ns;
     kill_privileges(attr, ctx.caller);
-    account(txn, ctx, attr, delta, 0);
+    account(txn, ctx, attr, delta, 0).await?;
     Ok(())
 }
 

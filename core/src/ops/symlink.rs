@@ -41,7 +41,7 @@ pub async fn apply(
         },
     );
     touch_dir(txn, ctx, &mut dir);
-    account(txn, ctx, &attr, attr.size as i64, 1);
+    account(txn, ctx, &attr, attr.size as i64, 1).await?;
     Ok(Made {
         attr,
         dir_mode: dir.mode,

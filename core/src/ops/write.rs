@@ -60,7 +60,7 @@ pub async fn apply(
     attr.ctime_ns = ctx.now_ns;
     kill_privileges(&mut attr, ctx.caller);
     write_attr(txn, ctx, &attr);
-    account(txn, ctx, &attr, (attr.size - old_size) as i64, 0);
+    account(txn, ctx, &attr, (attr.size - old_size) as i64, 0).await?;
     Ok(end)
 }
 
