@@ -8,7 +8,12 @@
 bench_setup() {
   local name=$1
   shift
-  command -v bindfs >/dev/null || apt-get install -y -qq bindfs >/dev/null
+  local need=()
+  command -v bindfs >/dev/null || need+=(bindfs)
+  command -v python3 >/dev/null || need+=(python3) # the summaries
+  if ((${#need[@]})); then
+    apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
   cargo build --release -q -p hafs-cli
   hafs=$PWD/target/release/hafs
   work=$(mktemp -d "/var/tmp/$name.XXXXXX")
@@ -27,8 +32,16 @@ bench_cleanup() {
   rm -rf "$work"
 }
 
+# Fails (with the mount logs) if any DIR is not a mount point after 10 s:
+# a daemon that exited at start must not leave the bench measuring the
+# plain directory under its name.
 wait_mounted() {
   for m in "$@"; do
     for _ in $(seq 100); do mountpoint -q "$m" && break; sleep 0.1; done
+    if ! mountpoint -q "$m"; then
+      echo "$m did not mount; logs:" >&2
+      tail -n 20 "$work"/*.log >&2 2>/dev/null || true
+      exit 1
+    fi
   done
 }

@@ -28,6 +28,15 @@ use rand::{Rng, SeedableRng};
 
 use crate::bench::{monotonic_ns, open_lock_file, percentile, side, Kind, SharedBoard};
 
+/// A count that must be at least 1 (0 would report 0/s, or divide by it).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Sizes of the `bench dir` workloads.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DirArgs {
@@ -35,28 +44,28 @@ pub struct DirArgs {
     /// removed).
     pub dir: PathBuf,
     /// Worker threads for the metadata phases.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     pub workers: usize,
     /// Files per worker in each metadata phase.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = at_least_one)]
     pub files: usize,
     /// Atomic config updates.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = at_least_one)]
     pub updates: usize,
     /// Lock hand-offs per side, for flock and for fcntl.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = at_least_one)]
     pub handoffs: usize,
     /// Entries in the big directory (the full size is 1000000).
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 100_000, value_parser = at_least_one)]
     pub big: usize,
     /// MiB written and read sequentially.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     pub mib: u64,
     /// 4 KiB random reads.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 5000, value_parser = at_least_one)]
     pub random_reads: usize,
     /// Only these workloads (comma-separated: meta, config, lock, bigdir, io).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = ["meta", "config", "lock", "bigdir", "io"])]
     pub only: Vec<String>,
     /// Print one JSON object instead of the table.
     #[arg(long)]

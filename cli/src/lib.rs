@@ -74,6 +74,9 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// The shortest `gc-clients --expiry`: twice the default heartbeat.
+const GC_EXPIRY_MIN: u64 = 10;
+
 /// Run `hafs` with `args` (argv without the program name is taken from the
 /// environment when `args` is None).
 pub fn main_as(prefix: &[&str]) {
@@ -85,7 +88,29 @@ pub fn main_as(prefix: &[&str]) {
     if !prefix.is_empty() {
         argv[0] = "hafs".into();
     }
-    let cli = Cli::parse_from(argv);
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        // --help, --version, and the help a bare `hafs` prints.
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            // One line, exit 1, like every other error of `hafs`.
+            let text = e.render().to_string();
+            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            let first = lines.next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            let hint = lines
+                .find(|l| l.starts_with("[possible values") || l.starts_with("tip:"))
+                .map(|l| format!(" {l}"))
+                .unwrap_or_default();
+            eprintln!("hafs: error: {first}{hint} (see hafs --help)");
+            std::process::exit(1);
+        }
+    };
     let debug = matches!(&cli.command, Command::Mount(m) if m.debug_fuse);
     hafs_fuse::mount::init_logging(debug);
     if let Err(e) = run(cli) {
@@ -163,6 +188,13 @@ pub fn run(cli: Cli) -> Result<(), String> {
                 );
             }
             Command::GcClients { expiry } => {
+                if expiry < GC_EXPIRY_MIN {
+                    // A live mount beats every 5 s (by default): a shorter
+                    // watch would take healthy mounts for dead ones.
+                    return Err(format!(
+                        "--expiry {expiry} is shorter than {GC_EXPIRY_MIN} s: live mounts (heartbeat every 5 s) would be evicted"
+                    ));
+                }
                 let expiry = Duration::from_secs(expiry);
                 let keys = keys().await?;
                 let mut tracker = session::ExpiryTracker::default();

@@ -85,7 +85,8 @@ pub fn os_seed() -> u64 {
 /// Options of a mount.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MountArgs {
-    /// Where to mount (an existing, empty directory).
+    /// Where to mount (an existing directory; what it holds is hidden while
+    /// mounted).
     pub mountpoint: PathBuf,
     /// Mount options, comma-separated: allow_other, ro, default_permissions,
     /// noatime, strictatime.
@@ -160,45 +161,9 @@ pub fn is_mountpoint(path: &Path) -> bool {
         .any(|mp| Path::new(&mp.replace("\\040", " ")) == canonical)
 }
 
-/// Turn common mistakes into one clear line before touching FUSE.
-fn preflight(args: &MountArgs) -> Result<(), String> {
-    let mp = &args.mountpoint;
-    match std::fs::metadata(mp) {
-        Err(_) => return Err(format!("mount point {} does not exist", mp.display())),
-        Ok(m) if !m.is_dir() => {
-            return Err(format!("mount point {} is not a directory", mp.display()))
-        }
-        Ok(_) => {}
-    }
-    if is_mountpoint(mp) {
-        return Err(format!(
-            "{} is already a mount point (unmount it first: umount {})",
-            mp.display(),
-            mp.display()
-        ));
-    }
-    if !Path::new("/dev/fuse").exists() {
-        return Err("/dev/fuse is missing: load the fuse module (modprobe fuse) or install the fuse3 package".into());
-    }
-    Ok(())
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-/// Mount and serve until unmounted or told to stop. Blocks.
-pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
-    preflight(args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("hafs")
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let clock: Arc<dyn Clock> = runtime.block_on(async { TokioClock::new() });
-    let db = kv.open(clock.clone())?;
+/// The mount's options, checked before anything is opened or created (a
+/// typo must not leave a new database behind).
+fn check_options(args: &MountArgs) -> Result<FsOptions, String> {
     for (flag, value) in [
         ("--attr-timeout", args.attr_timeout),
         ("--entry-timeout", args.entry_timeout),
@@ -227,6 +192,12 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
             args.unlink_grace
         ));
     }
+    if heartbeat * 2.0 > expiry {
+        // A client whose heartbeat is late by one period must not look dead.
+        return Err(format!(
+            "--expiry {expiry} must be at least twice --heartbeat {heartbeat}"
+        ));
+    }
     let mut fs_options = FsOptions {
         unlink_grace_ns: (args.unlink_grace * 1e9) as i64,
         ..FsOptions::default()
@@ -240,6 +211,71 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
             other => return Err(format!("unknown mount option {other:?} (known: allow_other, ro, default_permissions, noatime, strictatime)")),
         }
     }
+    Ok(fs_options)
+}
+
+/// Turn common mistakes into one clear line before touching FUSE.
+fn preflight(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
+    let mp = &args.mountpoint;
+    match std::fs::metadata(mp) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(format!(
+            "mount point {} is a dead mount (its hafs process is gone): clear it with umount -l {}",
+            mp.display(),
+            mp.display()
+        ))
+        }
+        Err(_) => return Err(format!("mount point {} does not exist", mp.display())),
+        Ok(m) if !m.is_dir() => {
+            return Err(format!("mount point {} is not a directory", mp.display()))
+        }
+        Ok(_) => {}
+    }
+    let canonical = std::fs::canonicalize(mp).unwrap_or_else(|_| mp.clone());
+    if let Ok(hafs_core::kv::url::KvUrl::Sqlite(db)) = hafs_core::kv::url::KvUrl::parse(&kv.url()) {
+        // SQLite opens its files by path: through the mount itself, they
+        // would wait on this very process.
+        let dir = db
+            .parent()
+            .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf()));
+        if dir.is_some_and(|d| d.starts_with(&canonical)) {
+            return Err(format!(
+                "the database {} is under the mount point {}: mount somewhere else",
+                db.display(),
+                mp.display()
+            ));
+        }
+    }
+    if is_mountpoint(mp) {
+        return Err(format!(
+            "{} is already a mount point (unmount it first: umount {})",
+            mp.display(),
+            mp.display()
+        ));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err("/dev/fuse is missing: load the fuse module (modprobe fuse) or install the fuse3 package".into());
+    }
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Mount and serve until unmounted or told to stop. Blocks.
+pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
+    let fs_options = check_options(args)?;
+    preflight(kv, args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hafs")
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let clock: Arc<dyn Clock> = runtime.block_on(async { TokioClock::new() });
+    let db = kv.open(clock.clone())?;
     let pid = std::process::id();
     let info = ClientInfo {
         id: format!("{}-{pid}-{:08x}", hostname(), os_seed() as u32),
@@ -349,7 +385,24 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
     let ended = if background.guard.is_finished() {
         background.join()
     } else {
-        background.umount_and_join()
+        use rustix::mount::{unmount, UnmountFlags};
+        match unmount(&args.mountpoint, UnmountFlags::empty()) {
+            Ok(()) => background.join(),
+            // Someone still uses the mount (a cwd, an open file, a lock
+            // holder): detach it from the tree now and serve them until
+            // they are done, rather than drop their locks under them and
+            // leave a dead mount. A second signal ends the process at once.
+            Err(rustix::io::Errno::BUSY) => {
+                tracing::warn!(
+                    "the mount is busy: detached it; serving its last users until they close it (signal again to stop now)"
+                );
+                match unmount(&args.mountpoint, UnmountFlags::DETACH) {
+                    Ok(()) => background.join(),
+                    Err(_) => background.umount_and_join(),
+                }
+            }
+            Err(_) => background.umount_and_join(),
+        }
     };
     if let Err(e) = ended {
         tracing::warn!(error = %e, "the FUSE session ended with an error");
@@ -366,12 +419,21 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Until SIGINT/SIGTERM, or the mount goes away (umount, fusermount3 -u).
+/// Until SIGINT/SIGTERM/SIGHUP (a closed terminal), or the mount goes away
+/// (umount, fusermount3 -u). A second signal exits at once, whatever the
+/// unmount is waiting for (the client's locks then expire).
 fn wait_for_stop(background: &fuser::BackgroundSession) -> std::io::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
     loop {
         if signals.pending().next().is_some() {
             tracing::info!("signal received: unmounting");
+            std::thread::spawn(move || {
+                if signals.forever().next().is_some() {
+                    tracing::warn!("second signal: exiting without a clean unmount");
+                    std::process::exit(1);
+                }
+            });
             return Ok(());
         }
         if background.guard.is_finished() {

@@ -509,6 +509,58 @@ fn a_newcomer_attaches_while_the_holder_keeps_renaming() {
     assert!(took.as_secs() < 5, "the second mount waited {took:?}");
 }
 
+/// SIGTERM while a process still has a file open on the mount (and holds
+/// a lock there): the mount is detached from the tree at once, but the
+/// hafs process serves that user until it closes the file, keeping its
+/// lock; only then does it detach its client and exit 0. (It used to
+/// detach the client under the user, releasing its lock, and exit,
+/// leaving a dead mount.)
+#[test]
+fn a_busy_mount_serves_its_last_user_after_sigterm() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("hafs.db");
+    let mut a = mount(&db, &tmp.path().join("a"));
+    std::fs::write(a.p("f"), b"kept").unwrap();
+    let user = std::fs::File::open(a.p("f")).unwrap();
+    flock(&user, libc::LOCK_EX).unwrap();
+    a.signal("TERM");
+    let started = Instant::now();
+    while support::is_mounted(&a.path) {
+        assert!(started.elapsed().as_secs() < 10, "still in the tree");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        a.child.try_wait().unwrap().is_none(),
+        "exited under its user"
+    );
+    let mut text = String::new();
+    (&user).read_to_string(&mut text).unwrap();
+    assert_eq!(text, "kept");
+    let b = mount(&db, &tmp.path().join("b"));
+    let other = std::fs::File::open(b.p("f")).unwrap();
+    let err =
+        flock(&other, libc::LOCK_EX | libc::LOCK_NB).expect_err("the user's lock was dropped");
+    assert_eq!(err.raw_os_error(), Some(libc::EWOULDBLOCK));
+    drop(user);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = a.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "did not exit after its last user"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    flock(&other, libc::LOCK_EX | libc::LOCK_NB).expect("the lock came free with the close");
+}
+
 /// mkdir -p / rm -rf of a 10,000-entry tree, and tar x of this project's
 /// sources compared with diff -r.
 #[test]
