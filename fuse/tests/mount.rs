@@ -506,7 +506,7 @@ fn a_newcomer_attaches_while_the_holder_keeps_renaming() {
     let took = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     renamer.join().unwrap();
-    assert!(took.as_secs() < 5, "the second mount waited {took:?}");
+    assert!(took.as_secs() < 10, "the second mount waited {took:?}");
 }
 
 /// SIGTERM while a process still has a file open on the mount (and holds
