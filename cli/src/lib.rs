@@ -99,13 +99,21 @@ pub fn main_as(prefix: &[&str]) {
         }
         Err(e) => {
             // One line, exit 1, like every other error of `hafs`.
+            // clap's first paragraph (the message and the lines it lists,
+            // such as missing arguments), then any hint, on one line.
             let text = e.render().to_string();
-            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-            let first = lines.next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            let hint = lines
-                .find(|l| l.starts_with("[possible values") || l.starts_with("tip:"))
-                .map(|l| format!(" {l}"))
+            let mut paragraphs = text.split("\n\n").map(|p| {
+                p.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            });
+            let first = paragraphs.next().unwrap_or_default();
+            let first = first.strip_prefix("error: ").unwrap_or(&first).to_string();
+            let hint = paragraphs
+                .find(|p| p.starts_with("[possible values") || p.starts_with("tip:"))
+                .map(|p| format!(" {p}"))
                 .unwrap_or_default();
             eprintln!("hafs: error: {first}{hint} (see hafs --help)");
             std::process::exit(1);

@@ -142,6 +142,10 @@ struct GateState {
     /// Renames seen: one during a close's drops may have moved a name
     /// after it was dropped at its old place.
     renames: u64,
+    /// Renames begun after a close, their replies not yet sent: such a
+    /// reply moves a cached name the close's stock may not show where the
+    /// kernel will have it, so a close that finds one waits the TTLs out.
+    renames_uncounted: u64,
 }
 
 /// Names and inodes handed to the kernel with a TTL, each with the
@@ -200,6 +204,8 @@ pub struct CacheGuard<'a> {
     gate: &'a CacheGate,
     ttls: CacheTtls,
     counted: bool,
+    /// A rename begun while the gate was closed (`renames_uncounted`).
+    uncounted_rename: bool,
     /// The gate's opening this reply belongs to, if it may be cached.
     generation: Option<u64>,
 }
@@ -264,6 +270,9 @@ impl CacheGuard<'_> {
 
 impl Drop for CacheGuard<'_> {
     fn drop(&mut self) {
+        if self.uncounted_rename {
+            self.gate.state.lock().renames_uncounted -= 1;
+        }
         if self.counted {
             let now = self.gate.clock.monotonic();
             let mut state = self.gate.state.lock();
@@ -357,6 +366,7 @@ impl CacheGate {
                 gate: self,
                 ttls: self.ttls,
                 counted: true,
+                uncounted_rename: false,
                 generation: Some(state.generation),
             }
         } else {
@@ -364,6 +374,7 @@ impl CacheGate {
                 gate: self,
                 ttls: CacheTtls::default(),
                 counted: false,
+                uncounted_rename: false,
                 generation: None,
             }
         }
@@ -383,11 +394,14 @@ impl CacheGate {
         let counted = state.open;
         if counted {
             state.in_flight += 1;
+        } else {
+            state.renames_uncounted += 1;
         }
         CacheGuard {
             gate: self,
             ttls: CacheTtls::default(),
             counted,
+            uncounted_rename: !counted,
             generation: None,
         }
     }
@@ -411,19 +425,24 @@ impl CacheGate {
         // Take stock only once no reply or rename is in flight and the
         // last one's margin has passed (the kernel applied them all); a
         // rename after this shows in `renames`.
-        let (last_end, handed, renames) = loop {
+        let (last_end, handed, renames, raced) = loop {
             let settled = {
                 let mut state = self.state.lock();
                 let settled = state.last_end + REVOKE_MARGIN;
                 if state.in_flight == 0 && self.clock.monotonic() >= settled {
-                    break (state.last_end, state.handed.take(), state.renames);
+                    let raced = state.renames_uncounted > 0;
+                    break (state.last_end, state.handed.take(), state.renames, raced);
                 }
                 settled
             };
             let poll = self.clock.monotonic() + Duration::from_millis(1);
             self.wait_until(settled.max(poll)).await;
         };
-        if self.drop_handed(handed, renames).await {
+        // A rename begun after the close with its reply still to come
+        // may move a name the kernel caches after the drops: then (as when
+        // the drops fail) wait until every TTL handed out has passed; the
+        // name it moves keeps its TTL.
+        if !raced && self.drop_handed(handed, renames).await {
             return;
         }
         let deadline = last_end + self.ttls.longest() + REVOKE_MARGIN;
@@ -1071,6 +1090,7 @@ mod tests {
         }
         assert!(!closing.is_finished(), "closed under a rename in flight");
         let after = gate.moving();
+        let released = clock.monotonic();
         drop(before);
         // Real time: the close drops the kernel's caches on a blocking
         // thread, which a loaded machine may run late.
@@ -1079,6 +1099,9 @@ mod tests {
             closed.is_ok(),
             "a rename that began after the close held it back"
         );
+        // Its reply was still to come: the close waited the TTLs out
+        // instead of trusting its drops.
+        assert!(clock.monotonic() >= released + TTL + REVOKE_MARGIN);
         drop(after);
     }
 }

@@ -149,16 +149,16 @@ async fn a_writer_who_is_not_the_owner_may_clear_set_id_bits_only() {
         mode: Some(m),
         ..SetAttr::default()
     };
-    fs.setattr(&owner, f.ino, mode(0o4766 | libc::S_ISGID))
+    fs.setattr(&owner, f.ino, mode(0o4776 | libc::S_ISGID))
         .await
         .unwrap();
     let truncate = SetAttr {
         size: Some(0),
-        mode: Some(0o766),
+        mode: Some(0o776),
         ..SetAttr::default()
     };
     let done = fs.setattr(&writer, f.ino, truncate.clone()).await.unwrap();
-    assert_eq!(done.mode & 0o7777, 0o766);
+    assert_eq!(done.mode & 0o7777, 0o776);
     assert_eq!(
         fs.setattr(&writer, f.ino, mode(0o777)).await,
         Err(FsError::Perm),
@@ -244,4 +244,36 @@ async fn create_with_o_trunc_of_an_existing_file_truncates_it() {
         "O_TRUNC without write permission"
     );
     assert_eq!(fs.getattr(&owner, f.ino).await.unwrap().size, 4);
+}
+
+/// The set-ID clearing a writer may do is the kernel's: not set-group-ID
+/// of a file without group execute, and nothing on a directory (a group
+/// member's `chmod g-s` of a shared setgid directory stays EPERM).
+#[tokio::test]
+async fn a_writer_may_not_clear_what_the_kernel_would_not() {
+    use hafs_core::ops::setattr::SetAttr;
+    let fs = new_fs().await;
+    let (owner, member) = (Caller::user(1000, 1000), Caller::user(2000, 1000));
+    let mode = |m: u32| SetAttr {
+        mode: Some(m),
+        ..SetAttr::default()
+    };
+    let d = fs.mkdir(&owner, ROOT_INO, b"shared", 0o775).await.unwrap();
+    fs.setattr(&owner, d.ino, mode(0o2775)).await.unwrap();
+    assert_eq!(
+        fs.setattr(&member, d.ino, mode(0o775)).await,
+        Err(FsError::Perm)
+    );
+    let f = fs
+        .create(&owner, ROOT_INO, b"f", 0o664, true, perm::WRITE)
+        .await
+        .unwrap();
+    fs.setattr(&owner, f.ino, mode(0o2664)).await.unwrap();
+    assert_eq!(
+        fs.setattr(&member, f.ino, mode(0o664)).await,
+        Err(FsError::Perm),
+        "set-group-ID without group execute is not the kernel's to clear"
+    );
+    fs.setattr(&owner, f.ino, mode(0o2674)).await.unwrap();
+    fs.setattr(&member, f.ino, mode(0o674)).await.unwrap();
 }

@@ -1378,11 +1378,13 @@ impl Filesystem for HafsFuse {
     ) {
         // close(2) releases the closing process's POSIX locks on the file.
         self.spawn(req, move |i, c| async move {
-            match i.fs.unlock_owner(&c, hafs_ino(ino), lock_owner.0).await {
-                Ok(()) => {
-                    i.unlocked(ino.0, lock_owner.0);
-                    reply.ok()
-                }
+            let unlocked = i.fs.unlock_owner(&c, hafs_ino(ino), lock_owner.0).await;
+            // Done, or owed and retried by the core (`Fs::unlock_owner`):
+            // either way no RELEASE may unlock this owner later (it may
+            // hold a newer lock through another open file by then).
+            i.unlocked(ino.0, lock_owner.0);
+            match unlocked {
+                Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
         });

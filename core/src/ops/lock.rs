@@ -38,7 +38,6 @@
 //! one of its waits is interrupted.
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::codec::{self, LockKind, LockValue, Waiter};
@@ -66,11 +65,27 @@ pub struct LockTracker {
     /// until one lands. The session's housekeeping retries them
     /// ([`Fs::pay_unlock_debts`]), and the owner's next `setlk` on the
     /// inode pays its debt first. Both hold this mutex through the unlock,
-    /// so a close's unlock can never land after a lock the owner took
-    /// later.
+    /// so the debt is never paid after a lock the owner asked for once the
+    /// close had returned. (A `setlk` of the same owner running *while* the
+    /// close fails, from another thread, may be granted before the debt is
+    /// recorded, and lose its lock when it is paid: the two calls were
+    /// concurrent, and the close's unlock wins.)
     debts: tokio::sync::Mutex<Vec<(u64, u64)>>,
-    /// Whether `debts` may be non-empty (the common case reads only this).
-    owing: std::sync::atomic::AtomicBool,
+    /// What `debts` holds, readable without waiting: only an owed pair's
+    /// unlocks and `setlk`s take the mutex, so a payment retrying through
+    /// an outage holds up nobody else's.
+    owed: parking_lot::Mutex<Vec<(u64, u64)>>,
+}
+
+impl LockTracker {
+    fn owes(&self, ino: u64, owner: u64) -> bool {
+        self.owed.lock().contains(&(ino, owner))
+    }
+
+    /// Call with `debts` held, after changing it.
+    fn mirror(&self, debts: &[(u64, u64)]) {
+        *self.owed.lock() = debts.to_vec();
+    }
 }
 
 #[derive(Debug, Default)]
@@ -692,14 +707,13 @@ impl Fs {
     ) -> FsResult<()> {
         let request = &request;
         let _entered = self.lock_tracker().enter(ino);
-        if self.lock_tracker().owing.load(Ordering::Acquire) {
-            let mut debts = self.lock_tracker().debts.lock().await;
+        let tracker = self.lock_tracker();
+        if tracker.owes(ino, owner) {
+            let mut debts = tracker.debts.lock().await;
             if let Some(at) = debts.iter().position(|&d| d == (ino, owner)) {
                 self.unlock_owner_once(caller, ino, owner).await?;
                 debts.swap_remove(at);
-                self.lock_tracker()
-                    .owing
-                    .store(!debts.is_empty(), Ordering::Release);
+                tracker.mirror(&debts);
             }
         }
         let mut ticket: Option<u64> = None;
@@ -777,9 +791,9 @@ impl Fs {
     /// it lands (see `LockTracker::debts`), and the error returned.
     pub async fn unlock_owner(&self, caller: &Caller, ino: u64, owner: u64) -> FsResult<()> {
         let tracker = self.lock_tracker();
-        // Hold the debts while unlocking only when some are owed, so that
-        // a payment of this very debt cannot race this unlock.
-        let mut debts = if tracker.owing.load(Ordering::Acquire) {
+        // Hold the debts while unlocking only when this pair is owed, so
+        // that a payment of this very debt cannot race this unlock.
+        let mut debts = if tracker.owes(ino, owner) {
             Some(tracker.debts.lock().await)
         } else {
             None
@@ -800,7 +814,7 @@ impl Fs {
             if owed {
                 debts.push((ino, owner));
             }
-            tracker.owing.store(!debts.is_empty(), Ordering::Release);
+            tracker.mirror(debts);
         }
         result
     }
@@ -809,7 +823,7 @@ impl Fs {
     /// each period). Returns how many are still owed.
     pub async fn pay_unlock_debts(&self) -> usize {
         let tracker = self.lock_tracker();
-        if !tracker.owing.load(Ordering::Acquire) {
+        if tracker.owed.lock().is_empty() {
             return 0;
         }
         let mut debts = tracker.debts.lock().await;
@@ -821,7 +835,7 @@ impl Fs {
             }
         }
         *debts = left;
-        tracker.owing.store(!debts.is_empty(), Ordering::Release);
+        tracker.mirror(&debts);
         debts.len()
     }
 

@@ -72,11 +72,20 @@ pub async fn apply(
         // change as the writer: allowed to whoever may write the file, as
         // the truncate or write it comes with would clear them anyway.
         let set_id = libc::S_ISUID | libc::S_ISGID;
-        // Removes at least one set-ID bit and changes nothing else (a
-        // no-op chmod by a non-owner stays EPERM, as on Linux).
-        let kills_set_id = mode & !set_id & 0o7777 == before & !set_id & 0o7777
-            && mode & set_id & !before == 0
-            && before & set_id & !mode != 0;
+        // Removes at least one bit the kernel's own clearing removes
+        // (set-user-ID; set-group-ID only with group execute; never on a
+        // directory) and changes nothing else: a no-op chmod, or a group
+        // member's `chmod g-s` of a shared directory, stays EPERM.
+        let killable = if attr.is_dir() {
+            0
+        } else if before & libc::S_IXGRP != 0 {
+            set_id
+        } else {
+            libc::S_ISUID
+        };
+        let kills_set_id = mode & !killable & 0o7777 == before & !killable & 0o7777
+            && mode & killable & !before == 0
+            && before & killable & !mode != 0;
         let may_write = changes.by_handle || perm::check(&attr, caller, perm::WRITE).is_ok();
         if !(kills_set_id && may_write) {
             perm::check_owner(&attr, caller)?;

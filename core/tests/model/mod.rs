@@ -603,11 +603,18 @@ impl Model {
         // A non-owner who may write the file may clear set-ID bits and
         // change nothing else: the kernel's own change before a truncate
         // or write by such a user.
-        let set_id = libc::S_ISUID | libc::S_ISGID;
-        let now = self.nodes[&ino].mode;
-        let only_kills = mode & !set_id & 0o7777 == now & !set_id
-            && mode & set_id & !now == 0
-            && now & set_id & !mode != 0;
+        let node = &self.nodes[&ino];
+        let now = node.mode;
+        let killable = if node.kind == Kind::Dir {
+            0
+        } else if now & libc::S_IXGRP != 0 {
+            libc::S_ISUID | libc::S_ISGID
+        } else {
+            libc::S_ISUID
+        };
+        let only_kills = mode & !killable & 0o7777 == now & !killable
+            && mode & killable & !now == 0
+            && now & killable & !mode != 0;
         let writer = only_kills && self.check(ino, who, W).is_ok();
         let n = self.nodes.get_mut(&ino).unwrap();
         if !who.root() && who.uid != n.uid && !writer {
