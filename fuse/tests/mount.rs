@@ -180,21 +180,20 @@ fn lock_worker() {
     }
 }
 
-#[allow(unsafe_code)] // flock(2) and fcntl(2) have no safe std wrapper
+#[allow(unsafe_code)] // fcntl(2) has no safe std wrapper
 fn lock(f: &std::fs::File, kind: &str, take: bool) {
     use std::os::fd::AsRawFd;
-    let fd = f.as_raw_fd();
-    let rc = if kind == "flock" {
-        // SAFETY: fd is a valid open descriptor for the call's duration.
-        unsafe { libc::flock(fd, if take { libc::LOCK_EX } else { libc::LOCK_UN }) }
-    } else {
-        // SAFETY: zeroed flock is a valid "whole file" lock description.
-        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_type = if take { libc::F_WRLCK } else { libc::F_UNLCK } as i16;
-        fl.l_whence = libc::SEEK_SET as i16;
-        // SAFETY: fd is valid and fl outlives the call.
-        unsafe { libc::fcntl(fd, libc::F_SETLKW, &fl) }
-    };
+    if kind == "flock" {
+        let op = if take { libc::LOCK_EX } else { libc::LOCK_UN };
+        flock(f, op).unwrap_or_else(|e| panic!("flock failed: {e}"));
+        return;
+    }
+    // SAFETY: zeroed flock is a valid "whole file" lock description.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = if take { libc::F_WRLCK } else { libc::F_UNLCK } as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    // SAFETY: fd is valid and fl outlives the call.
+    let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLKW, &fl) };
     assert_eq!(rc, 0, "{kind} failed: {}", std::io::Error::last_os_error());
 }
 

@@ -544,11 +544,6 @@ pub async fn apply_setlk(
         }
     };
     if !blocked {
-        let own: Vec<Held> = held
-            .iter()
-            .filter(|h| mine(&h.client, h.owner))
-            .cloned()
-            .collect();
         let ranges = replace_ranges(&own, request);
         write_own(txn, ctx, ino, owner, &ranges);
         for t in &own_queue {
