@@ -207,8 +207,11 @@ pub fn run(cli: Cli) -> Result<(), String> {
                 let keys = keys().await?;
                 let mut tracker = session::ExpiryTracker::default();
                 tracker.sweep(&db, &keys, clock.as_ref(), expiry, None).await.map_err(fail)?;
-                eprintln!("watching heartbeats for {}s...", expiry.as_secs());
-                clock.sleep(expiry + Duration::from_millis(100)).await;
+                // A client is judged by its own expiry when that is longer
+                // (`ExpiryTracker`): watch long enough to judge every one.
+                let watch = expiry.max(tracker.longest_published());
+                eprintln!("watching heartbeats for {}s...", watch.as_secs_f64().ceil());
+                clock.sleep(watch + Duration::from_millis(100)).await;
                 let evicted = tracker.sweep(&db, &keys, clock.as_ref(), expiry, None).await.map_err(fail)?;
                 println!("evicted {} expired clients{}", evicted.len(), if evicted.is_empty() { String::new() } else { format!(": {}", evicted.join(", ")) });
             }
@@ -279,6 +282,7 @@ async fn list_clients(
                     "locked_inodes": c.locked_inodes,
                     "open_inodes": c.open_inodes,
                     "cache_lease": c.cache_lease,
+                    "expiry_ns": u64::try_from(c.info.expiry.as_nanos()).unwrap_or(u64::MAX),
                 })
             })
             .collect();
@@ -286,18 +290,24 @@ async fn list_clients(
         return Ok(());
     }
     println!(
-        "{:<36} {:<16} {:>8} {:>10} {:>10} {:>7} {:>6} {:>6}  DESCRIPTION",
-        "CLIENT", "HOST", "PID", "MOUNTED", "HEARTBEAT", "LOCKED", "OPEN", "CACHES"
+        "{:<36} {:<16} {:>8} {:>10} {:>10} {:>7} {:>7} {:>6} {:>6}  DESCRIPTION",
+        "CLIENT", "HOST", "PID", "MOUNTED", "HEARTBEAT", "EXPIRY", "LOCKED", "OPEN", "CACHES"
     );
     let age = |ns: i64| Duration::from_nanos((now_ns - ns).max(0) as u64).as_secs();
     for c in first {
         println!(
-            "{:<36} {:<16} {:>8} {:>8}s {:>8}s {:>7} {:>6} {:>6}  {}",
+            "{:<36} {:<16} {:>8} {:>8}s {:>8}s {:>7} {:>7} {:>6} {:>6}  {}",
             c.info.id,
             c.info.hostname,
             c.info.pid,
             age(c.info.mounted_ns),
             age(c.last_beat_ns),
+            // Not published by mounts of older versions.
+            if c.info.expiry.is_zero() {
+                "-".to_string()
+            } else {
+                format!("{}s", c.info.expiry.as_secs_f64())
+            },
             c.locked_inodes,
             c.open_inodes,
             if c.cache_lease { "yes" } else { "no" },

@@ -512,6 +512,8 @@ fn fencing(by_expiry: bool) {
         (Some("a"), Some(u64::from(a.pid())))
     );
     assert_eq!(row["locked_inodes"], 1, "a holds one lock");
+    let published = if by_expiry { 3_000_000_000u64 } else { 30_000_000_000 };
+    assert_eq!(row["expiry_ns"], published, "a publishes its --expiry");
     a.signal("STOP");
     if by_expiry {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -557,6 +559,42 @@ fn an_expired_holder_is_fenced_out() {
 
 /// `kill -9` of a mount holding a lock: the lock comes free within the
 /// expiry (plus a heartbeat for the sweep), and fsck finds nothing wrong.
+/// Mounts may run with different `--expiry`: one with a short expiry
+/// judges a longer one by that one's own (published) expiry, so a pause
+/// the long one's expiry allows keeps its lock.
+#[test]
+fn a_mount_is_judged_by_its_own_expiry_not_the_judges() {
+    if !fuse_available() {
+        return;
+    }
+    let cluster = Cluster::new();
+    let a = cluster.mount("a", &["--heartbeat", "1", "--expiry", "8"]);
+    let b = cluster.mount("b", &["--heartbeat", "1", "--expiry", "3"]);
+    let mut holder = Worker::start(&a.p("f"));
+    assert_eq!(holder.ask("flock"), "ok");
+    // Stopped past b's expiry, well within a's: still attached after.
+    a.signal("STOP");
+    std::thread::sleep(Duration::from_secs(5));
+    let attached = cluster.client_of(a.pid()).is_some();
+    a.signal("CONT");
+    assert!(attached, "b evicted a by b's own 3 s expiry");
+    let fb = open_rw(&b.p("f"));
+    assert_eq!(flock(&fb, libc::LOCK_EX | libc::LOCK_NB), Err(libc::EWOULDBLOCK));
+    assert_eq!(holder.ask("append still-mine"), "ok");
+    // Stopped past a's own expiry: evicted, and its lock goes to b.
+    a.signal("STOP");
+    let stopped = Instant::now();
+    flock(&fb, libc::LOCK_EX).unwrap();
+    let waited = stopped.elapsed();
+    a.signal("CONT");
+    assert!(
+        waited >= Duration::from_secs(7),
+        "a's lock was broken after {waited:?}, within its 8 s expiry"
+    );
+    drop((holder, fb));
+    drop((a, b));
+}
+
 #[test]
 fn a_killed_mount_loses_its_locks_and_leaves_fsck_clean() {
     if !fuse_available() {

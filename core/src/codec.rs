@@ -233,6 +233,14 @@ pub struct ClientInfo {
     /// Wall time of the mount, for people; never used to judge expiry.
     pub mounted_ns: i64,
     pub version: String,
+    /// The expiry this client keeps its session by: it heartbeats often
+    /// enough, and caches no longer, than this allows, so no judge may take
+    /// it for dead sooner, whatever expiry the judge itself uses. Zero: not
+    /// published (a client of an older version); judges use their own.
+    ///
+    /// Stored under a key of its own, `("client", ID, "expiry")`, not in the
+    /// registration, which thus reads the same to older versions.
+    pub expiry: std::time::Duration,
 }
 
 pub fn encode_client(c: &ClientInfo) -> Vec<u8> {
@@ -262,7 +270,25 @@ pub fn decode_client(id: &str, bytes: &[u8]) -> FsResult<ClientInfo> {
         description,
         mounted_ns,
         version,
+        expiry: std::time::Duration::ZERO,
     })
+}
+
+/// A published client expiry (`ClientInfo::expiry`); absent reads as zero.
+pub fn decode_expiry(bytes: Option<&[u8]>) -> FsResult<std::time::Duration> {
+    match bytes {
+        None => Ok(std::time::Duration::ZERO),
+        Some(b) => <[u8; 8]>::try_from(b)
+            .map(|b| std::time::Duration::from_nanos(u64::from_le_bytes(b)))
+            .map_err(|_| FsError::Corrupted(format!("client expiry of {} bytes", b.len()))),
+    }
+}
+
+pub fn encode_expiry(expiry: std::time::Duration) -> Vec<u8> {
+    u64::try_from(expiry.as_nanos())
+        .unwrap_or(u64::MAX)
+        .to_le_bytes()
+        .to_vec()
 }
 
 /// A lock's mode.
@@ -476,6 +502,9 @@ mod tests {
                     description: "é".into(),
                     mounted_ns: 5,
                     version: "0".into(),
+                    // Stored under a key of its own: the registration's
+                    // bytes stay those older versions read.
+                    expiry: std::time::Duration::from_secs(7),
                 }),
                 encode_lock(&LockValue {
                     kind: LockKind::Write,

@@ -25,6 +25,8 @@
 //! ("hafs", FS, "client", CLIENT, "idem", SEQ)    -> idempotency marker: the reply (stores with ambiguous commits only)
 //! ("hafs", FS, "client", CLIENT, "heartbeat")    -> i64 LE, atomic add by the client
 //! ("hafs", FS, "client", CLIENT, "beat_at")      -> wall ns of the last beat (display only)
+//! ("hafs", FS, "client", CLIENT, "expiry")       -> ns (u64 LE): the expiry CLIENT keeps its session
+//!                                                   by; nobody judges it dead sooner (crate::session)
 //! ("hafs", FS, "client", CLIENT, "open", INO)    -> ()  index: the client has INO open
 //! ("hafs", FS, "client", CLIENT, "lock", INO)    -> ()  index: the client has locks or waiters on INO
 //! ("hafs", FS, "clients", CLIENT)                -> ClientInfo; present = attached. Every
@@ -347,6 +349,11 @@ impl Keys {
     /// never compares wall clocks across hosts).
     pub fn client_beat_time(&self, client: &str) -> Vec<u8> {
         self.pack(&("client", client, "beat_at"))
+    }
+
+    /// The expiry the client keeps its session by (`ClientInfo::expiry`).
+    pub fn client_expiry(&self, client: &str) -> Vec<u8> {
+        self.pack(&("client", client, "expiry"))
     }
 
     pub fn client_open(&self, client: &str, ino: u64) -> Vec<u8> {

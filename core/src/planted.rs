@@ -22,10 +22,13 @@ pub enum Bug {
     /// Queue fairness makes a holder wait for waiters that wait for it
     /// (the deadlock a review found: `ops::lock::WaitGraph` ignored).
     FairnessIgnoresWaitGraph,
+    /// Expiry sweeps judge every client by the judge's own expiry, not the
+    /// longer one a client published (`session::ExpiryTracker`).
+    JudgeByOwnExpiry,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 8] = [
         Bug::SkipFence,
         Bug::UnlockInMemoryOnly,
         Bug::RenameInTwoTransactions,
@@ -33,6 +36,7 @@ impl Bug {
         Bug::SkipAncestorCheck,
         Bug::PartialOverlapMissed,
         Bug::FairnessIgnoresWaitGraph,
+        Bug::JudgeByOwnExpiry,
     ];
 }
 

@@ -80,6 +80,12 @@ pub async fn attach(db: &Database, keys: &Keys, info: &ClientInfo) -> FsResult<A
             &keys.client_beat_time(&info.id),
             &info.mounted_ns.to_le_bytes(),
         );
+        if !info.expiry.is_zero() {
+            txn.set(
+                &keys.client_expiry(&info.id),
+                &codec::encode_expiry(info.expiry),
+            );
+        }
         Ok(Attached::Yes)
     })
     .await
@@ -136,7 +142,9 @@ pub async fn list_clients(db: &Database, keys: &Keys) -> FsResult<Vec<ClientStat
             let id = keys
                 .session_id(key)
                 .ok_or_else(|| FsError::Corrupted("client registration key".into()))?;
-            let info = codec::decode_client(&id, value)?;
+            let mut info = codec::decode_client(&id, value)?;
+            info.expiry =
+                codec::decode_expiry(txn.get(&keys.client_expiry(&id)).await?.as_deref())?;
             let heartbeat = read_heartbeat(&txn, keys, &id).await?;
             let last_beat_ns =
                 codec::decode_counter(txn.get(&keys.client_beat_time(&id)).await?.as_deref())?;
@@ -443,10 +451,18 @@ pub async fn sweep_unlinked_by(db: &Database, keys: &Keys, frees: Frees<'_>) -> 
 
 /// Judges other clients' expiry by watching their heartbeat values on this
 /// client's own monotonic clock.
+///
+/// A client is judged by the longer of the judge's expiry and the one it
+/// published ([`ClientInfo::expiry`]): a mount with a longer `--expiry`
+/// beats and caches by its own, and taking it for dead at a shorter one
+/// would break its locks while it lives, and evict it while its kernel
+/// still caches on the belief that it is alone (`crate::cache`).
 #[derive(Debug, Default)]
 pub struct ExpiryTracker {
     /// client → (heartbeat value, when this tracker first saw that value)
     seen: BTreeMap<String, (i64, Duration)>,
+    /// The longest expiry a client published, as of the last look.
+    longest_published: Duration,
 }
 
 impl ExpiryTracker {
@@ -471,8 +487,15 @@ impl ExpiryTracker {
         Ok(evicted)
     }
 
+    /// The longest expiry any client published, as of the last look: a
+    /// one-off watch (`hafs gc-clients`) must last this long to judge all.
+    pub fn longest_published(&self) -> Duration {
+        self.longest_published
+    }
+
     /// Look at every client once; return those (with the heartbeat value
-    /// seen) whose heartbeat has not changed for `expiry`, without evicting.
+    /// seen) whose heartbeat has not changed for `expiry`, or for their own
+    /// published expiry if that is longer, without evicting.
     pub async fn expired(
         &mut self,
         db: &Database,
@@ -495,22 +518,29 @@ impl ExpiryTracker {
                         .session_id(key)
                         .ok_or_else(|| FsError::Corrupted("client registration key".into()))?;
                     let beat = read_heartbeat(&txn, keys, &id).await?;
-                    beats.push((id, beat));
+                    let own = txn.get(&keys.client_expiry(&id)).await?;
+                    beats.push((id, beat, codec::decode_expiry(own.as_deref())?));
                 }
                 Ok::<_, FsError>(beats)
             })
             .await?;
         let now = clock.monotonic();
-        let live: BTreeSet<&String> = beats.iter().map(|(id, _)| id).collect();
+        let live: BTreeSet<&String> = beats.iter().map(|(id, ..)| id).collect();
         self.seen.retain(|id, _| live.contains(id));
+        self.longest_published = beats.iter().map(|b| b.2).max().unwrap_or_default();
         let mut expired = Vec::new();
-        for (id, beat) in &beats {
+        for (id, beat, own) in &beats {
             if Some(id.as_str()) == me {
                 continue;
             }
             match self.seen.get(id) {
                 Some(&(value, since)) if value == *beat => {
-                    if now.saturating_sub(since) >= expiry {
+                    let own = if crate::planted::active(crate::planted::Bug::JudgeByOwnExpiry) {
+                        Duration::ZERO
+                    } else {
+                        *own
+                    };
+                    if now.saturating_sub(since) >= expiry.max(own) {
                         expired.push((id.clone(), value));
                     }
                 }

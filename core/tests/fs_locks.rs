@@ -371,6 +371,62 @@ async fn expiry_is_judged_on_the_evictors_clock() {
     assert_clean(&db).await;
 }
 
+/// Mounts may run with different `--expiry`: each is judged by the longer
+/// of its own (published at attach) and the judge's, never sooner than it
+/// heartbeats and caches for.
+#[tokio::test]
+async fn a_client_is_never_judged_dead_sooner_than_its_own_expiry() {
+    let clock = ManualClock::new();
+    let db = db_with(clock.clone()).await;
+    let patient = hafs_core::codec::ClientInfo {
+        id: "slow".to_string(),
+        expiry: Duration::from_secs(90),
+        ..Default::default()
+    };
+    let slow = Fs::open_client(db.clone(), "fs", &patient, FsOptions::default());
+    let slow = slow.await.unwrap();
+    let (quick, judge) = (client(&db, "quick").await, client(&db, "judge").await);
+    let keys = judge.keys().clone();
+    let listed = session::list_clients(&db, &keys).await.unwrap();
+    let expiries: Vec<_> = listed.iter().map(|c| c.info.expiry.as_secs()).collect();
+    assert_eq!(expiries, vec![0, 0, 90], "judge, quick, slow");
+    // The judge's own expiry is 30 s; "slow" beats every 40 s, as its 90 s
+    // expiry allows (and `hafs mount` checks: at least twice the beat).
+    let expiry = Duration::from_secs(30);
+    let mut tracker = ExpiryTracker::default();
+    let mut sweep = async || {
+        let swept = tracker.sweep(&db, &keys, &*clock, expiry, Some("judge"));
+        (swept.await.unwrap(), tracker.longest_published())
+    };
+    assert_eq!(sweep().await, (vec![], Duration::from_secs(90)));
+    for _ in 0..3 {
+        for _ in 0..4 {
+            clock.advance(Duration::from_secs(10));
+            session::heartbeat(&db, &keys, "quick").await.unwrap();
+            let (evicted, _) = sweep().await;
+            assert!(evicted.is_empty(), "evicted {evicted:?} at a 40 s beat");
+        }
+        session::heartbeat(&db, &keys, "slow").await.unwrap();
+    }
+    assert!(slow.getattr(&Caller::root(), ROOT_INO).await.is_ok());
+    // Both stop; the judge sees their last values now. "quick" published
+    // nothing: judged by the judge's 30 s. "slow" goes only at its own 90 s.
+    assert!(sweep().await.0.is_empty());
+    clock.advance(Duration::from_secs(31));
+    assert_eq!(sweep().await.0, vec!["quick".to_string()]);
+    clock.advance(Duration::from_secs(58));
+    let (evicted, _) = sweep().await;
+    assert!(evicted.is_empty(), "evicted {evicted:?} before its 90 s");
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(sweep().await.0, vec!["slow".to_string()]);
+    assert_eq!(
+        slow.getattr(&Caller::root(), ROOT_INO).await,
+        Err(FsError::Fenced)
+    );
+    drop(quick);
+    assert_clean(&db).await;
+}
+
 #[tokio::test]
 async fn gc_finishes_an_eviction_that_stopped_midway() {
     let db = db_with(TokioClock::new()).await;

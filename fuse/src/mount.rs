@@ -277,6 +277,10 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
     let clock: Arc<dyn Clock> = runtime.block_on(async { TokioClock::new() });
     let db = kv.open(clock.clone())?;
     let pid = std::process::id();
+    let session = SessionOptions {
+        heartbeat: Duration::from_secs(args.heartbeat.max(1)),
+        expiry: Duration::from_secs(args.expiry.max(2)),
+    };
     let info = ClientInfo {
         id: format!("{}-{pid}-{:08x}", hostname(), os_seed() as u32),
         hostname: hostname(),
@@ -287,6 +291,8 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
         description: args.description.clone(),
         mounted_ns: clock.wall_ns(),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        // Published, so mounts with another --expiry judge this one by it.
+        expiry: session.expiry,
     };
     let fs_name = kv.fs_name.clone();
     let fs = runtime.block_on(async {
@@ -309,10 +315,6 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
         })
     })?;
     let fs = Arc::new(fs);
-    let session = SessionOptions {
-        heartbeat: Duration::from_secs(args.heartbeat.max(1)),
-        expiry: Duration::from_secs(args.expiry.max(2)),
-    };
     {
         let fs = fs.clone();
         runtime.spawn(async move {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hafs_core::clock::{Clock, TokioClock};
-use hafs_core::codec::{FileType, LockKind};
+use hafs_core::codec::{ClientInfo, FileType, LockKind};
 use hafs_core::ctx::{Caller, Ctx, FsOptions};
 use hafs_core::error::FsError;
 use hafs_core::fs::{mkfs, Fs, MkfsOptions};
@@ -120,6 +120,18 @@ impl std::fmt::Display for RunReport {
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
 const EXPIRY: Duration = Duration::from_secs(5);
+
+/// Client `index`'s session expiry: odd clients keep theirs twice as long,
+/// as mounts with a longer `--expiry` would. Each publishes its own and
+/// judges the others by it (`ExpiryTracker`); [`check_premature_evictions`]
+/// holds every eviction to the evicted client's own.
+fn expiry_of(index: usize) -> Duration {
+    if index % 2 == 1 {
+        EXPIRY * 2
+    } else {
+        EXPIRY
+    }
+}
 /// After healing, every client must finish within this much simulated time.
 const LIVENESS_BOUND: Duration = Duration::from_secs(120);
 const LOCK_FILES: u64 = 2;
@@ -158,6 +170,11 @@ struct Shared {
     /// The workload's fixed inodes (lock files, or rename dirs then files).
     inodes: Mutex<Vec<u64>>,
     nemesis: Mutex<BTreeMap<&'static str, u64>>,
+    /// Simulated times, for [`check_premature_evictions`]: heartbeats
+    /// that returned Ok (client, call, return), and expiry evictions that
+    /// returned Ok (evicted, call).
+    beats: Mutex<Vec<(String, Duration, Duration)>>,
+    expiry_evictions: Mutex<Vec<(String, Duration)>>,
 }
 
 impl Shared {
@@ -204,6 +221,8 @@ async fn simulate(config: RunConfig) -> RunReport {
         steps: AtomicU64::new(0),
         inodes: Mutex::new(inodes),
         nemesis: Mutex::new(BTreeMap::new()),
+        beats: Mutex::new(Vec::new()),
+        expiry_evictions: Mutex::new(Vec::new()),
         config: config.clone(),
     });
     let handle = Handle::current();
@@ -289,7 +308,12 @@ async fn client_main(index: usize, shared: Arc<Shared>) {
         };
         let db = Database::new(Arc::new(backend), shared.clock.clone(), seed);
         let mount = shared.history.invoke(&id, Op::Mount);
-        let fs = match Fs::open(db, "fs", &id, FsOptions::default()).await {
+        let info = ClientInfo {
+            id: id.clone(),
+            expiry: expiry_of(index),
+            ..ClientInfo::default()
+        };
+        let fs = match Fs::open_client(db, "fs", &info, FsOptions::default()).await {
             Ok(fs) => {
                 if fs.client() != id {
                     // An ambiguous attach whose registration was gone on
@@ -309,7 +333,7 @@ async fn client_main(index: usize, shared: Arc<Shared>) {
             }
         };
         shared.history.complete(mount, Outcome::Ok);
-        let session = madsim::task::spawn(keep_session(fs.clone(), shared.clone()));
+        let session = madsim::task::spawn(keep_session(fs.clone(), shared.clone(), index));
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut fenced = work(&fs, &shared, &mut rng).await;
         if !fenced
@@ -332,8 +356,9 @@ async fn client_main(index: usize, shared: Arc<Shared>) {
     }
 }
 
-/// Heartbeats and expiry sweeps, recording every eviction in the history.
-async fn keep_session(fs: Arc<Fs>, shared: Arc<Shared>) {
+/// Heartbeats and expiry sweeps (by client `index`'s own expiry),
+/// recording every eviction in the history.
+async fn keep_session(fs: Arc<Fs>, shared: Arc<Shared>, index: usize) {
     let mut tracker = ExpiryTracker::default();
     for beat in 1u64.. {
         shared.clock.sleep(HEARTBEAT).await;
@@ -343,15 +368,22 @@ async fn keep_session(fs: Arc<Fs>, shared: Arc<Shared>) {
         if hafs_core::buggify!() {
             continue;
         }
-        if let Err(FsError::Fenced) = session::heartbeat(fs.db(), fs.keys(), fs.client()).await {
-            return;
+        let call = shared.clock.monotonic();
+        match session::heartbeat(fs.db(), fs.keys(), fs.client()).await {
+            Err(FsError::Fenced) => return,
+            Err(_) => {}
+            Ok(()) => {
+                let returned = shared.clock.monotonic();
+                let me = fs.client().to_string();
+                shared.beats.lock().push((me, call, returned));
+            }
         }
         let expired = tracker
             .expired(
                 fs.db(),
                 fs.keys(),
                 shared.clock.as_ref(),
-                EXPIRY,
+                expiry_of(index),
                 Some(fs.client()),
             )
             .await
@@ -365,7 +397,11 @@ async fn keep_session(fs: Arc<Fs>, shared: Arc<Shared>) {
                     client: client.clone(),
                 },
             );
+            let call = shared.clock.monotonic();
             let evicted = session::evict_if_stale(fs.db(), fs.keys(), &client, seen).await;
+            if evicted == Ok(true) {
+                shared.expiry_evictions.lock().push((client.clone(), call));
+            }
             let outcome = match evicted {
                 Ok(true) => Outcome::Ok,
                 Ok(false) => Outcome::Err(0),
@@ -937,7 +973,7 @@ async fn nemesis(shared: &Shared, handle: &Handle, nodes: &[NodeHandle]) {
                 shared.count("paused_past_expiry");
                 shared
                     .clock
-                    .sleep(EXPIRY + Duration::from_secs(rng.gen_range(2..6)))
+                    .sleep(expiry_of(victim) + Duration::from_secs(rng.gen_range(2..6)))
                     .await;
                 handle.resume(node);
             }
@@ -1087,6 +1123,7 @@ async fn check(shared: &Shared, admin: &Database) -> Vec<String> {
         }
     }
     violations.extend(shared.history.violations());
+    violations.extend(check_premature_evictions(shared));
     violations.sort();
     violations.dedup();
     violations
@@ -1128,6 +1165,41 @@ async fn check_lock_files(shared: &Shared, admin: &Database, events: &[Event]) -
                     ));
                 }
             }
+        }
+    }
+    out
+}
+
+/// No client is evicted for expiry sooner than its own expiry after a
+/// heartbeat of its that landed. A judge that saw heartbeat value V first
+/// at time T evicts only if the value is still V when it evicts, at least
+/// the client's expiry after T; every beat that returned before the
+/// eviction's call landed no later than V did, so it was called no later
+/// than T: no earlier than the expiry before the eviction's call.
+fn check_premature_evictions(shared: &Shared) -> Vec<String> {
+    let beats = shared.beats.lock();
+    let mut out = Vec::new();
+    for (client, evicted_at) in shared.expiry_evictions.lock().iter() {
+        // Every id is `c{index}.{generation}`, perhaps with `~n` (an attach
+        // retried under a new id); the attach published `expiry_of(index)`,
+        // whether or not the mount got further.
+        let index = client
+            .strip_prefix('c')
+            .and_then(|rest| rest.split_once('.'))
+            .and_then(|(index, _)| index.parse::<usize>().ok());
+        let Some(expiry) = index.map(expiry_of) else {
+            out.push(format!("evicted {client}, not a client id of this run"));
+            continue;
+        };
+        let late_beat = beats.iter().find(|(c, call, returned)| {
+            c == client && returned < evicted_at && *call + expiry > *evicted_at
+        });
+        if let Some((_, call, _)) = late_beat {
+            out.push(format!(
+                "premature eviction: {client} (expiry {expiry:?}) evicted at {evicted_at:?}, \
+                 {:?} after a heartbeat that landed",
+                evicted_at.saturating_sub(*call)
+            ));
         }
     }
     out

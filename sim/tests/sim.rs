@@ -172,6 +172,7 @@ mod simulated {
             (Bug::UnlockInMemoryOnly, Workload::LockRange),
             (Bug::PartialOverlapMissed, Workload::LockRange),
             (Bug::FairnessIgnoresWaitGraph, Workload::LockRange),
+            (Bug::JudgeByOwnExpiry, Workload::LockSet),
             (Bug::SkipIdempotency, Workload::Model),
             (Bug::RenameInTwoTransactions, Workload::Rename),
             (Bug::SkipAncestorCheck, Workload::Rename),
