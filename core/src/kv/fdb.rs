@@ -26,7 +26,7 @@ use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use foundationdb::api::{FdbApiBuilder, NetworkAutoStop};
-use foundationdb::options::{ConflictRangeType, MutationType, StreamingMode, TransactionOption};
+use foundationdb::options::{ConflictRangeType, MutationType, StreamingMode};
 use foundationdb::{Database, FdbError, FdbResult, RangeOption, Transaction, TransactionCommitted};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
@@ -253,16 +253,8 @@ impl BackendTxn for FdbTxn {
 
 /// Put the request's mutations and conflict ranges on the native
 /// transaction, mutations in order.
-///
-/// The request's write conflicts already cover every mutated key
-/// (`Transaction::commit` adds the overlay's writes, coalesced), so each
-/// mutation is staged without the native one the client would add for it:
-/// with both, every write conflict went to the cluster twice, and the
-/// commit's size there outgrew the size `limits` had checked.
 fn stage(txn: &Transaction, request: &CommitRequest) -> KvResult<()> {
     for mutation in &request.mutations {
-        txn.set_option(TransactionOption::NextWriteNoWriteConflictRange)
-            .map_err(map_fdb)?;
         match mutation {
             Mutation::Set { key, value } => txn.set(key, value),
             Mutation::Clear { key } => txn.clear(key),
