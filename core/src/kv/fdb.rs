@@ -251,9 +251,22 @@ impl BackendTxn for FdbTxn {
     }
 }
 
-/// Put the request's mutations and conflict ranges on the native
+/// Put the request's conflict ranges and mutations on the native
 /// transaction, mutations in order.
+///
+/// Read conflicts go first. In read-your-writes mode (kept for watches) the
+/// native client adds a read conflict only where the transaction has not
+/// written yet (`ReadYourWritesTransaction::updateConflictMap`: a read of
+/// one's own write needs no conflict, it assumes). Added after the
+/// mutations, every read conflict on a key the transaction also writes —
+/// each read-modify-write: a lock record, a directory entry, eviction's
+/// check of the session key — was dropped, and two such transactions could
+/// both commit.
 fn stage(txn: &Transaction, request: &CommitRequest) -> KvResult<()> {
+    for range in &request.read_conflicts {
+        txn.add_conflict_range(&range.begin, &range.end, ConflictRangeType::Read)
+            .map_err(map_fdb)?;
+    }
     for mutation in &request.mutations {
         match mutation {
             Mutation::Set { key, value } => txn.set(key, value),
@@ -264,15 +277,9 @@ fn stage(txn: &Transaction, request: &CommitRequest) -> KvResult<()> {
             }
         }
     }
-    let conflicts = [
-        (&request.read_conflicts, ConflictRangeType::Read),
-        (&request.write_conflicts, ConflictRangeType::Write),
-    ];
-    for (ranges, kind) in conflicts {
-        for range in ranges {
-            txn.add_conflict_range(&range.begin, &range.end, kind)
-                .map_err(map_fdb)?;
-        }
+    for range in &request.write_conflicts {
+        txn.add_conflict_range(&range.begin, &range.end, ConflictRangeType::Write)
+            .map_err(map_fdb)?;
     }
     Ok(())
 }
