@@ -512,7 +512,11 @@ fn fencing(by_expiry: bool) {
         (Some("a"), Some(u64::from(a.pid())))
     );
     assert_eq!(row["locked_inodes"], 1, "a holds one lock");
-    let published = if by_expiry { 3_000_000_000u64 } else { 30_000_000_000 };
+    let published = if by_expiry {
+        3_000_000_000u64
+    } else {
+        30_000_000_000
+    };
     assert_eq!(row["expiry_ns"], published, "a publishes its --expiry");
     a.signal("STOP");
     if by_expiry {
@@ -557,8 +561,6 @@ fn an_expired_holder_is_fenced_out() {
     fencing(true);
 }
 
-/// `kill -9` of a mount holding a lock: the lock comes free within the
-/// expiry (plus a heartbeat for the sweep), and fsck finds nothing wrong.
 /// Mounts may run with different `--expiry`: one with a short expiry
 /// judges a longer one by that one's own (published) expiry, so a pause
 /// the long one's expiry allows keeps its lock.
@@ -579,7 +581,10 @@ fn a_mount_is_judged_by_its_own_expiry_not_the_judges() {
     a.signal("CONT");
     assert!(attached, "b evicted a by b's own 3 s expiry");
     let fb = open_rw(&b.p("f"));
-    assert_eq!(flock(&fb, libc::LOCK_EX | libc::LOCK_NB), Err(libc::EWOULDBLOCK));
+    assert_eq!(
+        flock(&fb, libc::LOCK_EX | libc::LOCK_NB),
+        Err(libc::EWOULDBLOCK)
+    );
     assert_eq!(holder.ask("append still-mine"), "ok");
     // Stopped past a's own expiry: evicted, and its lock goes to b.
     a.signal("STOP");
@@ -595,6 +600,8 @@ fn a_mount_is_judged_by_its_own_expiry_not_the_judges() {
     drop((a, b));
 }
 
+/// `kill -9` of a mount holding a lock: the lock comes free within the
+/// expiry (plus a heartbeat for the sweep), and fsck finds nothing wrong.
 #[test]
 fn a_killed_mount_loses_its_locks_and_leaves_fsck_clean() {
     if !fuse_available() {

@@ -644,7 +644,10 @@ pub async fn wait_for_holders(db: &Database, keys: &Keys, me: &str) -> FsResult<
                 .expired(db, keys, clock.as_ref(), holder.expiry, Some(me))
                 .await?;
             if let Some((_, beat)) = stale.into_iter().find(|(c, _)| *c == holder.client) {
-                if evict_if_stale(db, keys, &holder.client, beat).await? {
+                if evict_if_stale(db, keys, &holder.client, beat)
+                    .await?
+                    .detached()
+                {
                     tracing::warn!(client = %holder.client, "evicted a cache lease holder whose heartbeat stopped");
                     clock.sleep(holder.ttl + REVOKE_MARGIN).await;
                 }

@@ -163,11 +163,17 @@ async fn check_clients(
         &end,
         progress,
         scan,
-        |scan, key, _| match keys.client_of_key(key) {
-            Some(id) if !attached.contains(&id) => {
-                detached.insert(id);
+        |scan, key, value| match keys.client_of_key(key) {
+            Some(id) => {
+                if key == keys.client_expiry(&id).as_slice() {
+                    if let Err(e) = codec::decode_expiry(Some(value)) {
+                        scan.violation(0, e.to_string());
+                    }
+                }
+                if !attached.contains(&id) {
+                    detached.insert(id);
+                }
             }
-            Some(_) => {}
             None => scan.violation(0, "undecodable client key"),
         },
     )

@@ -13,7 +13,10 @@
 //! Any live client watches the others' heartbeat values on its *own*
 //! monotonic clock ([`ExpiryTracker`]): a value unchanged for the expiry
 //! period means the client is gone, whatever the wall clocks of the two
-//! hosts say. The eviction re-reads the value inside its transaction, so a
+//! hosts say. The period is the longer of the judge's expiry and the one
+//! the client published at attach (`("client", ID, "expiry")`, at most
+//! [`EXPIRY_MAX`]), so mounts with different expiries never take a live
+//! one for dead. The eviction re-reads the value inside its transaction, so a
 //! heartbeat that lands at the last moment saves the client.
 //!
 //! Eviction releases the client's locks and waiters, its open records, and
@@ -35,6 +38,9 @@ use crate::ops::open::Frees;
 pub const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(5);
 /// How long a heartbeat may stay unchanged before the client is evicted.
 pub const EXPIRY_DEFAULT: Duration = Duration::from_secs(30);
+/// The longest expiry a judge honours from a client ([`ClientInfo::expiry`];
+/// `hafs mount` refuses longer). A dead client's locks are held that long.
+pub const EXPIRY_MAX: Duration = Duration::from_secs(3600);
 /// Index keys handled per eviction transaction.
 pub const GC_BATCH: usize = 64;
 /// A live client looks for half-finished evictions every this many beats.
@@ -143,8 +149,7 @@ pub async fn list_clients(db: &Database, keys: &Keys) -> FsResult<Vec<ClientStat
                 .session_id(key)
                 .ok_or_else(|| FsError::Corrupted("client registration key".into()))?;
             let mut info = codec::decode_client(&id, value)?;
-            info.expiry =
-                codec::decode_expiry(txn.get(&keys.client_expiry(&id)).await?.as_deref())?;
+            info.expiry = published_expiry(&txn, keys, &id).await?;
             let heartbeat = read_heartbeat(&txn, keys, &id).await?;
             let last_beat_ns =
                 codec::decode_counter(txn.get(&keys.client_beat_time(&id)).await?.as_deref())?;
@@ -173,6 +178,20 @@ pub async fn list_clients(db: &Database, keys: &Keys) -> FsResult<Vec<ClientStat
         Ok(out)
     })
     .await
+}
+
+/// The expiry `client` published, capped at [`EXPIRY_MAX`]; zero if it
+/// published none. A malformed value is logged and read as none: it must
+/// not stop every expiry sweep (fsck reports it).
+async fn published_expiry(txn: &Transaction, keys: &Keys, client: &str) -> FsResult<Duration> {
+    let bytes = txn.get(&keys.client_expiry(client)).await?;
+    Ok(match codec::decode_expiry(bytes.as_deref()) {
+        Ok(own) => own.min(EXPIRY_MAX),
+        Err(e) => {
+            tracing::warn!(client, error = %e, "ignoring a malformed published expiry");
+            Duration::ZERO
+        }
+    })
 }
 
 async fn read_heartbeat(txn: &Transaction, keys: &Keys, client: &str) -> FsResult<i64> {
@@ -204,33 +223,52 @@ pub async fn evict(db: &Database, keys: &Keys, client: &str) -> FsResult<(bool, 
     Ok((was_attached, stats))
 }
 
+/// How [`evict_if_stale`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stale {
+    /// This call cleared the registration: its heartbeat still read the
+    /// value observed.
+    Evicted,
+    /// Already detached when this call looked: evicted by someone else,
+    /// detached cleanly, or by an earlier attempt of this call whose commit
+    /// was ambiguous.
+    Gone,
+    /// Its heartbeat moved: it is alive.
+    Alive,
+}
+
+impl Stale {
+    /// Whether the client is detached on return.
+    pub fn detached(self) -> bool {
+        self != Stale::Alive
+    }
+}
+
 /// Evict `client` only if its heartbeat still reads `observed` (the value
-/// an [`ExpiryTracker`] saw unchanged for the expiry period). Returns true
-/// when the client is evicted on return — by this call, by an earlier
-/// attempt of it whose commit was ambiguous, or by someone else — and
-/// false when its heartbeat moved (it is alive).
+/// an [`ExpiryTracker`] saw unchanged for the expiry period), then release
+/// what it held.
 pub async fn evict_if_stale(
     db: &Database,
     keys: &Keys,
     client: &str,
     observed: i64,
-) -> FsResult<bool> {
-    let evicted = db
+) -> FsResult<Stale> {
+    let stale = db
         .run(|txn, _| async move {
             if txn.get(&keys.session(client)).await?.is_none() {
-                return Ok::<_, FsError>(true);
+                return Ok::<_, FsError>(Stale::Gone);
             }
             if read_heartbeat(&txn, keys, client).await? != observed {
-                return Ok(false);
+                return Ok(Stale::Alive);
             }
             txn.clear(&keys.session(client));
-            Ok(true)
+            Ok(Stale::Evicted)
         })
         .await?;
-    if evicted {
+    if stale.detached() {
         gc_client(db, keys, client).await?;
     }
-    Ok(evicted)
+    Ok(stale)
 }
 
 /// Release what a detached client still holds, in bounded transactions.
@@ -461,8 +499,9 @@ pub async fn sweep_unlinked_by(db: &Database, keys: &Keys, frees: Frees<'_>) -> 
 pub struct ExpiryTracker {
     /// client → (heartbeat value, when this tracker first saw that value)
     seen: BTreeMap<String, (i64, Duration)>,
-    /// The longest expiry a client published, as of the last look.
-    longest_published: Duration,
+    /// client → the expiry it published (capped at [`EXPIRY_MAX`]), read
+    /// once: it never changes while the client is attached.
+    published: BTreeMap<String, Duration>,
 }
 
 impl ExpiryTracker {
@@ -478,7 +517,7 @@ impl ExpiryTracker {
     ) -> FsResult<Vec<String>> {
         let mut evicted = Vec::new();
         for (id, value) in self.expired(db, keys, clock, expiry, me).await? {
-            if evict_if_stale(db, keys, &id, value).await? {
+            if evict_if_stale(db, keys, &id, value).await?.detached() {
                 tracing::warn!(client = %id, "evicted a client whose heartbeat stopped");
                 self.seen.remove(&id);
                 evicted.push(id);
@@ -490,7 +529,7 @@ impl ExpiryTracker {
     /// The longest expiry any client published, as of the last look: a
     /// one-off watch (`hafs gc-clients`) must last this long to judge all.
     pub fn longest_published(&self) -> Duration {
-        self.longest_published
+        self.published.values().copied().max().unwrap_or_default()
     }
 
     /// Look at every client once; return those (with the heartbeat value
@@ -504,6 +543,7 @@ impl ExpiryTracker {
         expiry: Duration,
         me: Option<&str>,
     ) -> FsResult<Vec<(String, i64)>> {
+        let known = &self.published;
         let beats = db
             .read(|txn| async move {
                 let (begin, end) = keys.sessions();
@@ -518,8 +558,11 @@ impl ExpiryTracker {
                         .session_id(key)
                         .ok_or_else(|| FsError::Corrupted("client registration key".into()))?;
                     let beat = read_heartbeat(&txn, keys, &id).await?;
-                    let own = txn.get(&keys.client_expiry(&id)).await?;
-                    beats.push((id, beat, codec::decode_expiry(own.as_deref())?));
+                    let own = match known.get(&id) {
+                        Some(&own) => own,
+                        None => published_expiry(&txn, keys, &id).await?,
+                    };
+                    beats.push((id, beat, own));
                 }
                 Ok::<_, FsError>(beats)
             })
@@ -527,7 +570,10 @@ impl ExpiryTracker {
         let now = clock.monotonic();
         let live: BTreeSet<&String> = beats.iter().map(|(id, ..)| id).collect();
         self.seen.retain(|id, _| live.contains(id));
-        self.longest_published = beats.iter().map(|b| b.2).max().unwrap_or_default();
+        self.published.retain(|id, _| live.contains(id));
+        for (id, _, own) in &beats {
+            self.published.insert(id.clone(), *own);
+        }
         let mut expired = Vec::new();
         for (id, beat, own) in &beats {
             if Some(id.as_str()) == me {

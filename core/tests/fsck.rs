@@ -193,6 +193,26 @@ async fn corrupted_values_are_reported_and_give_eio() {
     assert_eq!(err.errno(), libc::EIO);
 }
 
+/// A malformed published expiry is reported by fsck, and read as none by
+/// expiry sweeps: one bad value must not stop every eviction.
+#[tokio::test]
+async fn a_malformed_published_expiry_is_reported_and_sweeps_go_on() {
+    let t = tree().await;
+    raw(&t.db, |txn| {
+        txn.set(&t.keys.client_expiry("c1"), b"\x01\x02")
+    })
+    .await;
+    assert_found(&t, "client expiry of 2 bytes").await;
+    let clock = t.db.clock().clone();
+    let mut tracker = hafs_core::session::ExpiryTracker::default();
+    let expiry = std::time::Duration::from_secs(30);
+    let sweep = tracker.sweep(&t.db, &t.keys, clock.as_ref(), expiry, None);
+    assert_eq!(sweep.await.unwrap(), Vec::<String>::new());
+    assert_eq!(tracker.longest_published(), std::time::Duration::ZERO);
+    let listed = hafs_core::session::list_clients(&t.db, &t.keys).await;
+    assert_eq!(listed.unwrap()[0].info.expiry, std::time::Duration::ZERO);
+}
+
 /// Every stored value of a small tree, replaced in turn by each of several
 /// kinds of garbage: no operation and no fsck may panic, and damage to an
 /// attribute or entry must surface as `Corrupted` from some operation or as

@@ -192,6 +192,15 @@ fn check_options(args: &MountArgs) -> Result<FsOptions, String> {
             args.unlink_grace
         ));
     }
+    if args.expiry > hafs_core::session::EXPIRY_MAX.as_secs() {
+        // Other mounts honour a published expiry up to this long: a dead
+        // mount's locks would be held for as long as it asked.
+        return Err(format!(
+            "--expiry {} is longer than {} seconds",
+            args.expiry,
+            hafs_core::session::EXPIRY_MAX.as_secs()
+        ));
+    }
     if heartbeat * 2.0 > expiry {
         // A client whose heartbeat is late by one period must not look dead.
         return Err(format!(
@@ -468,5 +477,50 @@ fn wait_for_stop(background: &fuser::BackgroundSession) -> std::io::Result<()> {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        mount: MountArgs,
+    }
+
+    fn check(flags: &[&str]) -> Result<(), String> {
+        let argv = ["hafs", "/mnt"].iter().chain(flags).copied();
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        check_options(&cli.mount).map(|_| ())
+    }
+
+    #[test]
+    fn session_timings_are_checked_before_anything_opens() {
+        assert_eq!(check(&[]), Ok(()));
+        assert_eq!(check(&["--heartbeat", "600", "--expiry", "3600"]), Ok(()));
+        // Others honour a published expiry up to an hour, no longer.
+        let long = check(&["--expiry", "3601"]).unwrap_err();
+        assert!(long.contains("longer than 3600 seconds"), "{long}");
+        let beat = check(&["--heartbeat", "10", "--expiry", "19"]).unwrap_err();
+        assert!(beat.contains("at least twice --heartbeat"), "{beat}");
+        let ttl = check(&["--heartbeat", "1", "--expiry", "2"]).unwrap_err();
+        assert!(ttl.contains("must be shorter than --expiry"), "{ttl}");
+        assert_eq!(
+            check(&[
+                "--heartbeat",
+                "1",
+                "--expiry",
+                "2",
+                "--attr-timeout",
+                "0",
+                "--entry-timeout",
+                "0"
+            ]),
+            Ok(())
+        );
     }
 }

@@ -122,15 +122,21 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 const EXPIRY: Duration = Duration::from_secs(5);
 
 /// Client `index`'s session expiry: odd clients keep theirs twice as long,
-/// as mounts with a longer `--expiry` would. Each publishes its own and
-/// judges the others by it (`ExpiryTracker`); [`check_premature_evictions`]
-/// holds every eviction to the evicted client's own.
+/// and beat half as often ([`heartbeat_of`]), as mounts with a longer
+/// `--expiry` would. Each publishes its own and judges the others by the
+/// longer of its own and theirs (`ExpiryTracker`);
+/// [`check_premature_evictions`] holds every eviction to the evicted
+/// client's own.
 fn expiry_of(index: usize) -> Duration {
     if index % 2 == 1 {
         EXPIRY * 2
     } else {
         EXPIRY
     }
+}
+
+fn heartbeat_of(index: usize) -> Duration {
+    expiry_of(index) / 5
 }
 /// After healing, every client must finish within this much simulated time.
 const LIVENESS_BOUND: Duration = Duration::from_secs(120);
@@ -171,8 +177,8 @@ struct Shared {
     inodes: Mutex<Vec<u64>>,
     nemesis: Mutex<BTreeMap<&'static str, u64>>,
     /// Simulated times, for [`check_premature_evictions`]: heartbeats
-    /// that returned Ok (client, call, return), and expiry evictions that
-    /// returned Ok (evicted, call).
+    /// that returned Ok (client, call, return), and expiry evictions whose
+    /// call cleared the registration (evicted, call).
     beats: Mutex<Vec<(String, Duration, Duration)>>,
     expiry_evictions: Mutex<Vec<(String, Duration)>>,
 }
@@ -361,7 +367,7 @@ async fn client_main(index: usize, shared: Arc<Shared>) {
 async fn keep_session(fs: Arc<Fs>, shared: Arc<Shared>, index: usize) {
     let mut tracker = ExpiryTracker::default();
     for beat in 1u64.. {
-        shared.clock.sleep(HEARTBEAT).await;
+        shared.clock.sleep(heartbeat_of(index)).await;
         if beat % session::GC_EVERY_BEATS == 0 {
             let _ = session::gc(fs.db(), fs.keys()).await;
         }
@@ -399,12 +405,14 @@ async fn keep_session(fs: Arc<Fs>, shared: Arc<Shared>, index: usize) {
             );
             let call = shared.clock.monotonic();
             let evicted = session::evict_if_stale(fs.db(), fs.keys(), &client, seen).await;
-            if evicted == Ok(true) {
+            if evicted == Ok(session::Stale::Evicted) {
+                // Only this call's own clears: a client found already gone
+                // may have detached cleanly after beating.
                 shared.expiry_evictions.lock().push((client.clone(), call));
             }
             let outcome = match evicted {
-                Ok(true) => Outcome::Ok,
-                Ok(false) => Outcome::Err(0),
+                Ok(stale) if stale.detached() => Outcome::Ok,
+                Ok(_) => Outcome::Err(0),
                 Err(e) => Outcome::Err(e.errno()),
             };
             shared.history.complete(event, outcome);
