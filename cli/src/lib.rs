@@ -210,7 +210,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
                 // A client is judged by its own expiry when that is longer
                 // (`ExpiryTracker`): watch long enough to judge every one.
                 let watch = expiry.max(tracker.longest_published());
-                let why = if watch > expiry { " (the longest expiry a mount published; `hafs evict` is at once)" } else { "" };
+                let why = if watch > expiry { " (the longest expiry a mount published; `hafs evict CLIENT` acts at once)" } else { "" };
                 eprintln!("watching heartbeats for {}s{why}...", watch.as_secs_f64().ceil());
                 clock.sleep(watch + Duration::from_millis(100)).await;
                 let evicted = tracker.sweep(&db, &keys, clock.as_ref(), expiry, None).await.map_err(fail)?;

@@ -596,6 +596,9 @@ async fn holders(db: &Database, keys: &Keys, me: &str) -> FsResult<Vec<Holder>> 
                 continue;
             }
             let (expiry, ttl) = decode_lease(value)?;
+            // As for published expiries: a lease's word holds a newcomer
+            // back for an hour at most.
+            let expiry = expiry.min(crate::session::EXPIRY_MAX);
             let attached = txn.get(&keys.session(&client)).await?.is_some();
             out.push(Holder {
                 client,

@@ -167,7 +167,7 @@ async fn check_clients(
             Some(id) => {
                 if key == keys.client_expiry(&id).as_slice() {
                     if let Err(e) = codec::decode_expiry(Some(value)) {
-                        scan.violation(0, e.to_string());
+                        scan.violation(0, format!("client {id}: {e}"));
                     }
                 }
                 if !attached.contains(&id) {

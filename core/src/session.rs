@@ -86,7 +86,11 @@ pub async fn attach(db: &Database, keys: &Keys, info: &ClientInfo) -> FsResult<A
             &keys.client_beat_time(&info.id),
             &info.mounted_ns.to_le_bytes(),
         );
-        if !info.expiry.is_zero() {
+        if info.expiry.is_zero() {
+            // Not a leftover of an earlier client of this id whose
+            // eviction stopped midway.
+            txn.clear(&keys.client_expiry(&info.id));
+        } else {
             txn.set(
                 &keys.client_expiry(&info.id),
                 &codec::encode_expiry(info.expiry),
@@ -229,9 +233,12 @@ pub enum Stale {
     /// This call cleared the registration: its heartbeat still read the
     /// value observed.
     Evicted,
-    /// Already detached when this call looked: evicted by someone else,
-    /// detached cleanly, or by an earlier attempt of this call whose commit
-    /// was ambiguous.
+    /// Detached when a retry looked, after an attempt of this call whose
+    /// commit was ambiguous: that attempt evicted it, or someone else did,
+    /// or it detached cleanly meanwhile.
+    MaybeEvicted,
+    /// Already detached when this call first looked: evicted by someone
+    /// else, or detached cleanly.
     Gone,
     /// Its heartbeat moved: it is alive.
     Alive,
@@ -254,9 +261,13 @@ pub async fn evict_if_stale(
     observed: i64,
 ) -> FsResult<Stale> {
     let stale = db
-        .run(|txn, _| async move {
+        .run(|txn, maybe_committed| async move {
             if txn.get(&keys.session(client)).await?.is_none() {
-                return Ok::<_, FsError>(Stale::Gone);
+                return Ok::<_, FsError>(if maybe_committed {
+                    Stale::MaybeEvicted
+                } else {
+                    Stale::Gone
+                });
             }
             if read_heartbeat(&txn, keys, client).await? != observed {
                 return Ok(Stale::Alive);
@@ -499,14 +510,16 @@ pub async fn sweep_unlinked_by(db: &Database, keys: &Keys, frees: Frees<'_>) -> 
 pub struct ExpiryTracker {
     /// client → (heartbeat value, when this tracker first saw that value)
     seen: BTreeMap<String, (i64, Duration)>,
-    /// client → the expiry it published (capped at [`EXPIRY_MAX`]), read
-    /// once: it never changes while the client is attached.
-    published: BTreeMap<String, Duration>,
+    /// client → (its registration, the expiry it published, capped at
+    /// [`EXPIRY_MAX`]): read again only when the registration changes (an
+    /// id attached anew); it never changes while the client is attached.
+    published: BTreeMap<String, (Vec<u8>, Duration)>,
 }
 
 impl ExpiryTracker {
     /// Look at every client once; evict those whose heartbeat has not
-    /// changed for `expiry`. Returns the clients evicted.
+    /// changed for `expiry`. Returns the clients evicted (by this sweep, or
+    /// perhaps by it after an ambiguous commit), not those found detached.
     pub async fn sweep(
         &mut self,
         db: &Database,
@@ -517,10 +530,17 @@ impl ExpiryTracker {
     ) -> FsResult<Vec<String>> {
         let mut evicted = Vec::new();
         for (id, value) in self.expired(db, keys, clock, expiry, me).await? {
-            if evict_if_stale(db, keys, &id, value).await?.detached() {
-                tracing::warn!(client = %id, "evicted a client whose heartbeat stopped");
-                self.seen.remove(&id);
-                evicted.push(id);
+            match evict_if_stale(db, keys, &id, value).await? {
+                Stale::Evicted | Stale::MaybeEvicted => {
+                    tracing::warn!(client = %id, "evicted a client whose heartbeat stopped");
+                    self.seen.remove(&id);
+                    evicted.push(id);
+                }
+                Stale::Gone => {
+                    tracing::debug!(client = %id, "a stale client was detached already");
+                    self.seen.remove(&id);
+                }
+                Stale::Alive => {}
             }
         }
         Ok(evicted)
@@ -529,7 +549,11 @@ impl ExpiryTracker {
     /// The longest expiry any client published, as of the last look: a
     /// one-off watch (`hafs gc-clients`) must last this long to judge all.
     pub fn longest_published(&self) -> Duration {
-        self.published.values().copied().max().unwrap_or_default()
+        self.published
+            .values()
+            .map(|p| p.1)
+            .max()
+            .unwrap_or_default()
     }
 
     /// Look at every client once; return those (with the heartbeat value
@@ -553,16 +577,16 @@ impl ExpiryTracker {
                 };
                 let all = txn.get_range(&begin, &end, options).await?;
                 let mut beats = Vec::new();
-                for (key, _) in &all.kvs {
+                for (key, registration) in &all.kvs {
                     let id = keys
                         .session_id(key)
                         .ok_or_else(|| FsError::Corrupted("client registration key".into()))?;
                     let beat = read_heartbeat(&txn, keys, &id).await?;
                     let own = match known.get(&id) {
-                        Some(&own) => own,
-                        None => published_expiry(&txn, keys, &id).await?,
+                        Some((seen, own)) if seen == registration => *own,
+                        _ => published_expiry(&txn, keys, &id).await?,
                     };
-                    beats.push((id, beat, own));
+                    beats.push((id, beat, (registration.clone(), own)));
                 }
                 Ok::<_, FsError>(beats)
             })
@@ -572,7 +596,7 @@ impl ExpiryTracker {
         self.seen.retain(|id, _| live.contains(id));
         self.published.retain(|id, _| live.contains(id));
         for (id, _, own) in &beats {
-            self.published.insert(id.clone(), *own);
+            self.published.insert(id.clone(), own.clone());
         }
         let mut expired = Vec::new();
         for (id, beat, own) in &beats {
@@ -584,7 +608,7 @@ impl ExpiryTracker {
                     let own = if crate::planted::active(crate::planted::Bug::JudgeByOwnExpiry) {
                         Duration::ZERO
                     } else {
-                        *own
+                        own.1
                     };
                     if now.saturating_sub(since) >= expiry.max(own) {
                         expired.push((id.clone(), value));

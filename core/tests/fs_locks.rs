@@ -752,3 +752,95 @@ async fn an_unlock_that_fails_is_retried_until_it_lands() {
     );
     assert_clean(&db).await;
 }
+
+/// The next commit lands but reports `commit_unknown_result`.
+#[derive(Debug, Default)]
+struct AmbiguousNext {
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl FaultPlan for AmbiguousNext {
+    fn on_commit(&self, _request: &CommitRequest) -> CommitFault {
+        if self.armed.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            CommitFault::UnknownApplied
+        } else {
+            CommitFault::None
+        }
+    }
+    fn on_read(&self) -> ReadFault {
+        ReadFault::None
+    }
+}
+
+/// `evict_if_stale` says whose the eviction was: its own, perhaps its own
+/// (an ambiguous commit, then the client gone on the retry), someone
+/// else's, or none (the heartbeat moved). The simulator's premature-eviction
+/// check trusts the first two.
+#[tokio::test]
+async fn evict_if_stale_tells_its_own_evictions_from_others() {
+    use session::Stale;
+    let clock = ManualClock::new();
+    let plan = Arc::new(AmbiguousNext::default());
+    let mem = Arc::new(MemBackend::new(clock.clone()));
+    let faulty = FaultyBackend::new(mem, plan.clone(), clock.clone());
+    let db = Database::new(Arc::new(faulty), clock, 5);
+    mkfs(&db, "fs", MkfsOptions::default()).await.unwrap();
+    let (a, b, judge) = (
+        client(&db, "a").await,
+        client(&db, "b").await,
+        client(&db, "judge").await,
+    );
+    let keys = judge.keys().clone();
+    session::heartbeat(&db, &keys, "a").await.unwrap();
+    assert_eq!(
+        session::evict_if_stale(&db, &keys, "a", 0).await,
+        Ok(Stale::Alive)
+    );
+    assert_eq!(
+        session::evict_if_stale(&db, &keys, "a", 1).await,
+        Ok(Stale::Evicted)
+    );
+    assert_eq!(
+        session::evict_if_stale(&db, &keys, "a", 1).await,
+        Ok(Stale::Gone)
+    );
+    plan.armed.store(true, std::sync::atomic::Ordering::Relaxed);
+    let evicted = session::evict_if_stale(&db, &keys, "b", 0).await;
+    assert_eq!(evicted, Ok(Stale::MaybeEvicted));
+    assert!(evicted.unwrap().detached());
+    for fenced in [a, b] {
+        let got = fenced.getattr(&Caller::root(), ROOT_INO).await;
+        assert_eq!(got, Err(FsError::Fenced));
+    }
+    assert_clean(&db).await;
+}
+
+/// A published expiry counts for an hour at most (`session::EXPIRY_MAX`):
+/// a dead client's locks are not held for as long as it asked.
+#[tokio::test]
+async fn a_published_expiry_counts_for_an_hour_at_most() {
+    let clock = ManualClock::new();
+    let db = db_with(clock.clone()).await;
+    let asking = hafs_core::codec::ClientInfo {
+        id: "greedy".to_string(),
+        expiry: Duration::from_secs(86_400),
+        ..Default::default()
+    };
+    let greedy = Fs::open_client(db.clone(), "fs", &asking, FsOptions::default());
+    let greedy = greedy.await.unwrap();
+    let judge = client(&db, "judge").await;
+    let keys = judge.keys().clone();
+    let expiry = Duration::from_secs(30);
+    let mut tracker = ExpiryTracker::default();
+    let mut sweep = async || {
+        let swept = tracker.sweep(&db, &keys, &*clock, expiry, Some("judge"));
+        (swept.await.unwrap(), tracker.longest_published())
+    };
+    assert_eq!(sweep().await, (vec![], session::EXPIRY_MAX));
+    clock.advance(session::EXPIRY_MAX - Duration::from_secs(1));
+    assert!(sweep().await.0.is_empty());
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(sweep().await.0, vec!["greedy".to_string()]);
+    let got = greedy.getattr(&Caller::root(), ROOT_INO).await;
+    assert_eq!(got, Err(FsError::Fenced));
+}

@@ -125,8 +125,8 @@ const EXPIRY: Duration = Duration::from_secs(5);
 /// and beat half as often ([`heartbeat_of`]), as mounts with a longer
 /// `--expiry` would. Each publishes its own and judges the others by the
 /// longer of its own and theirs (`ExpiryTracker`);
-/// [`check_premature_evictions`] holds every eviction to the evicted
-/// client's own.
+/// [`check_premature_evictions`] holds every expiry eviction a judge made
+/// (or may have made) to the evicted client's own.
 fn expiry_of(index: usize) -> Duration {
     if index % 2 == 1 {
         EXPIRY * 2
@@ -177,10 +177,12 @@ struct Shared {
     inodes: Mutex<Vec<u64>>,
     nemesis: Mutex<BTreeMap<&'static str, u64>>,
     /// Simulated times, for [`check_premature_evictions`]: heartbeats
-    /// that returned Ok (client, call, return), and expiry evictions whose
-    /// call cleared the registration (evicted, call).
+    /// that returned Ok (client, call, return), expiry evictions whose call
+    /// cleared the registration, or may have (evicted, call), and the
+    /// clients that detached cleanly (at the stop).
     beats: Mutex<Vec<(String, Duration, Duration)>>,
     expiry_evictions: Mutex<Vec<(String, Duration)>>,
+    closed: Mutex<BTreeSet<String>>,
 }
 
 impl Shared {
@@ -229,6 +231,7 @@ async fn simulate(config: RunConfig) -> RunReport {
         nemesis: Mutex::new(BTreeMap::new()),
         beats: Mutex::new(Vec::new()),
         expiry_evictions: Mutex::new(Vec::new()),
+        closed: Mutex::new(BTreeSet::new()),
         config: config.clone(),
     });
     let handle = Handle::current();
@@ -355,6 +358,7 @@ async fn client_main(index: usize, shared: Arc<Shared>) {
         session.abort();
         if !fenced {
             // Stopped: leave cleanly, as an unmount would.
+            shared.closed.lock().insert(fs.client().to_string());
             let _ = fs.close().await;
             shared.done[index].store(true, Ordering::Relaxed);
             return;
@@ -405,9 +409,15 @@ async fn keep_session(fs: Arc<Fs>, shared: Arc<Shared>, index: usize) {
             );
             let call = shared.clock.monotonic();
             let evicted = session::evict_if_stale(fs.db(), fs.keys(), &client, seen).await;
-            if evicted == Ok(session::Stale::Evicted) {
-                // Only this call's own clears: a client found already gone
-                // may have detached cleanly after beating.
+            // This call's own clears, and those it may have made before a
+            // retry found the client gone (unless it detached cleanly: then
+            // the clear may be the client's own, after its last beat).
+            let own = match evicted {
+                Ok(session::Stale::Evicted) => true,
+                Ok(session::Stale::MaybeEvicted) => !shared.closed.lock().contains(&client),
+                _ => false,
+            };
+            if own {
                 shared.expiry_evictions.lock().push((client.clone(), call));
             }
             let outcome = match evicted {

@@ -258,10 +258,10 @@ impl BackendTxn for FdbTxn {
 /// native client adds a read conflict only where the transaction has not
 /// written yet (`ReadYourWritesTransaction::updateConflictMap`: a read of
 /// one's own write needs no conflict, it assumes). Added after the
-/// mutations, every read conflict on a key the transaction also writes —
-/// each read-modify-write: a lock record, a directory entry, eviction's
-/// check of the session key — was dropped, and two such transactions could
-/// both commit.
+/// mutations, every read conflict on a key the transaction also sets or
+/// clears — each read-modify-write: a lock record, a directory entry,
+/// eviction's check of the session key — was dropped (only keys changed by
+/// atomic adds kept theirs), and two such transactions could both commit.
 fn stage(txn: &Transaction, request: &CommitRequest) -> KvResult<()> {
     for range in &request.read_conflicts {
         txn.add_conflict_range(&range.begin, &range.end, ConflictRangeType::Read)
