@@ -594,10 +594,6 @@ impl ExpiryTracker {
         let now = clock.monotonic();
         let live: BTreeSet<&String> = beats.iter().map(|(id, ..)| id).collect();
         self.seen.retain(|id, _| live.contains(id));
-        self.published.retain(|id, _| live.contains(id));
-        for (id, _, own) in &beats {
-            self.published.insert(id.clone(), own.clone());
-        }
         let mut expired = Vec::new();
         for (id, beat, own) in &beats {
             if Some(id.as_str()) == me {
@@ -619,6 +615,8 @@ impl ExpiryTracker {
                 }
             }
         }
+        // Exactly the attached clients, as of this look.
+        self.published = beats.into_iter().map(|(id, _, own)| (id, own)).collect();
         Ok(expired)
     }
 }
