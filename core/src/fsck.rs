@@ -9,7 +9,8 @@
 //!   following parents from any directory reaches the root (no cycle);
 //! - every inode is reachable from the root, or is in the unlinked set with
 //!   nlink 0 (and every unlinked-set member exists and has nlink 0);
-//! - a file's chunks lie within its size and are at most a chunk long;
+//! - a file's chunks lie within its size and are at most a chunk long, and
+//!   no size exceeds the largest a file may have (`ops::data::FILE_BYTES_MAX`);
 //! - symlinks, and only symlinks, have a target;
 //! - subvolume counters equal the sums recomputed from the inodes;
 //! - every lock, lock waiter and open record belongs to an attached client,
@@ -26,6 +27,7 @@ use crate::codec::{self, Attr, FileType};
 use crate::error::{FsError, FsResult};
 use crate::keys::{Counter, Keys, ROOT_INO};
 use crate::kv::{key_after, Database, RangeOptions};
+use crate::ops::data::FILE_BYTES_MAX;
 
 /// Keys read per transaction.
 const PAGE_KEYS: usize = 2_000;
@@ -394,6 +396,18 @@ fn reaches_root(attrs: &BTreeMap<u64, Attr>, mut ino: u64) -> bool {
 }
 
 fn check_data(scan: &mut Scan, chunk_size: u64) {
+    // No operation makes a size past the maximum; one that is there was
+    // written by something else (and would overflow sums below it).
+    let too_big: Vec<(u64, u64)> = (scan.attrs.values())
+        .filter(|a| a.size > FILE_BYTES_MAX)
+        .map(|a| (a.ino, a.size))
+        .collect();
+    for (ino, size) in too_big {
+        scan.violation(
+            ino,
+            format!("size {size} beyond the largest file, {FILE_BYTES_MAX}"),
+        );
+    }
     let chunks = std::mem::take(&mut scan.chunks);
     for (ino, list) in chunks {
         let Some(size) = scan
@@ -429,7 +443,9 @@ fn check_counters(scan: &mut Scan) {
         let orphan = attr.nlink == 0 && !scan.attrs.contains_key(&attr.subvolume);
         if attr.subvolume != 0 && !orphan {
             let sums = expected.entry(attr.subvolume).or_default();
-            sums.0 += attr.size as i64;
+            // Wrapping, as the stored counter's atomic adds are: a size
+            // past the maximum (reported by `check_data`) must not panic.
+            sums.0 = sums.0.wrapping_add(attr.size as i64);
             sums.1 += 1;
         }
     }

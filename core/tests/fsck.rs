@@ -106,6 +106,28 @@ async fn finds_an_entry_to_a_missing_inode() {
     assert_found(&t, "points to missing inode 999").await;
 }
 
+/// Sizes no operation can make (found by `fuzz/` fs_ops): reported, and
+/// summing them into the subvolume's totals does not overflow.
+#[tokio::test]
+async fn finds_a_size_beyond_the_largest_file() {
+    let t = tree().await;
+    let root = Caller::root();
+    let in_vol = t.fs.lookup(&root, t.vol, b"in-vol").await.unwrap();
+    let other =
+        t.fs.create(&root, t.vol, b"other", 0o644, true, perm::WRITE)
+            .await
+            .unwrap();
+    for mut attr in [in_vol, other] {
+        attr.size = i64::MAX as u64;
+        raw(&t.db, |txn| {
+            txn.set(&t.keys.attr(attr.ino), &codec::encode_attr(&attr))
+        })
+        .await;
+    }
+    assert_found(&t, "size 9223372036854775807 beyond the largest file").await;
+    assert_found(&t, "subvolume totals").await;
+}
+
 #[tokio::test]
 async fn finds_a_wrong_link_count() {
     let t = tree().await;
