@@ -257,8 +257,8 @@ fn classify_inode_key(keys: &Keys, scan: &mut Scan, key: &[u8], value: &[u8]) {
             (Some(what), Ok(n)) => {
                 let sums = scan.counters.entry(ino).or_default();
                 match what {
-                    Counter::Bytes => sums.0 += n,
-                    Counter::Inodes => sums.1 += n,
+                    Counter::Bytes => sums.0 = sums.0.wrapping_add(n),
+                    Counter::Inodes => sums.1 = sums.1.wrapping_add(n),
                 }
             }
             _ => scan.violation(ino, "undecodable subvolume counter"),

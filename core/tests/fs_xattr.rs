@@ -127,6 +127,30 @@ async fn namespaces_follow_linux_permissions() {
     );
 }
 
+/// Sparse files count their full size: totals past 2^63 bytes are summed
+/// wrapping, as the stored shards' atomic adds are, and shown unsigned
+/// (exact below 2^64) instead of panicking (a debug build overflowed
+/// summing the shards).
+#[tokio::test]
+async fn subvolume_totals_past_two_to_the_63_do_not_panic() {
+    use hafs_core::keys::Counter;
+    let fs = new_fs().await;
+    let root = Caller::root();
+    let vol = fs.mkdir(&root, ROOT_INO, b"vol", 0o755).await.unwrap();
+    fs.setxattr(&root, vol.ino, b"hafs.subvolume", b"true", 0)
+        .await
+        .unwrap();
+    let txn = fs.db().begin().await.unwrap();
+    for shard in [0, 1] {
+        let key = fs.keys().subvolume_counter(vol.ino, shard, Counter::Bytes);
+        txn.set(&key, &(i64::MAX - 1).to_le_bytes());
+    }
+    txn.commit().await.unwrap();
+    let totals = fs.getxattr(&root, vol.ino, b"hafs.totals").await.unwrap();
+    let expected = format!(r#"{{"bytes":{},"inodes":0}}"#, (i64::MAX as u64 - 1) * 2);
+    assert_eq!(String::from_utf8(totals).unwrap(), expected);
+}
+
 #[tokio::test]
 async fn subvolume_totals_count_everything_under_it() {
     let fs = new_fs().await;

@@ -122,6 +122,20 @@ impl MarkerReply for u64 {
     }
 }
 
+/// A write's reply: where it ended, and how many bytes it stored.
+impl MarkerReply for (u64, u64) {
+    fn to_marker(&self) -> Vec<u8> {
+        [self.0.to_le_bytes(), self.1.to_le_bytes()].concat()
+    }
+    fn from_marker(bytes: &[u8]) -> FsResult<(u64, u64)> {
+        let (a, b) = bytes
+            .split_first_chunk::<8>()
+            .and_then(|(a, rest)| Some((*a, <[u8; 8]>::try_from(rest).ok()?)))
+            .ok_or_else(|| FsError::Corrupted("idempotency marker".into()))?;
+        Ok((u64::from_le_bytes(a), u64::from_le_bytes(b)))
+    }
+}
+
 impl MarkerReply for crate::codec::Attr {
     fn to_marker(&self) -> Vec<u8> {
         let mut out = self.ino.to_le_bytes().to_vec();

@@ -1,6 +1,7 @@
 //! `write`: bytes at an offset or at the end (`O_APPEND`), past the end
 //! leaving a hole, clearing set-user-ID (and set-group-ID with group
-//! execute) when an unprivileged caller writes, as Linux does.
+//! execute) when an unprivileged caller writes, and the file's
+//! capabilities whoever writes, as Linux does.
 //!
 //! A write larger than [`WRITE_TRANSACTION_BYTES`] becomes several
 //! transactions, each extending the size only over bytes it stored, so no
@@ -31,14 +32,15 @@ pub enum WriteAt {
     Append,
 }
 
-/// Store `bytes` and return the offset just past them.
+/// Store `bytes` (those that fit below the largest file size) and return
+/// the offset just past what was stored, and how many bytes that was.
 pub async fn apply(
     txn: &Transaction,
     ctx: &Ctx<'_>,
     ino: u64,
     at: WriteAt,
     bytes: &[u8],
-) -> FsResult<u64> {
+) -> FsResult<(u64, u64)> {
     let mut attr = read_attr(txn, ctx, ino).await?;
     match attr.kind()? {
         FileType::Regular => {}
@@ -49,20 +51,32 @@ pub async fn apply(
         WriteAt::Offset(offset) => offset,
         WriteAt::Append => attr.size,
     };
-    let end = offset
-        .checked_add(bytes.len() as u64)
-        .filter(|&end| end <= data::FILE_BYTES_MAX)
+    // As Linux's `generic_write_checks`: nothing fits at or past the
+    // largest size (EFBIG); a write crossing it stores what fits (short).
+    let room = data::FILE_BYTES_MAX
+        .checked_sub(offset)
+        .filter(|&room| room > 0)
         .ok_or(FsError::FileTooBig)?;
+    let bytes = &bytes[..bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
+    let end = offset + bytes.len() as u64;
     data::write_range(txn, ctx, ino, offset, bytes).await?;
     let old_size = attr.size;
     attr.size = attr.size.max(end);
     attr.mtime_ns = ctx.now_ns;
     attr.ctime_ns = ctx.now_ns;
     kill_privileges(&mut attr, ctx.caller);
+    // Linux drops a file's capabilities on every write, root's included
+    // (`file_remove_privs`). hafs opens writers for direct I/O, and the
+    // kernel's FUSE direct-write path leaves that to the filesystem. A
+    // blind clear: no read, and nothing to do when there is none.
+    txn.clear(&ctx.keys.xattr(ino, CAPABILITY_XATTR));
     write_attr(txn, ctx, &attr);
     account(txn, ctx, &attr, (attr.size - old_size) as i64, 0).await?;
-    Ok(end)
+    Ok((end, bytes.len() as u64))
 }
+
+/// File capabilities (`setcap`), which a write removes.
+pub const CAPABILITY_XATTR: &[u8] = b"security.capability";
 
 /// Clear set-user-ID, and set-group-ID when group-executable, after an
 /// unprivileged caller changes a file's contents (Linux's `file_remove_privs`).
@@ -99,12 +113,16 @@ impl Fs {
                     apply(&txn, &ctx, ino, at, piece).await
                 })
                 .await;
-            let end = match stored {
-                Ok(end) => end,
+            let (end, stored) = match stored {
+                Ok(done) => done,
                 Err(_) if written > 0 => return Ok(written),
                 Err(e) => return Err(e),
             };
-            written += piece.len() as u64;
+            written += stored;
+            if stored < piece.len() as u64 {
+                // At the largest file size: a short write.
+                break;
+            }
             if let WriteAt::Offset(_) = at {
                 at = WriteAt::Offset(end);
             }
