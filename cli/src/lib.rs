@@ -88,37 +88,7 @@ pub fn main_as(prefix: &[&str]) {
     if !prefix.is_empty() {
         argv[0] = "hafs".into();
     }
-    let cli = match Cli::try_parse_from(argv) {
-        Ok(cli) => cli,
-        // --help, --version, and the help a bare `hafs` prints.
-        Err(e)
-            if !e.use_stderr()
-                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
-        {
-            e.exit()
-        }
-        Err(e) => {
-            // One line, exit 1, like every other error of `hafs`.
-            // clap's first paragraph (the message and the lines it lists,
-            // such as missing arguments), then any hint, on one line.
-            let text = e.render().to_string();
-            let mut paragraphs = text.split("\n\n").map(|p| {
-                p.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            });
-            let first = paragraphs.next().unwrap_or_default();
-            let first = first.strip_prefix("error: ").unwrap_or(&first).to_string();
-            let hint = paragraphs
-                .find(|p| p.starts_with("[possible values") || p.starts_with("tip:"))
-                .map(|p| format!(" {p}"))
-                .unwrap_or_default();
-            eprintln!("hafs: error: {first}{hint} (see hafs --help)");
-            std::process::exit(1);
-        }
-    };
+    let cli: Cli = hafs_fuse::mount::parse_or_exit("hafs", argv);
     let debug = matches!(&cli.command, Command::Mount(m) if m.debug_fuse);
     hafs_fuse::mount::init_logging(debug);
     if let Err(e) = run(cli) {
@@ -160,7 +130,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
                 let mut options = MkfsOptions {
                     overwrite,
                     inode_layout,
-                    ..MkfsOptions::default()
+                    ..hafs_fuse::mount::mkfs_options_for_caller()
                 };
                 if let Some(size) = chunk_size {
                     options.chunk_size = size;

@@ -130,6 +130,51 @@ pub struct MountArgs {
     pub debug_fuse: bool,
 }
 
+/// mkfs's options for whoever runs it: the root directory belongs to the
+/// caller's effective user and group, as mke2fs makes it, so a filesystem
+/// a user makes (`hafs mkfs`, `mount --mkfs`) is that user's to write in.
+pub fn mkfs_options_for_caller() -> MkfsOptions {
+    MkfsOptions {
+        root_uid: rustix::process::geteuid().as_raw(),
+        root_gid: rustix::process::getegid().as_raw(),
+        ..MkfsOptions::default()
+    }
+}
+
+/// Parse `argv` as `program` (`hafs`, `hafs-fuse`) does: help and
+/// `--version` print as clap prints them (so does a bare `hafs`); any other
+/// error becomes one line on stderr — clap's message and the lines it
+/// lists, then any hint — and exit status 1, like every other error.
+pub fn parse_or_exit<P: clap::Parser>(program: &str, argv: Vec<String>) -> P {
+    match P::try_parse_from(argv) {
+        Ok(parsed) => parsed,
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let mut paragraphs = text.split("\n\n").map(|p| {
+                p.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            });
+            let first = paragraphs.next().unwrap_or_default();
+            let first = first.strip_prefix("error: ").unwrap_or(&first).to_string();
+            let hint = paragraphs
+                .find(|p| p.starts_with("[possible values") || p.starts_with("tip:"))
+                .map(|p| format!(" {p}"))
+                .unwrap_or_default();
+            eprintln!("{program}: error: {first}{hint} (see {program} --help)");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// Logs to stderr, `RUST_LOG` to filter (default: info for hafs, warn else).
 pub fn init_logging(debug_fuse: bool) {
     let default = if debug_fuse {
@@ -308,7 +353,7 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
         let opened = Fs::open_client(db.clone(), &fs_name, &info, fs_options).await;
         match opened {
             Err(FsError::NotFormatted(_)) if args.mkfs => {
-                hafs_core::fs::mkfs(&db, &fs_name, MkfsOptions::default())
+                hafs_core::fs::mkfs(&db, &fs_name, mkfs_options_for_caller())
                     .await
                     .map_err(|e| format!("mkfs failed: {e}"))?;
                 Fs::open_client(db.clone(), &fs_name, &info, fs_options).await

@@ -43,7 +43,9 @@ pub enum OpenError {
         holder: String,
         waited_secs: u64,
     },
-    #[error("hafs was built without FoundationDB support; rebuild with `--features fdb`")]
+    #[error(
+        "hafs was built without FoundationDB support; rebuild with `--features hafs-core/fdb`"
+    )]
     FdbNotBuilt,
     #[error("cannot open FoundationDB: {0}")]
     Fdb(String),

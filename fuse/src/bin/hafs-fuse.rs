@@ -13,7 +13,7 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args: Args = hafs_fuse::mount::parse_or_exit("hafs-fuse", std::env::args().collect());
     hafs_fuse::mount::init_logging(args.mount.debug_fuse);
     if let Err(e) = hafs_fuse::mount::run(&args.kv, &args.mount) {
         eprintln!("hafs-fuse: error: {e}");
