@@ -618,8 +618,8 @@ async fn an_append_between_two_pieces_of_a_large_append_is_kept() {
 }
 
 /// Lets `ok` more write commits through, then times every later one out
-/// for good (a `TimedOut` surfaces; the commit would land an hour later,
-/// on a clock that never gets there).
+/// (a `TimedOut` surfaces; the commit's late attempt, an hour on, is
+/// refused by the in-memory KV as too old).
 #[derive(Debug)]
 struct FailAfter(std::sync::atomic::AtomicU32);
 

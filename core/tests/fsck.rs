@@ -128,6 +128,44 @@ async fn finds_a_size_beyond_the_largest_file() {
     assert_found(&t, "subvolume totals").await;
 }
 
+/// Well-formed but absurd stored counts and sizes (a parent's nlink of 0,
+/// a size of 2^63) must not make a mutation panic; each overflowed in a
+/// debug build before (reported by a review of what `fuzz/` fs_ops could
+/// reach).
+#[tokio::test]
+async fn absurd_counts_and_sizes_do_not_panic_mutations() {
+    let t = tree().await;
+    let root = Caller::root();
+    let set = |attr: hafs_core::codec::Attr| {
+        let db = t.db.clone();
+        let key = t.keys.attr(attr.ino);
+        async move { raw(&db, |txn| txn.set(&key, &codec::encode_attr(&attr))).await }
+    };
+    // rmdir under a parent whose nlink says 0, mkdir under one at the top.
+    t.fs.mkdir(&root, t.dir, b"empty", 0o755).await.unwrap();
+    let mut dir = t.fs.getattr(&root, t.dir).await.unwrap();
+    dir.nlink = 0;
+    set(dir.clone()).await;
+    let _ = t.fs.rmdir(&root, t.dir, b"empty").await;
+    dir.nlink = u32::MAX;
+    set(dir).await;
+    let _ = t.fs.mkdir(&root, t.dir, b"again", 0o755).await;
+    // Truncating, and freeing, a file whose size says 2^63.
+    let mut file = t.fs.getattr(&root, t.file).await.unwrap();
+    file.size = 1 << 63;
+    set(file).await;
+    let to_zero = hafs_core::ops::setattr::SetAttr {
+        size: Some(0),
+        ..Default::default()
+    };
+    let _ = t.fs.setattr(&root, t.file, to_zero).await;
+    let mut file = t.fs.getattr(&root, t.file).await.unwrap();
+    file.size = 1 << 63;
+    set(file).await;
+    let _ = t.fs.unlink(&root, t.sub, b"file").await;
+    let _ = hafs_core::session::sweep_unlinked(&t.db, &t.keys).await;
+}
+
 #[tokio::test]
 async fn finds_a_wrong_link_count() {
     let t = tree().await;

@@ -131,8 +131,11 @@ pub struct MountArgs {
 }
 
 /// mkfs's options for whoever runs it: the root directory belongs to the
-/// caller's effective user and group, as mke2fs makes it, so a filesystem
-/// a user makes (`hafs mkfs`, `mount --mkfs`) is that user's to write in.
+/// caller's effective user and group (root's stays 0:0), so a filesystem a
+/// user makes (`hafs mkfs`, `mount --mkfs`) is that user's to write in —
+/// hafs checks permissions itself, and a root-owned 0755 root left such a
+/// user nothing to write to. (mke2fs did the same up to e2fsprogs 1.42;
+/// since 1.43 it makes 0:0 unless given `-E root_owner`.)
 pub fn mkfs_options_for_caller() -> MkfsOptions {
     MkfsOptions {
         root_uid: rustix::process::geteuid().as_raw(),

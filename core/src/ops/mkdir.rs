@@ -35,7 +35,8 @@ pub async fn apply(
             kind: FileType::Directory,
         },
     );
-    dir.nlink += 1;
+    // Saturating: a damaged count must not panic (fsck reports it).
+    dir.nlink = dir.nlink.saturating_add(1);
     touch_dir(txn, ctx, &mut dir);
     account(txn, ctx, &attr, 0, 1).await?;
     Ok(Made {

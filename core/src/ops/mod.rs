@@ -312,5 +312,7 @@ pub async fn delete_inode_keys(
     let (begin, end) = keys.inode_range(attr.ino);
     txn.clear_range(&begin, &end);
     txn.clear(&keys.unlinked(attr.ino));
-    account_keys(txn, keys, attr, -(attr.size as i64), -1).await
+    // Wrapping, as the counters' atomic adds are: a damaged size (2^63)
+    // must not panic.
+    account_keys(txn, keys, attr, (attr.size as i64).wrapping_neg(), -1).await
 }

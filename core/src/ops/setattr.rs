@@ -123,7 +123,9 @@ async fn set_size(
     if size < attr.size {
         data::truncate(txn, ctx, attr.ino, size).await?;
     }
-    let delta = size as i64 - attr.size as i64;
+    // Wrapping, as the counters' atomic adds are: a damaged stored size
+    // (past 2^63) must not panic.
+    let delta = (size as i64).wrapping_sub(attr.size as i64);
     attr.size = size;
     attr.mtime_ns = ctx.now_ns;
     kill_privileges(attr, ctx.caller);

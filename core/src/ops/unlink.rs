@@ -90,7 +90,8 @@ pub async fn apply_rmdir(
         return Err(FsError::NotEmpty);
     }
     txn.clear(&ctx.keys.dirent(parent, name));
-    dir.nlink -= 1;
+    // Saturating: a damaged count must not panic (fsck reports it).
+    dir.nlink = dir.nlink.saturating_sub(1);
     touch_dir(txn, ctx, &mut dir);
     drop_link(txn, ctx, &mut child).await
 }

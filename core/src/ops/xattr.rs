@@ -211,7 +211,7 @@ pub async fn subvolume_totals(
         let n = decode_counter(Some(value))?;
         match ctx.keys.subvolume_counter_kind(subvolume, key) {
             // Wrapping, as the shards' atomic adds are: sparse files count
-            // their full size, and 8,193 files of 2^50 bytes pass 2^63.
+            // their full size, and 8,192 files of 2^50 bytes reach 2^63.
             Some(Counter::Bytes) => bytes = bytes.wrapping_add(n),
             Some(Counter::Inodes) => inodes = inodes.wrapping_add(n),
             None => {
