@@ -299,6 +299,18 @@ impl World {
         kvs.map(|r| r.kvs).unwrap_or_default()
     }
 
+    /// The stored inode keys of one kind ("attr", "dirent", ...), with
+    /// their inode and value.
+    async fn stored(&self, kind: &str) -> Vec<(Vec<u8>, u64, Vec<u8>)> {
+        let keys = self.fs[0].keys();
+        let all = self.keys().await.into_iter();
+        all.filter_map(|(k, v)| {
+            let (ino, k_kind) = keys.inode_key_kind(&k)?;
+            (k_kind == kind).then_some((k, ino, v))
+        })
+        .collect()
+    }
+
     async fn raw(&mut self, f: impl FnOnce(&Transaction)) {
         self.damaged = true;
         let txn = self.db.begin().await.unwrap();
@@ -335,15 +347,8 @@ impl World {
                 }
             }
             Action::AttrField { key, field, value } => {
-                let attrs: Vec<_> = self
-                    .keys()
-                    .await
-                    .into_iter()
-                    .filter_map(|(k, v)| {
-                        let (ino, kind) = self.fs[0].keys().inode_key_kind(&k)?;
-                        let attr = (kind == "attr").then(|| codec::decode_attr(ino, &v))?;
-                        Some((k, attr.ok()?))
-                    })
+                let attrs: Vec<_> = (self.stored("attr").await.into_iter())
+                    .filter_map(|(k, ino, v)| Some((k, codec::decode_attr(ino, &v).ok()?)))
                     .collect();
                 if let Some((k, mut attr)) = attrs.get(key as usize % attrs.len().max(1)).cloned() {
                     match field {
@@ -365,17 +370,8 @@ impl World {
                 }
             }
             Action::DirentIno { key, ino } => {
-                let entries: Vec<_> = self
-                    .keys()
-                    .await
-                    .into_iter()
-                    .filter(|(k, _)| {
-                        self.fs[0]
-                            .keys()
-                            .inode_key_kind(k)
-                            .is_some_and(|(_, kind)| kind == "dirent")
-                    })
-                    .filter_map(|(k, v)| Some((k, codec::decode_dirent(&v).ok()?)))
+                let entries: Vec<_> = (self.stored("dirent").await.into_iter())
+                    .filter_map(|(k, _, v)| Some((k, codec::decode_dirent(&v).ok()?)))
                     .collect();
                 if let Some((k, mut entry)) =
                     entries.get(key as usize % entries.len().max(1)).cloned()
