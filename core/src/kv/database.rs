@@ -185,9 +185,74 @@ impl<'a> RetryState<'a> {
             self.maybe_committed = true;
         }
         tracing::trace!(attempt = self.attempts, error = ?error.as_kv(), "retrying transaction");
+        // A first conflict retries at once. `NotCommitted` means another
+        // transaction committed since this one read, so a new attempt reads
+        // the state that beat it and usually commits; backing off helps
+        // only when many keep colliding, which the later attempts still do.
+        // A sleep here cost at least a millisecond (tokio rounds timers up
+        // to its 1 ms tick): two processes passing a flock back and forth
+        // on one mount collided on about one hand-off in six, which put
+        // p95 at 2.5 ms and p99 at 3.6 ms against a 0.3 ms median.
+        if self.attempts == 1 && matches!(error.as_kv(), Some(KvError::NotCommitted)) {
+            tokio::task::yield_now().await;
+            return Ok(());
+        }
         let pause = self.db.jitter(self.backoff);
         self.backoff = (self.backoff * 2).min(options.backoff_cap);
         self.db.inner.clock.sleep(pause).await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use parking_lot::Mutex;
+
+    use super::Database;
+    use crate::clock::{Clock, ManualClock};
+    use crate::kv::mem::MemBackend;
+    use crate::kv::KvError;
+
+    /// The first conflict retries without sleeping; later ones back off.
+    /// `ManualClock` moves only by sleeps, so its time at each attempt says
+    /// whether the runner slept before it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_first_conflict_retries_at_once_and_later_ones_back_off() {
+        let clock = ManualClock::new();
+        let db = Database::new(Arc::new(MemBackend::new(clock.clone())), clock.clone(), 11);
+        let started_at = Mutex::new(Vec::new());
+        db.run(|txn, _| {
+            let (db, clock, started_at) = (db.clone(), clock.clone(), &started_at);
+            async move {
+                let attempt = {
+                    let mut started_at = started_at.lock();
+                    started_at.push(clock.monotonic());
+                    started_at.len()
+                };
+                txn.get(b"k").await?;
+                if attempt <= 3 {
+                    // An interloper commits a write to what this attempt read.
+                    db.run(|other, _| async move {
+                        other.set(b"k", &[attempt as u8]);
+                        Ok::<_, KvError>(())
+                    })
+                    .await?;
+                }
+                txn.set(b"k", b"mine");
+                Ok::<_, KvError>(())
+            }
+        })
+        .await
+        .expect("run");
+        let started_at = started_at.into_inner();
+        assert_eq!(started_at.len(), 4, "three conflicts, then a commit");
+        assert_eq!(started_at[1], Duration::ZERO, "the first retry slept");
+        assert!(
+            started_at[3] > started_at[1],
+            "the later retries did not back off: {started_at:?}"
+        );
     }
 }

@@ -2,9 +2,10 @@
 //! over interchangeable backends.
 //!
 //! Layers, top to bottom:
-//! - [`Database::run`]: the one retry loop (capped exponential backoff with
-//!   jitter from a seeded RNG, an attempt and time budget, and the
-//!   `maybe_committed` flag after an ambiguous commit);
+//! - [`Database::run`]: the one retry loop (a first conflict retried at
+//!   once, then capped exponential backoff with jitter from a seeded RNG,
+//!   an attempt and time budget, and the `maybe_committed` flag after an
+//!   ambiguous commit);
 //! - [`Transaction`]: read-your-writes, limits, conflict ranges, watches;
 //! - [`Backend`]: a snapshot at a read version and an atomic
 //!   check-conflicts-then-apply commit — [`mem`], [`sqlite`], and `fdb`
