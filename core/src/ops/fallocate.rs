@@ -9,6 +9,7 @@ use crate::error::{FsError, FsResult};
 use crate::fs::Fs;
 use crate::kv::Transaction;
 
+use super::write::kill_privileges;
 use super::{account, data, read_attr, write_attr};
 
 pub const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
@@ -50,19 +51,20 @@ pub async fn apply(
         if offset < until {
             data::zero_range(txn, ctx, ino, offset, until - offset).await?;
         }
-        attr.mtime_ns = ctx.now_ns;
-        attr.ctime_ns = ctx.now_ns;
     }
     let old_size = attr.size;
     if mode & KEEP_SIZE == 0 && end > attr.size {
         attr.size = end;
-        attr.mtime_ns = ctx.now_ns;
-        attr.ctime_ns = ctx.now_ns;
     }
-    if attr.size != old_size || punch || zero {
-        write_attr(txn, ctx, &attr);
-        account(txn, ctx, &attr, (attr.size - old_size) as i64, 0).await?;
-    }
+    // Every mode counts as a change of the file, whatever it changed, as
+    // Linux's `file_modified` has it in every local filesystem's fallocate
+    // (ext4 since 5.18, tmpfs): new mtime and ctime, and the set-ID bits
+    // dropped as a write drops them.
+    attr.mtime_ns = ctx.now_ns;
+    attr.ctime_ns = ctx.now_ns;
+    kill_privileges(&mut attr, ctx.caller);
+    write_attr(txn, ctx, &attr);
+    account(txn, ctx, &attr, (attr.size - old_size) as i64, 0).await?;
     Ok(())
 }
 

@@ -78,14 +78,20 @@ pub async fn apply(
 /// File capabilities (`setcap`), which a write removes.
 pub const CAPABILITY_XATTR: &[u8] = b"security.capability";
 
-/// Clear set-user-ID, and set-group-ID when group-executable, after an
-/// unprivileged caller changes a file's contents (Linux's `file_remove_privs`).
+/// Clear set-user-ID, and set-group-ID when group-executable or when the
+/// caller is not in the file's group, after an unprivileged caller changes
+/// a file's contents (Linux's `file_remove_privs`; the group rule is
+/// `setattr_should_drop_sgid`, Linux 6.2 on). The kernel leaves this to
+/// hafs: its FUSE direct-write path sends no mode change for it.
 pub fn kill_privileges(attr: &mut Attr, caller: &Caller) {
     if caller.is_root() {
         return;
     }
     attr.mode &= !libc::S_ISUID;
-    if attr.mode & libc::S_IXGRP != 0 {
+    // The group test last: it may read the caller's groups from /proc.
+    if attr.mode & libc::S_ISGID != 0
+        && (attr.mode & libc::S_IXGRP != 0 || !caller.in_group(attr.gid))
+    {
         attr.mode &= !libc::S_ISGID;
     }
 }
