@@ -372,11 +372,13 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
         })
     })?;
     let fs = Arc::new(fs);
+    // The background loops, stopped before the runtime is dropped (below).
+    let mut loops = Vec::new();
     {
         let fs = fs.clone();
-        runtime.spawn(async move {
+        loops.push(runtime.spawn(async move {
             fs.maintain_session(session).await;
-        });
+        }));
     }
     let default_permissions = args.options.iter().any(|o| o == "default_permissions");
     let ttls = CacheTtls {
@@ -388,17 +390,17 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
     };
     {
         let fs = fs.clone();
-        runtime.spawn(async move {
+        loops.push(runtime.spawn(async move {
             fs.run_deferred_releases().await;
-        });
+        }));
     }
     let gate = CacheGate::new(ttls, clock.clone());
     let shutdown_gate = gate.clone();
     if gate.enabled() {
         let (fs, gate) = (fs.clone(), gate.clone());
-        runtime.spawn(async move {
+        loops.push(runtime.spawn(async move {
             fs.keep_cache_lease(gate, session.expiry).await;
-        });
+        }));
     }
     let mut config = fuser::Config::default();
     if args.fuse_threads > 1 {
@@ -493,6 +495,18 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
         Err(e) => {
             tracing::warn!(error = %e, "unmounted; detaching the client failed (it will expire)")
         }
+    }
+    // Cancel the loops and wait until they are gone. Dropping the runtime
+    // with one of them inside `block_in_place` (a commit waiting for
+    // SQLite's write lock) let it resume after the timers had shut down:
+    // its retry's sleep then panicked ("A Tokio 1.x context was found, but
+    // it is being shutdown"), once in a test run of two mounts. An aborted
+    // task ends at its next await, with the timers still running.
+    for task in &loops {
+        task.abort();
+    }
+    for task in loops {
+        let _ = runtime.block_on(task);
     }
     Ok(())
 }
