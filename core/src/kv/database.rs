@@ -189,6 +189,9 @@ impl<'a> RetryState<'a> {
         // transaction committed since this one read, so a new attempt reads
         // the state that beat it and usually commits; backing off helps
         // only when many keep colliding, which the later attempts still do.
+        // (The SQLite backend also answers `NotCommitted` while it switches
+        // between buffering and direct commits, a rare event; a retry that
+        // meets the switch still under way fails again and backs off.)
         // A sleep here cost at least a millisecond (tokio rounds timers up
         // to its 1 ms tick): two processes passing a flock back and forth
         // on one mount collided on about one hand-off in six, which put

@@ -210,7 +210,7 @@ async fn account_keys(
     bytes: i64,
     inodes: i64,
 ) -> FsResult<()> {
-    if attr.subvolume == 0 {
+    if attr.subvolume == 0 || bytes == 0 && inodes == 0 {
         return Ok(());
     }
     // An unlinked inode (parked, or open) can outlive its subvolume's root:

@@ -581,7 +581,8 @@ impl Model {
             return;
         }
         n.mode &= !libc::S_ISUID;
-        if n.mode & libc::S_IXGRP != 0 {
+        // Linux 6.2 on: also without group execute, for a non-member.
+        if n.mode & libc::S_IXGRP != 0 || !who.in_group(n.gid) {
             n.mode &= !libc::S_ISGID;
         }
     }

@@ -190,6 +190,7 @@ fn path() -> impl Strategy<Value = Path> {
 fn perm() -> impl Strategy<Value = u32> {
     prop::sample::select(vec![
         0o755, 0o700, 0o777, 0o1777, 0o2775, 0o644, 0o4755, 0o2755, 0o000, 0o311, 0o4777, 0o775,
+        0o2666, 0o6666,
     ])
 }
 
