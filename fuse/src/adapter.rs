@@ -136,6 +136,36 @@ pub struct HafsFuse {
     runtime: tokio::runtime::Handle,
     /// Serve requests on the reader thread (local database).
     inline: bool,
+    /// Requests served on tasks of their own, which the mount cancels and
+    /// waits for before its runtime goes ([`RequestTasks::stop`]).
+    tasks: RequestTasks,
+}
+
+/// The tasks serving requests off the reader threads (lock waits, and
+/// every request on a remote database). A task still inside
+/// `block_in_place` when the runtime is dropped would resume after the
+/// runtime's timers are gone and panic at its next sleep; stopping them
+/// first ends each at its next await instead.
+#[derive(Debug, Clone, Default)]
+pub struct RequestTasks(Arc<Mutex<tokio::task::JoinSet<()>>>);
+
+impl RequestTasks {
+    fn spawn<Fut>(&self, runtime: &tokio::runtime::Handle, work: Fut)
+    where
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let mut tasks = self.0.lock();
+        // Forget the finished ones, so the set holds only running tasks.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn_on(work, runtime);
+    }
+
+    /// Cancel every task and wait until each has ended.
+    pub async fn stop(&self) {
+        let mut tasks = std::mem::take(&mut *self.0.lock());
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
 }
 
 impl HafsFuse {
@@ -145,6 +175,7 @@ impl HafsFuse {
         cache: Arc<CacheGate>,
         runtime: tokio::runtime::Handle,
         kernel_checks_permissions: bool,
+        tasks: RequestTasks,
     ) -> Self {
         let inline = fs.db().backend().is_local();
         let names = (!kernel_checks_permissions).then(|| NameGrants::new(fs.db().clock().clone()));
@@ -162,6 +193,7 @@ impl HafsFuse {
                 opened_once: Mutex::new(HashMap::new()),
             }),
             runtime,
+            tasks,
         }
     }
 
@@ -214,7 +246,8 @@ impl HafsFuse {
         F: FnOnce(Arc<Inner>, Caller) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.runtime.spawn(work(self.inner.clone(), caller(req)));
+        self.tasks
+            .spawn(&self.runtime, work(self.inner.clone(), caller(req)));
     }
 }
 

@@ -16,7 +16,7 @@ use hafs_core::kv::url::{default_sqlite_path, open_backend_with, KvUrl};
 use hafs_core::kv::Database;
 use hafs_core::session::SessionOptions;
 
-use crate::adapter::HafsFuse;
+use crate::adapter::{HafsFuse, RequestTasks};
 
 /// Where the filesystem lives (shared by every hafs command).
 #[derive(Debug, Clone, clap::Args)]
@@ -402,96 +402,107 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
             fs.keep_cache_lease(gate, session.expiry).await;
         }));
     }
-    let mut config = fuser::Config::default();
-    if args.fuse_threads > 1 {
-        config.n_threads = Some(args.fuse_threads.min(64));
-        config.clone_fd = true;
-    }
-    config.mount_options = vec![
-        fuser::MountOption::FSName(format!("hafs:{}", kv.fs_name)),
-        fuser::MountOption::Subtype("hafs".into()),
-    ];
-    if fs_options.read_only {
-        config.mount_options.push(fuser::MountOption::RO);
-    }
-    if default_permissions {
-        config
-            .mount_options
-            .push(fuser::MountOption::DefaultPermissions);
-    }
-    if args.options.iter().any(|o| o == "allow_other") {
-        config.acl = fuser::SessionACL::All;
-    }
-    let adapter = HafsFuse::new(
-        fs.clone(),
-        gate,
-        runtime.handle().clone(),
-        default_permissions,
-    );
-    let session = fuser::Session::new(adapter, &args.mountpoint, &config)
-        .map_err(|e| format!("cannot mount on {}: {e}", args.mountpoint.display()))?;
-    // Giving the lease up then drops what the kernel cached instead of
-    // waiting for it to expire.
-    shutdown_gate.set_kernel(Arc::new(crate::adapter::KernelNotify(session.notifier())));
-    let background = session
-        .spawn()
-        .map_err(|e| format!("cannot serve the mount: {e}"))?;
-    tracing::info!(
-        mountpoint = %args.mountpoint.display(),
-        fs = %kv.fs_name,
-        client = %fs.client(),
-        "mounted"
-    );
-    wait_for_stop(&background).map_err(|e| format!("cannot watch signals: {e}"))?;
-    let ended = if background.guard.is_finished() {
-        background.join()
-    } else {
-        use rustix::mount::{unmount, UnmountFlags};
-        match unmount(&args.mountpoint, UnmountFlags::empty()) {
-            Ok(()) => background.join(),
-            // Someone still uses the mount (a cwd, an open file, a lock
-            // holder): detach it from the tree now and serve them until
-            // they are done, rather than drop their locks under them and
-            // leave a dead mount. A second signal ends the process at once.
-            Err(rustix::io::Errno::BUSY) => {
-                tracing::warn!(
-                    "the mount is busy: detached it; serving its last users until they close it (signal again to stop now)"
-                );
-                match unmount(&args.mountpoint, UnmountFlags::DETACH) {
-                    Ok(()) => background.join(),
-                    Err(_) => background.umount_and_join(),
-                }
-            }
-            // Not root: fusermount3 unmounts for us, lazily if busy.
-            Err(rustix::io::Errno::PERM) => {
-                let fusermount = |lazy: bool| {
-                    let mut cmd = std::process::Command::new("fusermount3");
-                    cmd.arg("-u");
-                    if lazy {
-                        cmd.arg("-z");
-                    }
-                    cmd.arg(&args.mountpoint)
-                        .stderr(std::process::Stdio::null())
-                        .status()
-                        .is_ok_and(|s| s.success())
-                };
-                if fusermount(false) || fusermount(true) {
-                    background.join()
-                } else {
-                    background.umount_and_join()
-                }
-            }
-            Err(_) => background.umount_and_join(),
+    let tasks = RequestTasks::default();
+    // From here on every way out detaches the client and stops the loops
+    // and request tasks (below), a failed mount included.
+    let served = (|| -> Result<(), String> {
+        let mut config = fuser::Config::default();
+        if args.fuse_threads > 1 {
+            config.n_threads = Some(args.fuse_threads.min(64));
+            config.clone_fd = true;
         }
-    };
-    if let Err(e) = ended {
-        tracing::warn!(error = %e, "the FUSE session ended with an error");
-        // The kernel mount may live on (a busy unmount): stop it believing
-        // our caches before detaching lets another client in.
-        runtime.block_on(shutdown_gate.close());
-    }
+        config.mount_options = vec![
+            fuser::MountOption::FSName(format!("hafs:{}", kv.fs_name)),
+            fuser::MountOption::Subtype("hafs".into()),
+        ];
+        if fs_options.read_only {
+            config.mount_options.push(fuser::MountOption::RO);
+        }
+        if default_permissions {
+            config
+                .mount_options
+                .push(fuser::MountOption::DefaultPermissions);
+        }
+        if args.options.iter().any(|o| o == "allow_other") {
+            config.acl = fuser::SessionACL::All;
+        }
+        let adapter = HafsFuse::new(
+            fs.clone(),
+            gate,
+            runtime.handle().clone(),
+            default_permissions,
+            tasks.clone(),
+        );
+        let session = fuser::Session::new(adapter, &args.mountpoint, &config)
+            .map_err(|e| format!("cannot mount on {}: {e}", args.mountpoint.display()))?;
+        // Giving the lease up then drops what the kernel cached instead of
+        // waiting for it to expire.
+        shutdown_gate.set_kernel(Arc::new(crate::adapter::KernelNotify(session.notifier())));
+        let background = session
+            .spawn()
+            .map_err(|e| format!("cannot serve the mount: {e}"))?;
+        tracing::info!(
+            mountpoint = %args.mountpoint.display(),
+            fs = %kv.fs_name,
+            client = %fs.client(),
+            "mounted"
+        );
+        wait_for_stop(&background).map_err(|e| format!("cannot watch signals: {e}"))?;
+        let ended = if background.guard.is_finished() {
+            background.join()
+        } else {
+            use rustix::mount::{unmount, UnmountFlags};
+            match unmount(&args.mountpoint, UnmountFlags::empty()) {
+                Ok(()) => background.join(),
+                // Someone still uses the mount (a cwd, an open file, a lock
+                // holder): detach it from the tree now and serve them until
+                // they are done, rather than drop their locks under them and
+                // leave a dead mount. A second signal ends the process at once.
+                Err(rustix::io::Errno::BUSY) => {
+                    tracing::warn!(
+                        "the mount is busy: detached it; serving its last users until they close it (signal again to stop now)"
+                    );
+                    match unmount(&args.mountpoint, UnmountFlags::DETACH) {
+                        Ok(()) => background.join(),
+                        Err(_) => background.umount_and_join(),
+                    }
+                }
+                // Not root: fusermount3 unmounts for us, lazily if busy.
+                Err(rustix::io::Errno::PERM) => {
+                    let fusermount = |lazy: bool| {
+                        let mut cmd = std::process::Command::new("fusermount3");
+                        cmd.arg("-u");
+                        if lazy {
+                            cmd.arg("-z");
+                        }
+                        cmd.arg(&args.mountpoint)
+                            .stderr(std::process::Stdio::null())
+                            .status()
+                            .is_ok_and(|s| s.success())
+                    };
+                    if fusermount(false) || fusermount(true) {
+                        background.join()
+                    } else {
+                        background.umount_and_join()
+                    }
+                }
+                Err(_) => background.umount_and_join(),
+            }
+        };
+        if let Err(e) = ended {
+            tracing::warn!(error = %e, "the FUSE session ended with an error");
+            // The kernel mount may live on (a busy unmount): stop it believing
+            // our caches before detaching lets another client in.
+            runtime.block_on(shutdown_gate.close());
+        }
+        Ok(())
+    })();
+    // The kernel is gone: nobody can take the replies of requests still
+    // being served.
+    runtime.block_on(tasks.stop());
     match runtime.block_on(fs.close()) {
-        Ok(_) => tracing::info!("unmounted; client detached"),
+        Ok(_) if served.is_ok() => tracing::info!("unmounted; client detached"),
+        Ok(_) => {}
         Err(e) => {
             tracing::warn!(error = %e, "unmounted; detaching the client failed (it will expire)")
         }
@@ -508,7 +519,7 @@ pub fn run(kv: &KvArgs, args: &MountArgs) -> Result<(), String> {
     for task in loops {
         let _ = runtime.block_on(task);
     }
-    Ok(())
+    served
 }
 
 /// Until SIGINT/SIGTERM/SIGHUP (a closed terminal), or the mount goes away
