@@ -227,6 +227,58 @@ async fn fallocate_modes() {
     assert_clean(&db).await;
 }
 
+/// chown and chgrp drop set-group-ID without group execute when the
+/// caller is outside the group the file had (Linux 6.2 on), as the kernel's
+/// FUSE path leaves to hafs; the mode the kernel sends with the change (its
+/// own clearing of set-user-ID, computed before) must not bring it back.
+/// A member and root keep it.
+#[tokio::test]
+async fn a_chgrp_from_outside_the_group_drops_set_group_id() {
+    let db = new_db().await;
+    let fs = client(&db, "c1").await;
+    let root = Caller::root();
+    let f = new_file(&fs).await;
+    let outsider = Caller::user(1000, 1000);
+    let member = Caller {
+        groups: vec![500].into(),
+        ..Caller::user(1000, 1000)
+    };
+    for (who, kernel_mode, want) in [
+        (&outsider, None, 0o666),
+        (&outsider, Some(0o2666), 0o666),
+        (&member, Some(0o2666), 0o2666),
+        (&root, Some(0o2666), 0o2666),
+    ] {
+        let reset = SetAttr {
+            mode: Some(0o6666),
+            uid: Some(1000),
+            gid: Some(500),
+            ..SetAttr::default()
+        };
+        fs.setattr(&root, f, reset).await.unwrap();
+        fs.setattr(&root, f, mode_only(0o6666)).await.unwrap();
+        let chgrp = SetAttr {
+            gid: Some(1000),
+            mode: kernel_mode,
+            ..SetAttr::default()
+        };
+        let done = fs.setattr(who, f, chgrp).await.unwrap();
+        assert_eq!(
+            done.mode & 0o7777,
+            want,
+            "chgrp by {who:?}, mode {kernel_mode:?}"
+        );
+    }
+    assert_clean(&db).await;
+}
+
+fn mode_only(mode: u32) -> SetAttr {
+    SetAttr {
+        mode: Some(mode),
+        ..SetAttr::default()
+    }
+}
+
 /// Every mode, even one that changes neither size nor contents (an
 /// allocation within the size, a hole punched past it), is a change of the
 /// file, as Linux's `file_modified` makes it on ext4 and tmpfs: new mtime

@@ -439,6 +439,15 @@ fn an_unprivileged_user_meets_linux_rules() {
         let mode = std::fs::metadata(m.p("sgid")).unwrap().mode() & 0o7777;
         assert_eq!(mode, 0o666, "{change:?} kept set-group-ID");
     }
+    // nobody's own file in group root: its chgrp to its own group drops
+    // set-group-ID too (chown_common, Linux 6.2 on).
+    std::fs::write(m.p("mine"), b"").unwrap();
+    std::os::unix::fs::chown(m.p("mine"), Some(65534), Some(0)).unwrap();
+    std::fs::set_permissions(m.p("mine"), std::fs::Permissions::from_mode(0o2666)).unwrap();
+    let (changed, err) = as_nobody(&["chgrp", "65534", &path("mine")]);
+    assert!(changed, "chgrp of its own file: {err}");
+    let meta = std::fs::metadata(m.p("mine")).unwrap();
+    assert_eq!((meta.gid(), meta.mode() & 0o7777), (65534, 0o666));
 
     std::fs::write(m.p("shared"), b"").unwrap();
     std::fs::set_permissions(m.p("shared"), std::fs::Permissions::from_mode(0o666)).unwrap();

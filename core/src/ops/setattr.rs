@@ -63,8 +63,9 @@ pub async fn apply(
     if let Some(size) = changes.size {
         set_size(txn, ctx, &mut attr, size, changes.by_handle).await?;
     }
+    let mut chown_cleared = 0;
     if changes.uid.is_some() || changes.gid.is_some() {
-        chown(&mut attr, caller, changes.uid, changes.gid)?;
+        chown_cleared = chown(&mut attr, caller, changes.uid, changes.gid)?;
     }
     if let Some(mode) = changes.mode {
         // The kernel clears set-ID bits itself before a truncate or write
@@ -90,7 +91,7 @@ pub async fn apply(
         if !(kills_set_id && may_write) {
             perm::check_owner(&attr, caller)?;
         }
-        let mut bits = mode & 0o7777;
+        let mut bits = mode & 0o7777 & !chown_cleared;
         if !caller.is_root() && !caller.in_group(attr.gid) {
             bits &= !libc::S_ISGID;
         }
@@ -133,7 +134,10 @@ async fn set_size(
     Ok(())
 }
 
-fn chown(attr: &mut Attr, caller: &Caller, uid: Option<u32>, gid: Option<u32>) -> FsResult<()> {
+/// Change owner and group; returns the set-ID bits it cleared, which the
+/// mode sent with it (the kernel's own clearing, computed from the mode
+/// before) must not bring back.
+fn chown(attr: &mut Attr, caller: &Caller, uid: Option<u32>, gid: Option<u32>) -> FsResult<u32> {
     let owner = caller.uid == attr.uid;
     if let Some(uid) = uid {
         if !(caller.is_root() || owner && uid == attr.uid) {
@@ -146,15 +150,23 @@ fn chown(attr: &mut Attr, caller: &Caller, uid: Option<u32>, gid: Option<u32>) -
             return Err(FsError::Perm);
         }
     }
-    attr.uid = uid.unwrap_or(attr.uid);
-    attr.gid = gid.unwrap_or(attr.gid);
+    // Linux's chown_common: set-user-ID always goes; set-group-ID with
+    // group execute, or (6.2 on) when an unprivileged caller is outside the
+    // file's group before the change.
+    let mut cleared = 0;
     if !attr.is_dir() {
-        attr.mode &= !libc::S_ISUID;
-        if attr.mode & libc::S_IXGRP != 0 {
-            attr.mode &= !libc::S_ISGID;
+        cleared |= libc::S_ISUID;
+        if attr.mode & libc::S_ISGID != 0
+            && (attr.mode & libc::S_IXGRP != 0 || !caller.is_root() && !caller.in_group(attr.gid))
+        {
+            cleared |= libc::S_ISGID;
         }
     }
-    Ok(())
+    cleared &= attr.mode;
+    attr.mode &= !cleared;
+    attr.uid = uid.unwrap_or(attr.uid);
+    attr.gid = gid.unwrap_or(attr.gid);
+    Ok(cleared)
 }
 
 fn set_times(attr: &mut Attr, ctx: &Ctx<'_>, changes: &SetAttr) -> FsResult<()> {

@@ -648,14 +648,16 @@ impl Model {
                 return Err(libc::EPERM);
             }
         }
-        n.uid = uid.unwrap_or(n.uid);
-        n.gid = gid.unwrap_or(n.gid);
         if n.kind != Kind::Dir {
             n.mode &= !libc::S_ISUID;
-            if n.mode & libc::S_IXGRP != 0 {
+            // Linux 6.2 on: also without group execute, for a caller outside
+            // the group the file had.
+            if n.mode & libc::S_IXGRP != 0 || !who.root() && !who.in_group(n.gid) {
                 n.mode &= !libc::S_ISGID;
             }
         }
+        n.uid = uid.unwrap_or(n.uid);
+        n.gid = gid.unwrap_or(n.gid);
         Ok(self.summary(ino))
     }
 }
