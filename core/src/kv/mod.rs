@@ -19,6 +19,8 @@
 
 pub mod backend;
 mod database;
+#[cfg(not(madsim))]
+mod doorbell;
 pub mod error;
 pub mod fault;
 #[cfg(not(madsim))]

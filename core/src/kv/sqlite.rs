@@ -279,9 +279,11 @@ impl Default for SqliteOptions {
             write_behind: true,
             join_wait: JOIN_WAIT,
             lock_wait: LOCK_WAIT,
-            // A waiter on another process's lock release wakes on this poll:
+            // A waiter on another process's lock release woke on this poll:
             // at 10 ms, lock hand-off between two mounts took 5.2 ms median;
-            // at 2 ms, 1.4 ms (`hafs bench locks`, release build). A poll is one
+            // at 2 ms, 1.4 ms (`hafs bench locks`, release build). Now the
+            // WAL doorbell (`doorbell.rs`) wakes it first (0.52-0.58 ms
+            // median) and the poll is the fallback. A poll is one
             // `PRAGMA data_version` (microseconds), run only while a watch
             // is waiting.
             watch_poll: Duration::from_millis(2),
@@ -575,7 +577,13 @@ struct WatchTable {
     waiting: BTreeMap<Vec<u8>, Waiters>,
     /// A local commit or a new watch: check now rather than at the next poll.
     nudged: bool,
+    /// Another process wrote the WAL ([`doorbell`]): read `data_version`
+    /// now rather than at the next poll.
+    rung: bool,
     thread_running: bool,
+    /// Counts watcher threads started, so that a doorbell thread knows when
+    /// the watcher it served has ended.
+    watcher: u64,
 }
 
 impl SqliteBackend {
@@ -2521,6 +2529,7 @@ fn arm_watches(shared: &Arc<Shared>, watches: Vec<WatchRequest>) {
     table.nudged = true;
     if !table.thread_running {
         table.thread_running = true;
+        table.watcher += 1;
         let weak = Arc::downgrade(shared);
         let spawned = std::thread::Builder::new()
             .name("hafs-sqlite-watch".into())
@@ -2543,6 +2552,7 @@ fn arm_watches(shared: &Arc<Shared>, watches: Vec<WatchRequest>) {
 fn watch_loop(weak: Weak<Shared>) {
     let mut conn: Option<Connection> = None;
     let mut seen_version: Option<i64> = None;
+    start_doorbell(&weak);
     loop {
         let Some(shared) = weak.upgrade() else { return };
         {
@@ -2555,11 +2565,12 @@ fn watch_loop(weak: Weak<Shared>) {
                 table.thread_running = false;
                 return;
             }
-            if !table.nudged {
+            if !table.nudged && !table.rung {
                 shared
                     .watch_wake
                     .wait_for(&mut table, shared.options.watch_poll);
             }
+            table.rung = false;
         }
         if conn.is_none() {
             conn = connect(&shared.path).ok();
@@ -2576,6 +2587,37 @@ fn watch_loop(weak: Weak<Shared>) {
         seen_version = version;
         check_watches(&shared, c);
     }
+}
+
+/// Ring the watcher whenever another process writes the WAL, for as long
+/// as this watcher runs (a thread of its own, as the watcher waits on a
+/// condition variable). Without inotify, the poll alone does the job.
+fn start_doorbell(weak: &Weak<Shared>) {
+    let Some(shared) = weak.upgrade() else { return };
+    let Ok(bell) = super::doorbell::Doorbell::new(&shared.wal) else {
+        return;
+    };
+    let watcher = shared.watches.lock().watcher;
+    let weak = weak.clone();
+    let _ = std::thread::Builder::new()
+        .name("hafs-sqlite-bell".into())
+        .spawn(move || loop {
+            // The timeout bounds how long this thread outlives its watcher.
+            let rung = bell.wait(Duration::from_millis(100));
+            let Some(shared) = weak.upgrade() else { return };
+            let mut table = shared.watches.lock();
+            if !table.thread_running || table.watcher != watcher {
+                return;
+            }
+            match rung {
+                Ok(true) => {
+                    table.rung = true;
+                    shared.watch_wake.notify_one();
+                }
+                Ok(false) => {}
+                Err(_) => return,
+            }
+        });
 }
 
 /// Fire every watch whose key's value now differs from its expected value.
