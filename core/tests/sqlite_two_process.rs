@@ -143,16 +143,30 @@ fn two_processes_increment(durability: Durability, name: &str) {
 }
 
 const WATCHER_ENV: &str = "HAFS_TEST_WATCH_DB";
+/// The watcher's `data_version` poll, in seconds (default: the backend's).
+const WATCH_POLL_ENV: &str = "HAFS_TEST_WATCH_POLL_S";
 
 /// The watcher process: arm a watch on `key`, say so, wait for it to fire.
 async fn watch_once(path: &Path) -> Result<(), KvError> {
-    let db = open(path, 3, Durability::Relaxed);
+    let clock = TokioClock::new();
+    let mut options = SqliteOptions {
+        durability: Durability::Relaxed,
+        ..SqliteOptions::default()
+    };
+    if let Some(secs) = std::env::var(WATCH_POLL_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        options.watch_poll = Duration::from_secs(secs);
+    }
+    let backend = SqliteBackend::open(path, options, clock.clone()).expect("open sqlite");
+    let db = Database::new(Arc::new(backend), clock, 3);
     let txn = db.begin().await?;
     let watch = txn.watch(b"key");
     txn.commit().await?;
     // Let the watcher thread finish its first look (made at once when a
     // watch is armed) before the other process writes, so the change can
-    // only be found by polling `data_version`, the path under test.
+    // only be found by `data_version`, the path under test.
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!("armed");
     tokio::time::timeout(Duration::from_secs(10), watch.changed())
@@ -164,6 +178,17 @@ async fn watch_once(path: &Path) -> Result<(), KvError> {
 /// `PRAGMA data_version`, not through an in-process notification).
 #[test]
 fn watch_sees_a_commit_of_another_process() {
+    watch_across_processes("watch_sees_a_commit_of_another_process", None);
+}
+
+/// The same with a poll of an hour: the WAL doorbell must wake the watcher
+/// (without it the watch waited for the poll and timed out after 10 s).
+#[test]
+fn the_wal_doorbell_wakes_a_watch_without_polling() {
+    watch_across_processes("the_wal_doorbell_wakes_a_watch_without_polling", Some(3600));
+}
+
+fn watch_across_processes(test: &str, poll_secs: Option<u64>) {
     if let Ok(path) = std::env::var(WATCHER_ENV) {
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         runtime
@@ -175,16 +200,15 @@ fn watch_sees_a_commit_of_another_process() {
     let path = dir.path().join("hafs.db");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let db = runtime.block_on(async { open(&path, 4, Durability::Relaxed) });
-    let mut child = Command::new(std::env::current_exe().expect("current exe"))
-        .args([
-            "watch_sees_a_commit_of_another_process",
-            "--exact",
-            "--nocapture",
-        ])
+    let mut command = Command::new(std::env::current_exe().expect("current exe"));
+    command
+        .args([test, "--exact", "--nocapture"])
         .env(WATCHER_ENV, &path)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn watcher");
+        .stdout(Stdio::piped());
+    if let Some(secs) = poll_secs {
+        command.env(WATCH_POLL_ENV, secs.to_string());
+    }
+    let mut child = command.spawn().expect("spawn watcher");
     let stdout = child.stdout.take().expect("stdout");
     // Keep reading the child's stdout to its end: closing the pipe early
     // would kill the child's test harness with EPIPE.
