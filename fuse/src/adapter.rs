@@ -146,8 +146,14 @@ pub struct HafsFuse {
 /// `block_in_place` when the runtime is dropped would resume after the
 /// runtime's timers are gone and panic at its next sleep; stopping them
 /// first ends each at its next await instead.
-#[derive(Debug, Clone, Default)]
-pub struct RequestTasks(Arc<Mutex<tokio::task::JoinSet<()>>>);
+#[derive(Debug, Clone)]
+pub struct RequestTasks(Arc<Mutex<Option<tokio::task::JoinSet<()>>>>);
+
+impl Default for RequestTasks {
+    fn default() -> Self {
+        RequestTasks(Arc::new(Mutex::new(Some(tokio::task::JoinSet::new()))))
+    }
+}
 
 impl RequestTasks {
     fn spawn<Fut>(&self, runtime: &tokio::runtime::Handle, work: Fut)
@@ -155,14 +161,21 @@ impl RequestTasks {
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let mut tasks = self.0.lock();
+        // Stopped: a reader thread outlived the session's end (an unmount
+        // that failed before joining them). Dropping the work drops its
+        // reply, which fuser answers with EIO.
+        let Some(tasks) = tasks.as_mut() else { return };
         // Forget the finished ones, so the set holds only running tasks.
         while tasks.try_join_next().is_some() {}
         tasks.spawn_on(work, runtime);
     }
 
-    /// Cancel every task and wait until each has ended.
+    /// Cancel every task and wait until each has ended; later spawns are
+    /// refused.
     pub async fn stop(&self) {
-        let mut tasks = std::mem::take(&mut *self.0.lock());
+        let Some(mut tasks) = self.0.lock().take() else {
+            return;
+        };
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }

@@ -56,7 +56,9 @@ impl Doorbell {
             match events.next() {
                 Ok(event) => {
                     let name = event.file_name().map(|n| n.to_bytes());
-                    rung |= name == Some(self.wal.as_bytes());
+                    // An overflowed queue may have lost the WAL's events.
+                    let overflow = event.events().contains(inotify::ReadFlags::QUEUE_OVERFLOW);
+                    rung |= overflow || name == Some(self.wal.as_bytes());
                 }
                 Err(rustix::io::Errno::WOULDBLOCK) => return Ok(rung),
                 Err(rustix::io::Errno::INTR) => continue,

@@ -581,9 +581,9 @@ struct WatchTable {
     /// now rather than at the next poll.
     rung: bool,
     thread_running: bool,
-    /// Counts watcher threads started, so that a doorbell thread knows when
-    /// the watcher it served has ended.
-    watcher: u64,
+    /// The doorbell thread was started (once per backend, at its first
+    /// watch; it ends when the backend goes).
+    bell_started: bool,
 }
 
 impl SqliteBackend {
@@ -2527,9 +2527,12 @@ fn arm_watches(shared: &Arc<Shared>, watches: Vec<WatchRequest>) {
             .push((w.expected, w.fired));
     }
     table.nudged = true;
+    if !table.bell_started {
+        table.bell_started = true;
+        start_doorbell(shared);
+    }
     if !table.thread_running {
         table.thread_running = true;
-        table.watcher += 1;
         let weak = Arc::downgrade(shared);
         let spawned = std::thread::Builder::new()
             .name("hafs-sqlite-watch".into())
@@ -2552,10 +2555,12 @@ fn arm_watches(shared: &Arc<Shared>, watches: Vec<WatchRequest>) {
 fn watch_loop(weak: Weak<Shared>) {
     let mut conn: Option<Connection> = None;
     let mut seen_version: Option<i64> = None;
-    start_doorbell(&weak);
+    // After a ring whose commit `data_version` did not show yet: how soon
+    // to look again, and how many more looks (see below).
+    let mut recheck: Option<(Duration, u32)> = None;
     loop {
         let Some(shared) = weak.upgrade() else { return };
-        {
+        let rung = {
             let mut table = shared.watches.lock();
             table.waiting.retain(|_, w| {
                 w.retain(|(_, fired)| !fired.is_closed());
@@ -2566,12 +2571,11 @@ fn watch_loop(weak: Weak<Shared>) {
                 return;
             }
             if !table.nudged && !table.rung {
-                shared
-                    .watch_wake
-                    .wait_for(&mut table, shared.options.watch_poll);
+                let wait = recheck.map_or(shared.options.watch_poll, |(pause, _)| pause);
+                shared.watch_wake.wait_for(&mut table, wait);
             }
-            table.rung = false;
-        }
+            std::mem::take(&mut table.rung)
+        };
         if conn.is_none() {
             conn = connect(&shared.path).ok();
         }
@@ -2582,37 +2586,54 @@ fn watch_loop(weak: Weak<Shared>) {
         let version: Option<i64> = c.query_row("PRAGMA data_version", [], |r| r.get(0)).ok();
         let nudged = std::mem::take(&mut shared.watches.lock().nudged);
         if !nudged && version.is_some() && version == seen_version {
+            // The doorbell rings at another process's write of WAL frames;
+            // `data_version` changes a few microseconds later, when that
+            // process updates the WAL index (a memory map, which rings
+            // nothing), unless it is preempted in between. So after a ring
+            // with no new version, look again at 100 µs, doubling to
+            // 1.6 ms, for about 50 ms in all (35 looks of one PRAGMA each),
+            // then leave it to the poll.
+            recheck = if rung {
+                Some((Duration::from_micros(100), 35))
+            } else {
+                recheck.and_then(|(pause, left)| {
+                    let pause = (pause * 2).min(Duration::from_micros(1_600));
+                    left.checked_sub(1).filter(|&n| n > 0).map(|n| (pause, n))
+                })
+            };
             continue;
         }
+        recheck = None;
         seen_version = version;
         check_watches(&shared, c);
     }
 }
 
-/// Ring the watcher whenever another process writes the WAL, for as long
-/// as this watcher runs (a thread of its own, as the watcher waits on a
-/// condition variable). Without inotify, the poll alone does the job.
-fn start_doorbell(weak: &Weak<Shared>) {
-    let Some(shared) = weak.upgrade() else { return };
+/// Ring the watcher whenever another process writes the WAL: one thread
+/// and one inotify instance per backend, from its first watch until the
+/// backend is dropped or closed (a thread of its own, as the watcher waits
+/// on a condition variable). Without inotify, the poll alone does the job.
+fn start_doorbell(shared: &Arc<Shared>) {
     let Ok(bell) = super::doorbell::Doorbell::new(&shared.wal) else {
         return;
     };
-    let watcher = shared.watches.lock().watcher;
-    let weak = weak.clone();
+    let weak = Arc::downgrade(shared);
     let _ = std::thread::Builder::new()
         .name("hafs-sqlite-bell".into())
         .spawn(move || loop {
-            // The timeout bounds how long this thread outlives its watcher.
+            // The timeout bounds how long this thread outlives its backend.
             let rung = bell.wait(Duration::from_millis(100));
             let Some(shared) = weak.upgrade() else { return };
-            let mut table = shared.watches.lock();
-            if !table.thread_running || table.watcher != watcher {
+            if shared.closed.load(Ordering::Relaxed) {
                 return;
             }
             match rung {
                 Ok(true) => {
-                    table.rung = true;
-                    shared.watch_wake.notify_one();
+                    let mut table = shared.watches.lock();
+                    if table.thread_running {
+                        table.rung = true;
+                        shared.watch_wake.notify_one();
+                    }
                 }
                 Ok(false) => {}
                 Err(_) => return,
