@@ -403,11 +403,27 @@ impl Fs {
         F: Fn(Transaction, Ctx<'a>) -> Fut,
         Fut: Future<Output = FsResult<T>>,
     {
+        self.run_fenced_capped(caller, std::time::Duration::MAX, op)
+            .await
+    }
+
+    /// [`Fs::run_fenced`] with the backoff between retries capped
+    /// ([`crate::kv::Database::run_capped`]).
+    pub(crate) async fn run_fenced_capped<'a, T, F, Fut>(
+        &'a self,
+        caller: &'a Caller,
+        cap: std::time::Duration,
+        op: F,
+    ) -> FsResult<T>
+    where
+        F: Fn(Transaction, Ctx<'a>) -> Fut,
+        Fut: Future<Output = FsResult<T>>,
+    {
         let ctx = self.ctx(caller);
         let op = &op;
         self.settled(|_| async move {
             self.db
-                .run(|txn, _| async move {
+                .run_capped(cap, |txn, _| async move {
                     self.fence(&txn).await?;
                     op(txn, ctx).await
                 })

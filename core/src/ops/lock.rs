@@ -49,6 +49,15 @@ use crate::kv::{RangeOptions, Transaction, Watch};
 
 use super::read_attr;
 
+/// The longest pause between retries of a lock operation's transaction. Two
+/// processes taking turns at one lock commit to the same keys every few
+/// hundred microseconds; with the default backoff (doubling towards
+/// 500 ms) the side that lost a few races in a row slept while the other
+/// took the lock again and again: a waiter on one mount waited up to 0.9 s
+/// (and 10 ms at p99) for a lock another mount's process re-took in a loop.
+/// See `Database::run_capped`.
+const LOCK_BACKOFF_CAP: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// The inodes on which this client may hold a lock or a queue ticket.
 ///
 /// Exact in the direction that matters: lock records of a client are
@@ -715,7 +724,7 @@ impl Fs {
         let mut cancel = std::pin::pin!(cancel);
         loop {
             let attempt = self
-                .run_fenced(caller, |txn, ctx| async move {
+                .run_fenced_capped(caller, LOCK_BACKOFF_CAP, |txn, ctx| async move {
                     txn.relax_durability(); // see `Fs::unlock_owner`
                     apply_setlk(&txn, &ctx, ino, owner, request, ticket, wait).await
                 })
@@ -765,7 +774,7 @@ impl Fs {
     async fn leave_queue(&self, caller: &Caller, ino: u64, ticket: u64) {
         loop {
             let left = self
-                .run_fenced(caller, |txn, ctx| async move {
+                .run_fenced_capped(caller, LOCK_BACKOFF_CAP, |txn, ctx| async move {
                     txn.relax_durability(); // see `Fs::unlock_owner`
                     apply_dequeue(&txn, &ctx, ino, ticket).await
                 })
@@ -852,7 +861,7 @@ impl Fs {
         // session expires, as after a crash; a durable commit that follows
         // (data written under the lock) makes the lock commit durable too.
         let involved = self
-            .run_fenced(caller, |txn, ctx| async move {
+            .run_fenced_capped(caller, LOCK_BACKOFF_CAP, |txn, ctx| async move {
                 txn.relax_durability();
                 apply_unlock_owner(&txn, &ctx, ino, owner).await
             })
