@@ -333,16 +333,12 @@ async fn setattr_permission_rules() {
         .await
         .unwrap();
     let errno = |r: Result<hafs_core::codec::Attr, FsError>| r.unwrap_err().errno();
-    let mode = |m| SetAttr {
-        mode: Some(m),
-        ..SetAttr::default()
-    };
     assert_eq!(
-        errno(fs.setattr(&other, f.ino, mode(0o777)).await),
+        errno(fs.setattr(&other, f.ino, mode_only(0o777)).await),
         libc::EPERM
     );
     // The owner may chmod, and set-group-ID is dropped outside the group.
-    let changed = fs.setattr(&owner, f.ino, mode(0o6755)).await.unwrap();
+    let changed = fs.setattr(&owner, f.ino, mode_only(0o6755)).await.unwrap();
     assert_eq!(changed.mode & 0o7777, 0o6755);
     let chgrp = |gid| SetAttr {
         gid: Some(gid),
@@ -389,7 +385,7 @@ async fn setattr_permission_rules() {
         42
     );
     // An unprivileged write clears set-user-ID.
-    fs.setattr(&root, f.ino, mode(0o4777)).await.unwrap();
+    fs.setattr(&root, f.ino, mode_only(0o4777)).await.unwrap();
     fs.write(&other, f.ino, WriteAt::Append, b"x")
         .await
         .unwrap();

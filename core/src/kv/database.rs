@@ -122,8 +122,7 @@ impl Database {
         Fut: Future<Output = Result<T, E>>,
         E: TxnError,
     {
-        let mut retry = RetryState::new(self);
-        retry.cap = retry.cap.min(cap);
+        let mut retry = RetryState::new(self, cap);
         loop {
             let attempt = async {
                 let txn = self.begin().await?;
@@ -146,7 +145,7 @@ impl Database {
         Fut: Future<Output = Result<T, E>>,
         E: TxnError,
     {
-        let mut retry = RetryState::new(self);
+        let mut retry = RetryState::new(self, Duration::MAX);
         loop {
             let attempt = async {
                 let txn = self.begin().await?;
@@ -176,13 +175,15 @@ struct RetryState<'a> {
 }
 
 impl<'a> RetryState<'a> {
-    fn new(db: &'a Database) -> Self {
+    /// Backoff capped at `cap` as well as at the database's own cap.
+    fn new(db: &'a Database, cap: Duration) -> Self {
+        let cap = db.inner.retry.backoff_cap.min(cap);
         RetryState {
             db,
             started: db.inner.clock.monotonic(),
             attempts: 0,
-            backoff: db.inner.retry.backoff_first,
-            cap: db.inner.retry.backoff_cap,
+            backoff: db.inner.retry.backoff_first.min(cap),
+            cap,
             maybe_committed: false,
         }
     }
@@ -218,7 +219,7 @@ impl<'a> RetryState<'a> {
             tokio::task::yield_now().await;
             return Ok(());
         }
-        let pause = self.db.jitter(self.backoff.min(self.cap));
+        let pause = self.db.jitter(self.backoff);
         self.backoff = (self.backoff * 2).min(self.cap);
         self.db.inner.clock.sleep(pause).await;
         Ok(())
