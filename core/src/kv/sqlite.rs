@@ -193,6 +193,16 @@ const JOIN_WAIT: Duration = Duration::from_secs(10);
 /// Write-behind: a commit reaches SQLite at most this long after it was
 /// acknowledged (plus the time to write its batch).
 const FLUSH_INTERVAL: Duration = Duration::from_millis(5);
+
+/// How long a write-behind transaction's SQLite snapshot serves later
+/// transactions ([`Warm`]): as long as a flush interval, so the memtable
+/// keeps at most about one more interval of events for it, and a RESTART
+/// checkpoint (which waits `CHECKPOINT_RESTART_WAIT` for readers) finds
+/// none older.
+const SNAPSHOT_REUSE: Duration = Duration::from_millis(5);
+
+/// Most connections kept with a snapshot for reuse.
+const WARM_MAX: usize = 16;
 /// Write-behind: flush at once past this many unflushed bytes; commits wait
 /// past four times as many.
 const FLUSH_BYTES: usize = 4 << 20;
@@ -266,6 +276,9 @@ pub struct SqliteOptions {
     /// Write-behind: how long an acknowledged commit may wait in memory
     /// before the flusher writes it to SQLite.
     pub flush_interval: Duration,
+    /// Write-behind: how long a transaction's SQLite snapshot may serve
+    /// later transactions ([`Warm`]); zero never reuses one.
+    pub snapshot_reuse: Duration,
     /// How long more than `VACUUM_FREE_BYTES` of the database file must
     /// stay free pages before they go back to the disk (`vacuum_some`):
     /// a file deleted and another written soon after reuse the pages.
@@ -288,6 +301,7 @@ impl Default for SqliteOptions {
             // is waiting.
             watch_poll: Duration::from_millis(2),
             flush_interval: FLUSH_INTERVAL,
+            snapshot_reuse: SNAPSHOT_REUSE,
             // Longer than a big file's delete and rewrite take (the bench
             // writes its next 256 MiB file within seconds: with the pages
             // vacuumed meanwhile, that write ran 7% slower).
@@ -383,6 +397,11 @@ struct Shared {
     /// ([`MMAP_BYTES`]): only transactions of a backend that has the
     /// database to itself use them.
     mapped_pool: Mutex<Vec<Connection>>,
+    /// Mapped connections still inside a finished write-behind
+    /// transaction's snapshot, each with its memtable pin, for the next
+    /// transactions to read through ([`Warm`]). Taken after `wb.state` when
+    /// both are held.
+    warm: Mutex<Vec<Warm>>,
     commits: AtomicU64,
     /// (time, a version that existed then), one per `PRUNE_EVERY` commits:
     /// rows up to a mark's version may go once the mark is older than
@@ -653,6 +672,7 @@ impl SqliteBackend {
             clock,
             pool: Mutex::new(vec![conn]),
             mapped_pool: Mutex::default(),
+            warm: Mutex::default(),
             commits: AtomicU64::new(0),
             prune_marks: Mutex::default(),
             checkpoint_lock: Mutex::new(()),
@@ -793,6 +813,142 @@ impl Shared {
             TxnMode::Buffered { .. } => pool_again(&self.mapped_pool, conn),
             TxnMode::Direct { .. } => self.give_back(conn),
         }
+    }
+
+    /// Keep a finished write-behind transaction's connection, still in its
+    /// snapshot, for the next transaction ([`Warm`]), with its pin; gives
+    /// it back if the snapshot is too old, the memtable changed
+    /// generation, or enough are kept. Checked and pooled under the state
+    /// lock, so a hand-over's generation change, then `cool_all`, cannot
+    /// miss one.
+    fn keep_warm(
+        &self,
+        conn: Connection,
+        generation: u64,
+        pin: Version,
+        since: Duration,
+    ) -> Option<Connection> {
+        let Some(wb) = &self.wb else {
+            return Some(conn);
+        };
+        if conn.is_autocommit()
+            || self.clock.monotonic().saturating_sub(since) >= self.options.snapshot_reuse
+        {
+            return Some(conn);
+        }
+        let st = wb.state.lock();
+        if !st.buffered
+            || st.closed
+            || st.generation != generation
+            || st.table_generation != generation
+        {
+            return Some(conn);
+        }
+        let mut warm = self.warm.lock();
+        if warm.len() >= WARM_MAX {
+            return Some(conn);
+        }
+        warm.push(Warm {
+            conn,
+            generation,
+            pin,
+            since,
+        });
+        None
+    }
+
+    /// A transaction on a warm connection ([`Warm`]), if a fresh one of
+    /// the current memtable is pooled; stale ones met on the way are
+    /// cooled.
+    fn begin_warm(self: &Arc<Self>) -> KvResult<Option<SqliteTxn>> {
+        let Some(wb) = &self.wb else { return Ok(None) };
+        let now = self.clock.monotonic();
+        let (fresh, stale) = {
+            let mut warm = self.warm.lock();
+            if warm.is_empty() {
+                return Ok(None);
+            }
+            let reuse = self.options.snapshot_reuse;
+            let stale: Vec<Warm> = warm
+                .extract_if(.., |w| now.saturating_sub(w.since) >= reuse)
+                .collect();
+            (warm.pop(), stale)
+        };
+        self.cool(stale);
+        let Some(w) = fresh else { return Ok(None) };
+        let read_version = {
+            let st = wb.state.lock();
+            if let Some(e) = &st.failed {
+                let e = KvError::Backend(e.clone());
+                drop(st);
+                self.cool(vec![w]);
+                return Err(e);
+            }
+            // The snapshot began in this generation and none began since:
+            // no hand-over came between, and the memtable kept every event
+            // newer than the pin.
+            if !st.buffered || st.generation != w.generation || st.table_generation != w.generation
+            {
+                drop(st);
+                self.cool(vec![w]);
+                return Ok(None);
+            }
+            st.table.version()
+        };
+        Ok(Some(SqliteTxn {
+            shared: self.clone(),
+            conn: Mutex::new(Some(w.conn)),
+            spent: Mutex::new(None),
+            read_version,
+            mode: TxnMode::Buffered {
+                generation: w.generation,
+                pin: w.pin,
+            },
+            since: w.since,
+        }))
+    }
+
+    /// End warm connections' snapshots, release their pins and pool them.
+    /// Not while holding `wb.state`.
+    fn cool(&self, warm: Vec<Warm>) {
+        if warm.is_empty() {
+            return;
+        }
+        for w in &warm {
+            let _ = control(&w.conn, "ROLLBACK");
+        }
+        if let Some(wb) = &self.wb {
+            let mut st = wb.state.lock();
+            for w in &warm {
+                if st.table_generation == w.generation {
+                    st.table.unpin(w.pin);
+                }
+            }
+        }
+        for w in warm {
+            pool_again(&self.mapped_pool, w.conn);
+        }
+    }
+
+    /// Cool every warm connection (a hand-over, a RESTART checkpoint).
+    fn cool_all(&self) {
+        let all = std::mem::take(&mut *self.warm.lock());
+        self.cool(all);
+    }
+
+    /// Cool the warm connections past `snapshot_reuse` (the flusher, every
+    /// round: idle ones would otherwise hold their snapshots and pins).
+    fn cool_stale(&self, now: Duration) {
+        let reuse = self.options.snapshot_reuse;
+        let stale: Vec<Warm> = {
+            let mut warm = self.warm.lock();
+            if warm.is_empty() {
+                return;
+            }
+            warm.extract_if(.., |w| now.saturating_sub(w.since) >= reuse)
+                .collect()
+        };
+        self.cool(stale);
     }
 
     /// Wait until SQLite holds every commit acknowledged before this call
@@ -1562,6 +1718,9 @@ impl Backend for SqliteBackend {
     }
 
     async fn begin(&self) -> KvResult<Box<dyn BackendTxn>> {
+        if let Some(txn) = self.shared.begin_warm()? {
+            return Ok(Box::new(txn));
+        }
         loop {
             let mode = match &self.shared.wb {
                 Some(wb) => wb.begin()?,
@@ -1572,8 +1731,10 @@ impl Backend for SqliteBackend {
             let txn = SqliteTxn {
                 shared: self.shared.clone(),
                 conn: Mutex::new(None),
+                spent: Mutex::new(None),
                 read_version: 0,
                 mode,
+                since: self.shared.clock.monotonic(),
             };
             let conn = self.shared.take_for(mode)?;
             let (conn, stored_version) = match start_snapshot(&conn) {
@@ -1630,8 +1791,13 @@ struct SqliteTxn {
     /// The connection holding this transaction's snapshot; `None` once the
     /// transaction committed.
     conn: Mutex<Option<Connection>>,
+    /// After a write-behind commit: the connection, still in its snapshot,
+    /// for the drop to keep warm ([`Warm`]).
+    spent: Mutex<Option<Connection>>,
     read_version: Version,
     mode: TxnMode,
+    /// When its snapshot began, or before (monotonic).
+    since: Duration,
 }
 
 impl fmt::Debug for SqliteTxn {
@@ -1645,7 +1811,21 @@ impl fmt::Debug for SqliteTxn {
 
 impl Drop for SqliteTxn {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.get_mut().take() {
+        let conn = match self.conn.get_mut().take() {
+            Some(conn) => Some(conn),
+            None => self.spent.get_mut().take(),
+        };
+        let conn = match (conn, self.mode) {
+            (Some(conn), TxnMode::Buffered { generation, pin }) => {
+                match self.shared.keep_warm(conn, generation, pin, self.since) {
+                    // The pin went with it.
+                    None => return,
+                    Some(conn) => Some(conn),
+                }
+            }
+            (conn, _) => conn,
+        };
+        if let Some(conn) = conn {
             let _ = control(&conn, "ROLLBACK");
             self.release(conn);
         }
@@ -1735,9 +1915,14 @@ impl BackendTxn for SqliteTxn {
     async fn commit(&self, request: CommitRequest) -> KvResult<Version> {
         let conn = self.conn.lock().take().ok_or(KvError::UsedAfterCommit)?;
         if request.is_read_only() {
-            let ended = control(&conn, "ROLLBACK").map_err(map_error);
-            self.release(conn);
-            ended?;
+            if let TxnMode::Buffered { .. } = self.mode {
+                // The drop keeps it warm.
+                *self.spent.lock() = Some(conn);
+            } else {
+                let ended = control(&conn, "ROLLBACK").map_err(map_error);
+                self.release(conn);
+                ended?;
+            }
             arm_watches(&self.shared, request.watches);
             return Ok(self.read_version);
         }
@@ -1830,17 +2015,15 @@ impl SqliteTxn {
         request: CommitRequest,
     ) -> KvResult<Version> {
         let shared = &self.shared;
+        // Atomic adds on keys the memtable holds no event of read SQLite
+        // in this snapshot: the pin, held until the drop, kept every newer
+        // event in the table, so such a key is unchanged since ([`Warm`]).
+        // The drop then keeps the connection warm.
+        *self.spent.lock() = Some(conn);
         let Some(wb) = shared.wb.as_ref() else {
             return Err(KvError::Backend("sqlite: no memtable".into()));
         };
         let durable = shared.waits_for_disk(request.relaxed);
-        // The snapshot is done with: the connection now reads what SQLite
-        // holds at this moment (atomic adds on keys the memtable lacks).
-        let ended = control(&conn, "ROLLBACK").map_err(map_error);
-        if let Err(e) = ended {
-            self.release(conn);
-            return Err(e);
-        }
         if WriteBehind::must_wait(&wb.state.lock()) {
             let waiter = shared.clone();
             off_executor(move || {
@@ -1864,14 +2047,19 @@ impl SqliteTxn {
                 Err(e)
             } else {
                 let now = shared.clock.monotonic();
+                let spent = self.spent.lock();
                 let committed = st.table.commit(
                     self.read_version,
                     &request.read_conflicts,
                     request.write_conflicts,
                     request.mutations,
                     now,
-                    |key| read_value(&conn, key).map_err(map_error),
+                    |key| match spent.as_ref() {
+                        Some(conn) => read_value(conn, key).map_err(map_error),
+                        None => Err(KvError::UsedAfterCommit),
+                    },
                 );
+                drop(spent);
                 if committed.is_ok() {
                     if st.first_unflushed.is_none() {
                         st.first_unflushed = Some(now);
@@ -1882,7 +2070,6 @@ impl SqliteTxn {
                 committed
             }
         };
-        self.release(conn);
         let version = result?;
         nudge_watcher(shared);
         if durable {
@@ -2348,6 +2535,8 @@ fn checkpoint(shared: &Shared, conn: &Connection) -> rusqlite::Result<()> {
         Ordering::Relaxed,
     );
     if frames > WAL_RESTART_FRAMES {
+        // RESTART waits for every reader to reach the newest snapshot.
+        shared.cool_all();
         conn.busy_timeout(CHECKPOINT_RESTART_WAIT)?;
         let restarted = run("RESTART");
         conn.busy_timeout(Duration::ZERO)?;
@@ -2983,6 +3172,34 @@ enum TxnMode {
     },
 }
 
+/// A pooled connection still inside the SQLite snapshot of a finished
+/// write-behind transaction, with that transaction's memtable pin, so the
+/// next transaction reads through it without starting a snapshot of its
+/// own: `BEGIN`, the first read and the `ROLLBACK` take SQLite's file and
+/// shared-memory locks (`fcntl`s and a process-wide mutex), which perf put
+/// at 14% of a relaxed mount's daemon CPU under `hafs bench dir --only
+/// meta`.
+///
+/// Why an older snapshot still reads right: a transaction reads the
+/// memtable at its read version (the table's newest) and SQLite only for
+/// keys the table holds no event of at or below it. The pin, held from
+/// before the snapshot began until the connection is cooled, keeps every
+/// event newer than the snapshot in the table, so such a key has not
+/// changed since the snapshot. The same holds for atomic adds resolved at
+/// commit. A hand-over starts a new generation, whose transactions never
+/// take a warm connection of an older one.
+///
+/// What bounds them: a snapshot serves for `snapshot_reuse` from its
+/// start; the flusher cools older ones every round, a hand-over and a
+/// RESTART checkpoint cool them all.
+struct Warm {
+    conn: Connection,
+    generation: u64,
+    pin: Version,
+    /// When its snapshot began (monotonic).
+    since: Duration,
+}
+
 impl WriteBehind {
     /// The mode for a new transaction (pinning the memtable if buffered).
     /// Fails once a flush failed: SQLite may lack acknowledged commits.
@@ -3105,6 +3322,7 @@ fn flush_loop(weak: Weak<Shared>) {
         }
         let Some(c) = conn.as_ref() else { continue };
         let now = shared.clock.monotonic();
+        shared.cool_stale(now);
         let buffered = wb.state.lock().buffered;
         if !buffered {
             if now >= next_regain {
@@ -3334,6 +3552,9 @@ fn stop_buffering(shared: &Shared, wb: &WriteBehind) {
     }
     st.draining = false;
     wb.changed.notify_all();
+    drop(st);
+    // After the generation changed: none is kept warm from here on.
+    shared.cool_all();
 }
 
 /// Opened past a lone holder that did not hand the file over within
@@ -3687,6 +3908,46 @@ mod tests {
         (backend, db)
     }
 
+    /// A warm connection's snapshot predates commits written out to
+    /// SQLite since; its pin kept them in the memtable, so a transaction
+    /// reading through it still sees them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reused_snapshot_still_sees_commits_written_out_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = crate::clock::TokioClock::new();
+        let options = SqliteOptions {
+            durability: Durability::Relaxed,
+            flush_interval: Duration::from_secs(3600),
+            snapshot_reuse: Duration::from_secs(3600),
+            ..SqliteOptions::default()
+        };
+        let backend =
+            SqliteBackend::open(&dir.path().join("kv.db"), options, clock.clone()).unwrap();
+        assert!(backend.write_behind_active());
+        let db = crate::kv::Database::new(Arc::new(backend.clone()), clock, 1);
+        // A snapshot without `k`, kept warm, then set aside so that the
+        // write below takes a snapshot of its own.
+        let txn = backend.begin().await.unwrap();
+        assert_eq!(txn.get(b"k").await.unwrap(), None);
+        drop(txn);
+        let old = backend.shared.warm.lock().pop().expect("kept warm");
+        put(&db, b"k").await;
+        tokio::task::block_in_place(|| backend.shared.wait_flushed()).unwrap();
+        backend.shared.cool_all();
+        backend.shared.warm.lock().push(old);
+        let txn = backend.begin().await.unwrap();
+        assert!(
+            backend.shared.warm.lock().is_empty(),
+            "the old snapshot was reused"
+        );
+        assert_eq!(txn.get(b"k").await.unwrap().as_deref(), Some(&b"v"[..]));
+        drop(txn);
+        // A hand-over's generation change cools them all.
+        assert_eq!(backend.shared.warm.lock().len(), 1);
+        stop_buffering(&backend.shared, backend.shared.wb.as_ref().unwrap());
+        assert!(backend.shared.warm.lock().is_empty());
+    }
+
     /// The sync log of the database `buffering` made in `dir`.
     fn log_of(dir: &Path) -> PathBuf {
         synclog::log_path(&std::fs::canonicalize(dir.join("kv.db")).unwrap())
@@ -3757,7 +4018,8 @@ mod tests {
             // Each connection went back to the pool it came from: a mapped
             // one in the plain pool would map a later direct transaction's
             // reads (after a hand-over, say).
-            let in_mapped_pool = backend.shared.mapped_pool.lock().len();
+            let in_mapped_pool =
+                backend.shared.mapped_pool.lock().len() + backend.shared.warm.lock().len();
             assert_eq!(
                 in_mapped_pool > 0,
                 write_behind,
