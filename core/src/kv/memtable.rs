@@ -100,6 +100,12 @@ impl Memtable {
         self.flushed
     }
 
+    /// Pins held.
+    #[cfg(test)]
+    pub fn pins(&self) -> usize {
+        self.pins.values().sum()
+    }
+
     pub fn unpin(&mut self, pin: Version) {
         if let Some(n) = self.pins.get_mut(&pin) {
             *n -= 1;

@@ -1841,6 +1841,14 @@ impl SqliteTxn {
         self.shared.give_back_for(self.mode, conn);
     }
 
+    /// End the snapshot of the committed transaction's connection
+    /// (`spent`); the drop then pools it without one.
+    fn end_snapshot(&self) {
+        if let Some(conn) = self.spent.lock().as_ref() {
+            let _ = control(conn, "ROLLBACK");
+        }
+    }
+
     fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> KvResult<T> {
         let guard = self.conn.lock();
         let conn = guard.as_ref().ok_or(KvError::UsedAfterCommit)?;
@@ -2025,6 +2033,11 @@ impl SqliteTxn {
         };
         let durable = shared.waits_for_disk(request.relaxed);
         if WriteBehind::must_wait(&wb.state.lock()) {
+            // Not waiting inside a snapshot: a RESTART checkpoint waits for
+            // every reader, and this one waits for the flusher, which that
+            // checkpoint holds back. Reads in autocommit see SQLite now,
+            // just as right under the pin.
+            self.end_snapshot();
             let waiter = shared.clone();
             off_executor(move || {
                 if let Some(wb) = &waiter.wb {
@@ -2073,6 +2086,9 @@ impl SqliteTxn {
         let version = result?;
         nudge_watcher(shared);
         if durable {
+            // The sync may wait for SQLite's write lock (a flush): not
+            // inside a snapshot either.
+            self.end_snapshot();
             // As a direct commit: visible now, acknowledged once durable. A
             // failed sync must not be retried — the commit is in the
             // memtable, maybe in the log on disk, and a retry would apply it
@@ -3190,8 +3206,11 @@ enum TxnMode {
 /// take a warm connection of an older one.
 ///
 /// What bounds them: a snapshot serves for `snapshot_reuse` from its
-/// start; the flusher cools older ones every round, a hand-over and a
-/// RESTART checkpoint cool them all.
+/// start, then the next `begin` or the flusher's next round (at least
+/// every `KNOCK_POLL` while buffering) cools it; a hand-over and a
+/// RESTART checkpoint cool them all. A commit that must wait (for the
+/// flusher, or for a sync that may go through SQLite) ends its snapshot
+/// first, so no RESTART ever waits on a reader that waits on it.
 struct Warm {
     conn: Connection,
     generation: u64,
@@ -3310,6 +3329,7 @@ fn flush_loop(weak: Weak<Shared>) {
         if shared.closed.load(Ordering::Relaxed) {
             return;
         }
+        shared.cool_stale(shared.clock.monotonic());
         if conn.is_none() {
             match open_leader(&shared) {
                 Ok(c) => conn = Some(c),
@@ -3322,7 +3342,6 @@ fn flush_loop(weak: Weak<Shared>) {
         }
         let Some(c) = conn.as_ref() else { continue };
         let now = shared.clock.monotonic();
-        shared.cool_stale(now);
         let buffered = wb.state.lock().buffered;
         if !buffered {
             if now >= next_regain {
@@ -3942,10 +3961,32 @@ mod tests {
         );
         assert_eq!(txn.get(b"k").await.unwrap().as_deref(), Some(&b"v"[..]));
         drop(txn);
-        // A hand-over's generation change cools them all.
+        // The warm connection holds the only pin; a hand-over's generation
+        // change cools it, and releases that pin.
+        let wb = backend.shared.wb.as_ref().unwrap();
         assert_eq!(backend.shared.warm.lock().len(), 1);
-        stop_buffering(&backend.shared, backend.shared.wb.as_ref().unwrap());
+        assert_eq!(wb.state.lock().table.pins(), 1);
+        stop_buffering(&backend.shared, wb);
         assert!(backend.shared.warm.lock().is_empty());
+        assert_eq!(wb.state.lock().table.pins(), 0);
+    }
+
+    /// A committer that must wait for the flusher, or for a durable sync,
+    /// does so outside its snapshot (a RESTART checkpoint would wait for
+    /// it), and its connection is not kept warm.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_durable_commit_keeps_no_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, db) = buffering_as(dir.path(), Durability::Durable);
+        put(&db, b"k").await;
+        assert!(backend.shared.warm.lock().is_empty());
+        let wb = backend.shared.wb.as_ref().unwrap();
+        assert_eq!(wb.state.lock().table.pins(), 0);
+        // A read-only transaction keeps its snapshot for the next one.
+        db.run(|txn, _| async move { txn.get(b"k").await })
+            .await
+            .unwrap();
+        assert_eq!(backend.shared.warm.lock().len(), 1);
     }
 
     /// The sync log of the database `buffering` made in `dir`.
