@@ -27,7 +27,8 @@ type Events = Vec<(Version, Option<Vec<u8>>)>;
 /// What the table says about one key at one version.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Seen {
-    /// Decided by a commit the table holds.
+    /// Decided by a commit the table holds, or remembered from SQLite
+    /// ([`Memtable::remember`]).
     Known(Option<Vec<u8>>),
     /// No event: the SQLite snapshot decides.
     Unknown,
@@ -62,7 +63,18 @@ pub struct Memtable {
     retention: Duration,
     /// Readers' pins: the flushed version when each began, and how many.
     pins: BTreeMap<Version, usize>,
+    /// What SQLite holds for keys this table holds no event of (a point,
+    /// or a clear covering them): filled by reads ([`Memtable::remember`]),
+    /// dropped for every key a commit writes. See [`Memtable::remember`]
+    /// for why an entry is what every running reader would find there.
+    stored: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Bytes of keys and values in `stored`.
+    stored_bytes: usize,
 }
+
+/// Most bytes of keys and values [`Memtable::remember`] keeps; past it the
+/// cache starts over empty.
+const STORED_MAX_BYTES: usize = 16 << 20;
 
 impl Memtable {
     /// An empty table over an SQLite database whose newest version is
@@ -117,16 +129,73 @@ impl Memtable {
 
     /// The state of `key` at version `at`.
     pub fn lookup(&self, key: &[u8], at: Version) -> Seen {
-        let point = self.points.get(key).and_then(|events| {
+        let events = self.points.get(key);
+        let point = events.and_then(|events| {
             let n = events.partition_point(|(v, _)| *v <= at);
             n.checked_sub(1).map(|i| &events[i])
         });
         let cleared = self.cleared_at(key, at);
         match (point, cleared) {
+            // No event at all: SQLite's value, if remembered, is the
+            // key's value at every version a reader can hold.
+            (None, None) if events.is_none() => match self.stored.get(key) {
+                Some(value) => Seen::Known(value.clone()),
+                None => Seen::Unknown,
+            },
             (None, None) => Seen::Unknown,
             // Ties are points written after a clear in the same commit.
             (Some((pv, value)), c) if c.is_none_or(|cv| *pv >= cv) => Seen::Known(value.clone()),
             _ => Seen::Known(None),
+        }
+    }
+
+    /// Remember `value`, which a reader holding a pin just read for `key`
+    /// from its SQLite snapshot, for later reads — unless this table holds
+    /// an event of `key`.
+    ///
+    /// Why that is the key's value for every reader, now and until a
+    /// commit writes it (which drops the entry): the reader's pin keeps
+    /// every event newer than its snapshot here, and there is none, so no
+    /// commit since the snapshot wrote the key; and any other running
+    /// reader's snapshot is no older than the oldest pin, so it holds the
+    /// same value. A reader of another memtable (a generation ago) must
+    /// not call this.
+    pub fn remember(&mut self, key: &[u8], value: Option<&[u8]>) {
+        if self.points.contains_key(key)
+            || self
+                .clears
+                .iter()
+                .any(|(_, b, e)| b.as_slice() <= key && key < e.as_slice())
+        {
+            return;
+        }
+        let bytes = key.len() + value.map_or(0, <[u8]>::len);
+        if self.stored_bytes + bytes > STORED_MAX_BYTES {
+            self.stored.clear();
+            self.stored_bytes = 0;
+        }
+        if let Some(old) = self.stored.insert(key.to_vec(), value.map(<[u8]>::to_vec)) {
+            self.stored_bytes -= key.len() + old.map_or(0, |v| v.len());
+        }
+        self.stored_bytes += bytes;
+    }
+
+    /// Forget what was remembered for `key`: a commit writes it.
+    fn forget_stored(&mut self, key: &[u8]) {
+        if let Some(old) = self.stored.remove(key) {
+            self.stored_bytes -= key.len() + old.map_or(0, |v| v.len());
+        }
+    }
+
+    /// Forget what was remembered in `[begin, end)`: a commit clears it.
+    fn forget_stored_range(&mut self, begin: &[u8], end: &[u8]) {
+        let doomed: Vec<Vec<u8>> = self
+            .stored
+            .range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in doomed {
+            self.forget_stored(&key);
         }
     }
 
@@ -278,10 +347,17 @@ impl Memtable {
         }
         for m in &resolved {
             match m {
-                Mutation::Set { key, value } => self.push(key, version, Some(value.clone())),
-                Mutation::Clear { key } => self.push(key, version, None),
+                Mutation::Set { key, value } => {
+                    self.forget_stored(key);
+                    self.push(key, version, Some(value.clone()));
+                }
+                Mutation::Clear { key } => {
+                    self.forget_stored(key);
+                    self.push(key, version, None);
+                }
                 Mutation::ClearRange { begin, end } if begin >= end => {}
                 Mutation::ClearRange { begin, end } => {
+                    self.forget_stored_range(begin, end);
                     // A point event of this same commit after the clear
                     // must win over it: drop this version's earlier points
                     // inside, record the clear, and let later points of
@@ -403,6 +479,44 @@ mod tests {
 
     fn known(v: &str) -> Seen {
         Seen::Known(Some(v.as_bytes().to_vec()))
+    }
+
+    /// A remembered SQLite value answers reads until a commit writes the
+    /// key; a read of a key the table holds events of is not remembered
+    /// (it may be older than a commit a newer reader must see).
+    #[test]
+    fn a_remembered_value_never_outlives_a_write() {
+        let mut t = Memtable::new(0, RETAIN);
+        t.remember(b"a", Some(b"0"));
+        t.remember(b"gone", None);
+        assert_eq!(t.lookup(b"a", 0), known("0"));
+        assert_eq!(t.lookup(b"gone", 0), Seen::Known(None));
+        let v = commit(&mut t, 0, vec![set("a", "1")]);
+        // An older reader's snapshot has "0" and finds it there; the table
+        // decides for newer ones.
+        assert_eq!(t.lookup(b"a", 0), Seen::Unknown);
+        assert_eq!(t.lookup(b"a", v), known("1"));
+        // A read through that older snapshot is not remembered.
+        t.remember(b"a", Some(b"0"));
+        t.flushed_through(v);
+        assert_eq!(t.lookup(b"a", v), Seen::Unknown, "SQLite has it now");
+        // Range clears forget too, and refuse what they cover while held.
+        t.remember(b"b1", Some(b"x"));
+        t.remember(b"c", Some(b"y"));
+        let v = commit(
+            &mut t,
+            v,
+            vec![Mutation::ClearRange {
+                begin: "b".into(),
+                end: "bz".into(),
+            }],
+        );
+        t.remember(b"b2", Some(b"x"));
+        assert_eq!(t.lookup(b"b1", v), Seen::Known(None));
+        t.flushed_through(v);
+        assert_eq!(t.lookup(b"b1", v), Seen::Unknown);
+        assert_eq!(t.lookup(b"b2", v), Seen::Unknown);
+        assert_eq!(t.lookup(b"c", v), known("y"));
     }
 
     #[test]

@@ -1867,6 +1867,10 @@ impl BackendTxn for SqliteTxn {
             if let Seen::Known(v) = wb.lookup(generation, key, self.read_version)? {
                 return Ok(v);
             }
+            let value = self.with_conn(|conn| read_value(conn, key))?;
+            // Read under this transaction's pin (`Memtable::remember`).
+            wb.remember(generation, key, value.as_deref());
+            return Ok(value);
         }
         self.with_conn(|conn| read_value(conn, key))
     }
@@ -3257,6 +3261,15 @@ impl WriteBehind {
             return Err(KvError::TransactionTooOld);
         }
         Ok(st.table.lookup(key, at))
+    }
+
+    /// Remember what a transaction of `generation`, holding its pin, read
+    /// from SQLite for `key` ([`Memtable::remember`]).
+    fn remember(&self, generation: u64, key: &[u8], value: Option<&[u8]>) {
+        let mut st = self.state.lock();
+        if st.table_generation == generation {
+            st.table.remember(key, value);
+        }
     }
 
     /// Whether a buffered commit must wait (a hand-over in progress, or
