@@ -67,14 +67,26 @@ pub struct Memtable {
     /// or a clear covering them): filled by reads ([`Memtable::remember`]),
     /// dropped for every key a commit writes. See [`Memtable::remember`]
     /// for why an entry is what every running reader would find there.
-    stored: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    /// Bytes of keys and values in `stored`.
+    stored: Stored,
+    /// What `stored` costs ([`stored_cost`]).
     stored_bytes: usize,
 }
 
-/// Most bytes of keys and values [`Memtable::remember`] keeps; past it the
-/// cache starts over empty.
+/// What [`Memtable::remember`] remembered: SQLite's value per key.
+pub type Stored = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Most bytes [`Memtable::remember`] keeps (as [`stored_cost`] counts
+/// them); past it the cache starts over empty.
 const STORED_MAX_BYTES: usize = 16 << 20;
+
+/// Values longer than this are not remembered.
+const STORED_VALUE_MAX: usize = 512;
+
+/// What one remembered entry costs: its key and value, and about what the
+/// map's node and the two allocations take besides.
+fn stored_cost(key: &[u8], value_len: usize) -> usize {
+    key.len() + value_len + 64
+}
 
 impl Memtable {
     /// An empty table over an SQLite database whose newest version is
@@ -160,30 +172,40 @@ impl Memtable {
     /// reader's snapshot is no older than the oldest pin, so it holds the
     /// same value. A reader of another memtable (a generation ago) must
     /// not call this.
-    pub fn remember(&mut self, key: &[u8], value: Option<&[u8]>) {
-        if self.points.contains_key(key)
+    ///
+    /// Only values up to [`STORED_VALUE_MAX`] bytes (attributes, dirents,
+    /// sessions: not file chunks, which a read would otherwise copy here
+    /// under the backend's lock only to push the rest out). Past
+    /// [`STORED_MAX_BYTES`] the cache starts over: the old one is returned,
+    /// for the caller to free once it no longer holds the lock.
+    #[must_use]
+    pub fn remember(&mut self, key: &[u8], value: Option<&[u8]>) -> Option<Stored> {
+        let len = value.map_or(0, <[u8]>::len);
+        if len > STORED_VALUE_MAX
+            || self.points.contains_key(key)
             || self
                 .clears
                 .iter()
                 .any(|(_, b, e)| b.as_slice() <= key && key < e.as_slice())
         {
-            return;
+            return None;
         }
-        let bytes = key.len() + value.map_or(0, <[u8]>::len);
-        if self.stored_bytes + bytes > STORED_MAX_BYTES {
-            self.stored.clear();
+        let mut dropped = None;
+        if self.stored_bytes + stored_cost(key, len) > STORED_MAX_BYTES {
+            dropped = Some(std::mem::take(&mut self.stored));
             self.stored_bytes = 0;
         }
         if let Some(old) = self.stored.insert(key.to_vec(), value.map(<[u8]>::to_vec)) {
-            self.stored_bytes -= key.len() + old.map_or(0, |v| v.len());
+            self.stored_bytes -= stored_cost(key, old.map_or(0, |v| v.len()));
         }
-        self.stored_bytes += bytes;
+        self.stored_bytes += stored_cost(key, len);
+        dropped
     }
 
     /// Forget what was remembered for `key`: a commit writes it.
     fn forget_stored(&mut self, key: &[u8]) {
         if let Some(old) = self.stored.remove(key) {
-            self.stored_bytes -= key.len() + old.map_or(0, |v| v.len());
+            self.stored_bytes -= stored_cost(key, old.map_or(0, |v| v.len()));
         }
     }
 
@@ -487,8 +509,8 @@ mod tests {
     #[test]
     fn a_remembered_value_never_outlives_a_write() {
         let mut t = Memtable::new(0, RETAIN);
-        t.remember(b"a", Some(b"0"));
-        t.remember(b"gone", None);
+        let _ = t.remember(b"a", Some(b"0"));
+        let _ = t.remember(b"gone", None);
         assert_eq!(t.lookup(b"a", 0), known("0"));
         assert_eq!(t.lookup(b"gone", 0), Seen::Known(None));
         let v = commit(&mut t, 0, vec![set("a", "1")]);
@@ -497,12 +519,12 @@ mod tests {
         assert_eq!(t.lookup(b"a", 0), Seen::Unknown);
         assert_eq!(t.lookup(b"a", v), known("1"));
         // A read through that older snapshot is not remembered.
-        t.remember(b"a", Some(b"0"));
+        let _ = t.remember(b"a", Some(b"0"));
         t.flushed_through(v);
         assert_eq!(t.lookup(b"a", v), Seen::Unknown, "SQLite has it now");
         // Range clears forget too, and refuse what they cover while held.
-        t.remember(b"b1", Some(b"x"));
-        t.remember(b"c", Some(b"y"));
+        let _ = t.remember(b"b1", Some(b"x"));
+        let _ = t.remember(b"c", Some(b"y"));
         let v = commit(
             &mut t,
             v,
@@ -511,12 +533,36 @@ mod tests {
                 end: "bz".into(),
             }],
         );
-        t.remember(b"b2", Some(b"x"));
+        let _ = t.remember(b"b2", Some(b"x"));
         assert_eq!(t.lookup(b"b1", v), Seen::Known(None));
         t.flushed_through(v);
         assert_eq!(t.lookup(b"b1", v), Seen::Unknown);
         assert_eq!(t.lookup(b"b2", v), Seen::Unknown);
         assert_eq!(t.lookup(b"c", v), known("y"));
+        // So does a point clear.
+        let v = commit(&mut t, v, vec![Mutation::Clear { key: "c".into() }]);
+        t.flushed_through(v);
+        assert_eq!(t.lookup(b"c", v), Seen::Unknown);
+    }
+
+    /// File chunks are not remembered, and past its budget the cache
+    /// starts over, handing the old entries back to be freed.
+    #[test]
+    fn the_remembered_values_stay_small() {
+        let mut t = Memtable::new(0, RETAIN);
+        let _ = t.remember(b"chunk", Some(&[7; STORED_VALUE_MAX + 1]));
+        assert_eq!(t.lookup(b"chunk", 0), Seen::Unknown);
+        let value = [1; STORED_VALUE_MAX];
+        let per_entry = stored_cost(&[0; 8], value.len());
+        let fit = STORED_MAX_BYTES / per_entry;
+        for i in 0..fit as u64 {
+            assert!(t.remember(&i.to_be_bytes(), Some(&value)).is_none());
+        }
+        assert!(t.stored_bytes <= STORED_MAX_BYTES);
+        let dropped = t.remember(b"one more", Some(&value)).expect("started over");
+        assert_eq!(dropped.len(), fit);
+        assert_eq!(t.stored.len(), 1);
+        assert_eq!(t.stored_bytes, stored_cost(b"one more", value.len()));
     }
 
     #[test]

@@ -3266,10 +3266,15 @@ impl WriteBehind {
     /// Remember what a transaction of `generation`, holding its pin, read
     /// from SQLite for `key` ([`Memtable::remember`]).
     fn remember(&self, generation: u64, key: &[u8], value: Option<&[u8]>) {
-        let mut st = self.state.lock();
-        if st.table_generation == generation {
-            st.table.remember(key, value);
-        }
+        let dropped = {
+            let mut st = self.state.lock();
+            if st.table_generation != generation {
+                return;
+            }
+            st.table.remember(key, value)
+        };
+        // Freed here, not under the lock every transaction takes.
+        drop(dropped);
     }
 
     /// Whether a buffered commit must wait (a hand-over in progress, or
