@@ -25,10 +25,18 @@ bench_setup() {
 }
 
 bench_cleanup() {
+  local rc=$?
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   for m in "$work"/mnt/*; do umount -l "$m" 2>/dev/null || true; done
   umount -l "$work/tmpfs" 2>/dev/null || true
+  # A failed run keeps the daemons' logs (the scratch directory goes).
+  if ((rc)) && compgen -G "$work/*.log" >/dev/null; then
+    local kept
+    kept=$(mktemp -d "/var/tmp/$(basename "$work").logs.XXXXXX")
+    cp "$work"/*.log "$kept"/
+    echo "failed (exit $rc); the daemons' logs are in $kept" >&2
+  fi
   rm -rf "$work"
 }
 
