@@ -194,8 +194,18 @@ impl<'a> RetryState<'a> {
         self.attempts += 1;
         let decision = error.as_kv().map_or(RetryDecision::Fail, KvError::retry);
         let elapsed = self.db.inner.clock.monotonic().saturating_sub(self.started);
+        // A capped run's attempts come fast by design (two mounts passing
+        // a lock back and forth collide again and again): a count sized for
+        // backoffs that double towards the database's cap gave up after
+        // ~50 ms of such collisions at a 1 ms cap, and a lock peer in a
+        // two-mount fcntl ping-pong got EIO. Elapsed time bounds it alone.
+        let attempts_max = if self.cap < options.backoff_cap {
+            u32::MAX
+        } else {
+            options.attempts_max
+        };
         if decision == RetryDecision::Fail
-            || self.attempts >= options.attempts_max
+            || self.attempts >= attempts_max
             || elapsed >= options.elapsed_max
         {
             return Err(error);
@@ -242,33 +252,40 @@ mod tests {
     /// capped at `cap`; the clock's time at the start of each attempt.
     /// `ManualClock` moves only by sleeps, so the gaps are the backoffs.
     async fn attempt_times(conflicts: usize, cap: Duration) -> Vec<Duration> {
+        let (times, result) = attempts(conflicts, cap).await;
+        result.expect("run");
+        times
+    }
+
+    /// [`attempt_times`], and how the run ended.
+    async fn attempts(conflicts: usize, cap: Duration) -> (Vec<Duration>, Result<(), KvError>) {
         let clock = ManualClock::new();
         let db = Database::new(Arc::new(MemBackend::new(clock.clone())), clock.clone(), 11);
         let started_at = Mutex::new(Vec::new());
-        db.run_capped(cap, |txn, _| {
-            let (db, clock, started_at) = (db.clone(), clock.clone(), &started_at);
-            async move {
-                let attempt = {
-                    let mut started_at = started_at.lock();
-                    started_at.push(clock.monotonic());
-                    started_at.len()
-                };
-                txn.get(b"k").await?;
-                if attempt <= conflicts {
-                    // An interloper commits a write to what this attempt read.
-                    db.run(|other, _| async move {
-                        other.set(b"k", &[attempt as u8]);
-                        Ok::<_, KvError>(())
-                    })
-                    .await?;
+        let result = db
+            .run_capped(cap, |txn, _| {
+                let (db, clock, started_at) = (db.clone(), clock.clone(), &started_at);
+                async move {
+                    let attempt = {
+                        let mut started_at = started_at.lock();
+                        started_at.push(clock.monotonic());
+                        started_at.len()
+                    };
+                    txn.get(b"k").await?;
+                    if attempt <= conflicts {
+                        // An interloper commits a write to what this attempt read.
+                        db.run(|other, _| async move {
+                            other.set(b"k", &[attempt as u8]);
+                            Ok::<_, KvError>(())
+                        })
+                        .await?;
+                    }
+                    txn.set(b"k", b"mine");
+                    Ok::<_, KvError>(())
                 }
-                txn.set(b"k", b"mine");
-                Ok::<_, KvError>(())
-            }
-        })
-        .await
-        .expect("run");
-        started_at.into_inner()
+            })
+            .await;
+        (started_at.into_inner(), result)
     }
 
     /// The first conflict retries without sleeping; later ones back off.
@@ -296,5 +313,17 @@ mod tests {
         assert!(capped.iter().all(|g| *g <= cap), "{capped:?}");
         let free = gaps(attempt_times(8, Duration::MAX).await);
         assert!(free.iter().any(|g| *g > cap), "{free:?}");
+    }
+
+    /// A capped run outlasts the attempt count that ends an uncapped one:
+    /// its budget is time (a minute), which its short pauses use slowly.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_capped_run_is_bounded_by_time_not_attempts() {
+        let conflicts = crate::limits::RETRY_ATTEMPTS_MAX as usize + 50;
+        let (times, capped) = attempts(conflicts, Duration::from_millis(1)).await;
+        assert!(capped.is_ok(), "{capped:?}");
+        assert_eq!(times.len(), conflicts + 1);
+        let (_, free) = attempts(conflicts, Duration::MAX).await;
+        assert!(matches!(free, Err(KvError::NotCommitted)), "{free:?}");
     }
 }
