@@ -39,6 +39,10 @@
 //!   acknowledged once a record of the sync log ([`synclog`]) holding it is
 //!   synced — one small fdatasync shared by the commits that arrived during
 //!   the previous one, and no SQLite transaction on the commit's path.
+//!   There, a finished transaction's snapshot serves the next ones for a
+//!   few milliseconds ([`Warm`]), and the memtable remembers small values
+//!   read from SQLite until a commit writes them
+//!   ([`Memtable::remember`]): both rest on the reader's pin.
 //! - **Watches** across processes: a watcher thread polls
 //!   `PRAGMA data_version` (it changes when any other connection commits)
 //!   and is woken at once by commits of this process.
