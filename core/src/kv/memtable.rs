@@ -211,13 +211,8 @@ impl Memtable {
 
     /// Forget what was remembered in `[begin, end)`: a commit clears it.
     fn forget_stored_range(&mut self, begin: &[u8], end: &[u8]) {
-        let doomed: Vec<Vec<u8>> = self
-            .stored
-            .range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in doomed {
-            self.forget_stored(&key);
+        for (key, old) in super::remove_range(&mut self.stored, begin, end) {
+            self.stored_bytes -= stored_cost(&key, old.map_or(0, |v| v.len()));
         }
     }
 

@@ -66,6 +66,25 @@ pub(crate) fn append(kvs: &mut Vec<KeyValue>, page: Vec<KeyValue>) {
 }
 
 /// Whether `map` has a key in `[begin, end)`.
+/// Take every entry of `map` in `[begin, end)` out of it.
+pub(crate) fn remove_range<V>(
+    map: &mut std::collections::BTreeMap<Vec<u8>, V>,
+    begin: &[u8],
+    end: &[u8],
+) -> Vec<(Vec<u8>, V)> {
+    let inside: Vec<Vec<u8>> = map
+        .range::<[u8], _>((
+            std::ops::Bound::Included(begin),
+            std::ops::Bound::Excluded(end),
+        ))
+        .map(|(k, _)| k.clone())
+        .collect();
+    inside
+        .into_iter()
+        .filter_map(|k| map.remove(&k).map(|v| (k, v)))
+        .collect()
+}
+
 pub(crate) fn any_in<V>(
     map: &std::collections::BTreeMap<Vec<u8>, V>,
     begin: &[u8],

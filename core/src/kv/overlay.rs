@@ -55,14 +55,7 @@ impl Overlay {
         if begin >= end {
             return;
         }
-        let inside: Vec<Vec<u8>> = self
-            .points
-            .range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in inside {
-            self.points.remove(&key);
-        }
+        super::remove_range(&mut self.points, begin, end);
         self.cleared.insert(begin, end);
     }
 

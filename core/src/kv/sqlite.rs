@@ -841,11 +841,7 @@ impl Shared {
             return Some(conn);
         }
         let st = wb.state.lock();
-        if !st.buffered
-            || st.closed
-            || st.generation != generation
-            || st.table_generation != generation
-        {
+        if st.closed || !st.buffers_in(generation) {
             return Some(conn);
         }
         let mut warm = self.warm.lock();
@@ -872,10 +868,7 @@ impl Shared {
             if warm.is_empty() {
                 return Ok(None);
             }
-            let reuse = self.options.snapshot_reuse;
-            let stale: Vec<Warm> = warm
-                .extract_if(.., |w| now.saturating_sub(w.since) >= reuse)
-                .collect();
+            let stale = self.stale(&mut warm, now);
             (warm.pop(), stale)
         };
         self.cool(stale);
@@ -891,8 +884,7 @@ impl Shared {
             // The snapshot began in this generation and none began since:
             // no hand-over came between, and the memtable kept every event
             // newer than the pin.
-            if !st.buffered || st.generation != w.generation || st.table_generation != w.generation
-            {
+            if !st.buffers_in(w.generation) {
                 drop(st);
                 self.cool(vec![w]);
                 return Ok(None);
@@ -943,16 +935,15 @@ impl Shared {
     /// Cool the warm connections past `snapshot_reuse` (the flusher, every
     /// round: idle ones would otherwise hold their snapshots and pins).
     fn cool_stale(&self, now: Duration) {
-        let reuse = self.options.snapshot_reuse;
-        let stale: Vec<Warm> = {
-            let mut warm = self.warm.lock();
-            if warm.is_empty() {
-                return;
-            }
-            warm.extract_if(.., |w| now.saturating_sub(w.since) >= reuse)
-                .collect()
-        };
+        let stale = self.stale(&mut self.warm.lock(), now);
         self.cool(stale);
+    }
+
+    /// Take the warm connections past `snapshot_reuse` out of `warm`.
+    fn stale(&self, warm: &mut Vec<Warm>, now: Duration) -> Vec<Warm> {
+        let reuse = self.options.snapshot_reuse;
+        warm.extract_if(.., |w| now.saturating_sub(w.since) >= reuse)
+            .collect()
     }
 
     /// Wait until SQLite holds every commit acknowledged before this call
@@ -3181,6 +3172,13 @@ struct WbState {
     /// meanwhile only small commits are taken.
     no_space: bool,
     flush_retry_at: Option<Duration>,
+}
+
+impl WbState {
+    /// Buffering still, in `generation`, with that generation's memtable.
+    fn buffers_in(&self, generation: u64) -> bool {
+        self.buffered && self.generation == generation && self.table_generation == generation
+    }
 }
 
 /// How a transaction reads and commits.
